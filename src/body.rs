@@ -1,0 +1,255 @@
+//! Bodies on their way through: the client's request going up (size-limited, counted) and the
+//! upstream's response coming down (relayed frame by frame, watched for silence, counted).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use crate::dump::DumpSink;
+use crate::error::{BoxError, sse_error_event};
+use crate::log::{End, ExchangeLog};
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body is larger than {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0:?}")]
+pub struct IdleTimeout(pub Duration);
+
+pin_project! {
+    /// The client's request body, streamed upstream as it arrives.
+    pub struct RequestBody {
+        #[pin]
+        inner: Incoming,
+        limit: u64,
+        seen: u64,
+        exceeded: Arc<AtomicBool>,
+        bytes_in: Arc<AtomicU64>,
+        dump: Option<DumpSink>,
+    }
+}
+
+impl RequestBody {
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        exceeded: Arc<AtomicBool>,
+        bytes_in: Arc<AtomicU64>,
+        dump: Option<DumpSink>,
+    ) -> Self {
+        Self {
+            inner,
+            limit,
+            seen: 0,
+            exceeded,
+            bytes_in,
+            dump,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.seen += data.len() as u64;
+                    if *this.seen > *this.limit {
+                        this.exceeded.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*this.limit)))));
+                    }
+                    this.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(dump) = this.dump.as_mut() {
+                        dump.append(data);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(err)) => Poll::Ready(Some(Err(Box::new(err)))),
+            None => {
+                if let Some(dump) = this.dump.as_mut() {
+                    dump.set_end("completed");
+                }
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// The upstream's response body, relayed to the client one frame at a time.
+    ///
+    /// A stream that stays silent past the idle limit, or that breaks, ends with an SSE `error`
+    /// event when the response is an event stream (an abort otherwise), never with a clean end
+    /// that would look like success.
+    #[project = RelayBodyProj]
+    pub struct RelayBody {
+        #[pin]
+        inner: Incoming,
+        #[pin]
+        idle: Sleep,
+        idle_limit: Duration,
+        last_frame: Instant,
+        sse: bool,
+        done: bool,
+        log: ExchangeLog,
+        dump: Option<DumpSink>,
+    }
+}
+
+impl RelayBody {
+    pub fn new(inner: Incoming, idle_limit: Duration, sse: bool, log: ExchangeLog, dump: Option<DumpSink>) -> Self {
+        let now = Instant::now();
+        Self {
+            inner,
+            idle: tokio::time::sleep_until(now + idle_limit),
+            idle_limit,
+            last_frame: now,
+            sse,
+            done: false,
+            log,
+            dump,
+        }
+    }
+}
+
+/// Ends the stream early: an SSE `error` event for event streams, an abort for anything else.
+fn cut(this: &mut RelayBodyProj<'_>, end: End, error: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    *this.done = true;
+    this.log.end(end);
+    if let Some(dump) = this.dump.as_mut() {
+        dump.set_end(end.as_str());
+    }
+    tracing::warn!(error = %error, end = end.as_str(), "response stream cut");
+    if *this.sse {
+        let event = sse_error_event(end.as_str(), &end.client_message(*this.idle_limit));
+        this.log.add_bytes_out(event.len());
+        Poll::Ready(Some(Ok(Frame::data(event))))
+    } else {
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl Body for RelayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                *this.last_frame = Instant::now();
+                if let Some(data) = frame.data_ref() {
+                    this.log.add_bytes_out(data.len());
+                    if let Some(dump) = this.dump.as_mut() {
+                        dump.append(data);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => cut(&mut this, End::UpstreamError, Box::new(err)),
+            Poll::Ready(None) => {
+                *this.done = true;
+                this.log.end(End::Completed);
+                if let Some(dump) = this.dump.as_mut() {
+                    dump.set_end(End::Completed.as_str());
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                // The timer is moved only when it fires, not on every frame.
+                while this.idle.as_mut().poll(cx).is_ready() {
+                    let deadline = *this.last_frame + *this.idle_limit;
+                    if Instant::now() >= deadline {
+                        let error = Box::new(IdleTimeout(*this.idle_limit));
+                        return cut(&mut this, End::IdleTimeout, error);
+                    }
+                    this.idle.as_mut().reset(deadline);
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.sse {
+            // An error event may be added at the end.
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+pin_project! {
+    /// What keyward sends to its clients: a relayed upstream body or a small body of its own.
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        Full { data: Option<Bytes> },
+        Relay { #[pin] body: RelayBody },
+    }
+}
+
+impl ProxyBody {
+    pub fn full(data: Bytes) -> Self {
+        ProxyBody::Full { data: Some(data) }
+    }
+
+    pub fn relay(body: RelayBody) -> Self {
+        ProxyBody::Relay { body }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBodyProj::Relay { body } => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full { data } => data.is_none(),
+            ProxyBody::Relay { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            ProxyBody::Relay { body } => body.size_hint(),
+        }
+    }
+}

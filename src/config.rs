@@ -1,0 +1,288 @@
+//! Validated settings: what the rest of keyward takes, built from [`crate::cli::ServeArgs`].
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Uri};
+
+use crate::api_key::{AuthHeader, KeySource};
+use crate::cli::{LogFormat, ServeArgs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("`{0}` is not an address such as 127.0.0.1:8080 or [::1]:8080")]
+    BadListen(String),
+    #[error(
+        "refusing to listen on {0}: it is not a loopback address, so other hosts could spend the \
+         credential. keyward does not authenticate clients yet; listen on 127.0.0.1 or [::1] and \
+         reach it from elsewhere through an SSH tunnel"
+    )]
+    NotLoopback(SocketAddr),
+    #[error("--upstream-url `{url}` is not usable: {why}")]
+    BadUpstream { url: String, why: String },
+    #[error("--upstream-proxy is not usable: {0}")]
+    BadProxy(String),
+    #[error("--{flag} must be greater than zero")]
+    Zero { flag: &'static str },
+}
+
+/// Request and time limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body: u64,
+    pub max_headers: usize,
+    pub header_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// The upstream endpoint, parsed once.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The full URL requests go to, query string included.
+    pub uri: Uri,
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+/// An HTTP proxy on the way to the upstream.
+#[derive(Clone)]
+pub struct UpstreamProxy {
+    /// `http://host:port`, without credentials.
+    pub uri: Uri,
+    /// `Basic ...` from the URL's user and password, if any.
+    pub authorization: Option<HeaderValue>,
+}
+
+impl std::fmt::Debug for UpstreamProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamProxy")
+            .field("uri", &self.uri)
+            .field("authorization", &self.authorization.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DumpConfig {
+    pub dir: PathBuf,
+    pub max_body: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub server_info: Option<PathBuf>,
+    pub http_shutdown: bool,
+    pub upstream: Upstream,
+    pub auth_header: AuthHeader,
+    pub key_source: KeySource,
+    pub dump: Option<DumpConfig>,
+    pub limits: Limits,
+    pub upstream_proxy: Option<UpstreamProxy>,
+    pub upstream_ca: Option<PathBuf>,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let mut listen = Vec::new();
+        if let Some(port) = args.port {
+            listen.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+        }
+        for text in &args.listen {
+            let addr: SocketAddr = text
+                .parse()
+                .map_err(|_| ConfigError::BadListen(text.clone()))?;
+            if !addr.ip().is_loopback() {
+                return Err(ConfigError::NotLoopback(addr));
+            }
+            listen.push(addr);
+        }
+        if listen.is_empty() {
+            listen.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
+        }
+
+        for (flag, value) in [
+            ("header-timeout", args.header_timeout),
+            ("connect-timeout", args.connect_timeout),
+            ("response-timeout", args.response_timeout),
+            ("idle-timeout", args.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Zero { flag });
+            }
+        }
+        if args.max_body == 0 {
+            return Err(ConfigError::Zero { flag: "max-body" });
+        }
+
+        Ok(Self {
+            listen,
+            server_info: args.server_info.clone(),
+            http_shutdown: args.http_shutdown,
+            upstream: parse_upstream(&args.upstream_url)?,
+            auth_header: args.auth_header,
+            key_source: match &args.api_key_file {
+                Some(path) => KeySource::File(path.clone()),
+                None => KeySource::Stdin,
+            },
+            dump: args.dump_dir.as_ref().map(|dir| DumpConfig {
+                dir: dir.clone(),
+                max_body: args.dump_max_body,
+            }),
+            limits: Limits {
+                max_body: args.max_body,
+                max_headers: usize::try_from(args.max_headers).unwrap_or(usize::MAX),
+                header_timeout: args.header_timeout,
+                connect_timeout: args.connect_timeout,
+                response_timeout: args.response_timeout,
+                idle_timeout: args.idle_timeout,
+                shutdown_grace: args.shutdown_grace,
+            },
+            upstream_proxy: args
+                .upstream_proxy
+                .as_deref()
+                .map(parse_proxy)
+                .transpose()?,
+            upstream_ca: args.upstream_ca.clone(),
+            log_format: args.log_format,
+        })
+    }
+}
+
+fn parse_upstream(text: &str) -> Result<Upstream, ConfigError> {
+    let bad = |why: &str| ConfigError::BadUpstream {
+        url: text.to_owned(),
+        why: why.to_owned(),
+    };
+    let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("the scheme must be http or https"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("credentials in the URL are not supported"));
+    }
+    if url.fragment().is_some() {
+        return Err(bad("a #fragment has no meaning here"));
+    }
+    let uri: Uri = url
+        .as_str()
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+        return Err(bad("it needs a scheme and a host"));
+    };
+    Ok(Upstream {
+        uri,
+        scheme,
+        authority,
+    })
+}
+
+fn parse_proxy(text: &str) -> Result<UpstreamProxy, ConfigError> {
+    let url = url::Url::parse(text).map_err(|e| ConfigError::BadProxy(e.to_string()))?;
+    if url.scheme() != "http" {
+        return Err(ConfigError::BadProxy(format!(
+            "only http:// proxies are supported (the tunnel to the upstream is still TLS), not {}://",
+            url.scheme()
+        )));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| ConfigError::BadProxy("it has no host".into()))?;
+    let port = url.port_or_known_default().unwrap_or(80);
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let uri: Uri = format!("http://{host}:{port}")
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| ConfigError::BadProxy(e.to_string()))?;
+    let authorization = if url.username().is_empty() {
+        None
+    } else {
+        let user = percent_decode(url.username());
+        let pass = percent_decode(url.password().unwrap_or(""));
+        let mut value = HeaderValue::try_from(format!("Basic {}", BASE64.encode(format!("{user}:{pass}"))))
+            .map_err(|_| ConfigError::BadProxy("the proxy credentials are not valid".into()))?;
+        value.set_sensitive(true);
+        Some(value)
+    };
+    Ok(UpstreamProxy { uri, authorization })
+}
+
+fn percent_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("keyward").chain(args.iter().copied())).unwrap();
+        Config::from_args(&cli.into_serve())
+    }
+
+    #[test]
+    fn defaults_listen_on_an_ephemeral_loopback_port() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:0".parse().unwrap()]);
+        assert_eq!(c.upstream.uri, "https://api.openai.com/v1/responses");
+        assert_eq!(c.key_source, KeySource::Stdin);
+    }
+
+    #[test]
+    fn port_and_listen_combine_and_ipv6_loopback_works() {
+        let c = config(&["--port", "8080", "--listen", "[::1]:9090"]).unwrap();
+        assert_eq!(
+            c.listen,
+            vec!["127.0.0.1:8080".parse().unwrap(), "[::1]:9090".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn non_loopback_is_refused_with_the_reason() {
+        for addr in ["0.0.0.0:8080", "[::]:8080", "192.168.1.2:80"] {
+            let msg = config(&["--listen", addr]).unwrap_err().to_string();
+            assert!(msg.contains("not a loopback address"), "{msg}");
+        }
+        assert!(config(&["--listen", "localhost"]).is_err());
+    }
+
+    #[test]
+    fn upstream_query_is_kept() {
+        let c = config(&[
+            "--upstream-url",
+            "https://x.openai.azure.com/openai/v1/responses?api-version=preview",
+        ])
+        .unwrap();
+        assert_eq!(c.upstream.uri.query(), Some("api-version=preview"));
+        assert_eq!(c.upstream.authority.as_str(), "x.openai.azure.com");
+        assert!(config(&["--upstream-url", "ftp://x/y"]).is_err());
+        assert!(config(&["--upstream-url", "not a url"]).is_err());
+    }
+
+    #[test]
+    fn proxy_credentials_become_a_redacted_basic_header() {
+        let c = config(&["--upstream-proxy", "http://al%40ice:s3cret@proxy.local:3128"]).unwrap();
+        let proxy = c.upstream_proxy.unwrap();
+        assert_eq!(proxy.uri, "http://proxy.local:3128/");
+        assert_eq!(proxy.authorization.as_ref().unwrap(), "Basic YWxAaWNlOnMzY3JldA==");
+        assert!(!format!("{proxy:?}").contains("Basic"));
+        assert!(config(&["--upstream-proxy", "https://proxy:3128"]).is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! Every way a request can fail, and the one place each becomes an HTTP response.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::ProxyBody;
+
+/// Why keyward answered a request itself instead of relaying the upstream's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route for {path}")]
+    NotFound { path: String },
+    #[error("{path} is not forwarded")]
+    Forbidden { path: String, why: &'static str },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("request headers larger than {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    #[error("the request body could not be read: {0}")]
+    BadRequestBody(#[source] hyper::Error),
+    #[error("could not connect to the upstream: {0}")]
+    UpstreamUnreachable(#[source] BoxError),
+    #[error("connecting to the upstream timed out")]
+    UpstreamConnectTimeout(#[source] BoxError),
+    #[error("the upstream sent no response headers within {0:?}")]
+    UpstreamTimeout(Duration),
+    #[error("the upstream request failed: {0}")]
+    UpstreamFailed(#[source] BoxError),
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamConnectTimeout(_) | ProxyError::UpstreamTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    /// The machine-readable `error.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NotFound { .. } => "not_found",
+            ProxyError::Forbidden { .. } => "not_forwarded",
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::BodyTooLarge { .. } => "request_too_large",
+            ProxyError::HeadersTooLarge { .. } => "request_headers_too_large",
+            ProxyError::BadRequestBody(_) => "bad_request_body",
+            ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
+            ProxyError::UpstreamConnectTimeout(_) => "upstream_connect_timeout",
+            ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+            ProxyError::UpstreamFailed(_) => "upstream_error",
+        }
+    }
+
+    /// What the client is told: enough to act on, no internal detail (that goes to the log).
+    pub fn client_message(&self) -> String {
+        match self {
+            ProxyError::NotFound { .. } => {
+                "keyward serves only POST /v1/responses (and GET /shutdown when enabled)".into()
+            }
+            ProxyError::Forbidden { why, .. } => (*why).into(),
+            ProxyError::MethodNotAllowed { .. } => "use POST for /v1/responses".into(),
+            ProxyError::BodyTooLarge { limit } => format!(
+                "the request body is larger than keyward's limit of {limit} bytes (--max-body)"
+            ),
+            ProxyError::HeadersTooLarge { limit } => format!(
+                "the request headers are larger than keyward's limit of {limit} bytes (--max-headers)"
+            ),
+            ProxyError::BadRequestBody(_) => "the request body could not be read".into(),
+            ProxyError::UpstreamUnreachable(_) => {
+                "keyward could not reach the upstream API; see keyward's log for the cause".into()
+            }
+            ProxyError::UpstreamConnectTimeout(_) => {
+                "connecting to the upstream API timed out (--connect-timeout)".into()
+            }
+            ProxyError::UpstreamTimeout(after) => format!(
+                "the upstream API did not start answering within {}s (--response-timeout)",
+                after.as_secs()
+            ),
+            ProxyError::UpstreamFailed(_) => {
+                "the request to the upstream API failed; see keyward's log for the cause".into()
+            }
+        }
+    }
+
+    /// `type` in OpenAI's error shape.
+    fn kind(&self) -> &'static str {
+        if self.status().is_server_error() {
+            "keyward_upstream_error"
+        } else {
+            "invalid_request_error"
+        }
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let mut response = error_response(self.status(), self.kind(), self.code(), &self.client_message());
+        if let ProxyError::MethodNotAllowed { .. } = self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        response
+    }
+}
+
+/// A JSON error in OpenAI's shape: `{"error":{"message","type","code","param"}}`.
+pub fn error_response(status: StatusCode, kind: &str, code: &str, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({
+        "error": { "message": message, "type": kind, "code": code, "param": null }
+    });
+    json_response(status, &body)
+}
+
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The SSE event that ends a stream keyward had to cut, so clients see an error instead of a
+/// stream that just stops.
+pub fn sse_error_event(code: &str, message: &str) -> Bytes {
+    let data = serde_json::json!({
+        "type": "error",
+        "code": code,
+        "message": message,
+        "param": null,
+        "error": { "type": "keyward_stream_error", "code": code, "message": message, "param": null },
+    });
+    Bytes::from(format!("event: error\ndata: {data}\n\n"))
+}
+
+/// Sorts a failed upstream call into the error the client sees.
+pub fn classify_upstream(err: hyper_util::client::legacy::Error) -> ProxyError {
+    if err.is_connect() {
+        let timed_out = std::iter::successors(std::error::Error::source(&err), |e| e.source())
+            .any(|e| {
+                e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                    || e.to_string().contains("timed out")
+            });
+        if timed_out {
+            ProxyError::UpstreamConnectTimeout(Box::new(err))
+        } else {
+            ProxyError::UpstreamUnreachable(Box::new(err))
+        }
+    } else {
+        ProxyError::UpstreamFailed(Box::new(err))
+    }
+}

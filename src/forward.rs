@@ -1,0 +1,221 @@
+//! The request handler: which requests are forwarded, and how.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::body::{ProxyBody, RelayBody, RequestBody};
+use crate::config::{Config, Limits, Upstream};
+use crate::dump::{Dumper, ExchangeId};
+use crate::error::{ProxyError, classify_upstream, json_response};
+use crate::headers;
+use crate::log::ExchangeLog;
+use crate::secret::SecretHeader;
+use crate::upstream::UpstreamClient;
+
+pub const RESPONSES_PATH: &str = "/v1/responses";
+
+/// Everything a request needs, shared by all connections.
+pub struct Proxy {
+    client: UpstreamClient,
+    upstream: Upstream,
+    credential_header: HeaderName,
+    credential: SecretHeader,
+    limits: Limits,
+    dumper: Option<Dumper>,
+    http_shutdown: bool,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Proxy {
+    pub fn new(
+        config: &Config,
+        client: UpstreamClient,
+        credential: SecretHeader,
+        dumper: Option<Dumper>,
+        shutdown: watch::Sender<bool>,
+    ) -> Self {
+        Self {
+            client,
+            upstream: config.upstream.clone(),
+            credential_header: config.auth_header.name(),
+            credential,
+            limits: config.limits.clone(),
+            dumper,
+            http_shutdown: config.http_shutdown,
+            shutdown,
+        }
+    }
+
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let log = ExchangeLog::new(req.method().clone(), req.uri().path(), started, Arc::default());
+        let outcome = match self.route(&req) {
+            Route::Forward => return self.forward(req, log).await,
+            Route::Shutdown => {
+                tracing::info!("shutdown requested over HTTP");
+                self.shutdown.send_replace(true);
+                Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({ "status": "shutting down" }),
+                ))
+            }
+            Route::Refuse(err) => Err(err),
+        };
+        let response = outcome.unwrap_or_else(|err| {
+            tracing::debug!(error = %err, "request refused");
+            err.into_response()
+        });
+        log.finish_local(response.status());
+        response
+    }
+
+    fn route(&self, req: &Request<Incoming>) -> Route {
+        let head_size = head_size(req);
+        if head_size > self.limits.max_headers {
+            return Route::Refuse(ProxyError::HeadersTooLarge {
+                limit: self.limits.max_headers,
+            });
+        }
+        let path = req.uri().path();
+        let method = req.method();
+        if path == RESPONSES_PATH {
+            if req.uri().query().is_some() {
+                return Route::Refuse(ProxyError::Forbidden {
+                    path: path.to_owned(),
+                    why: "keyward forwards POST /v1/responses only without a query string",
+                });
+            }
+            if method != Method::POST {
+                return Route::Refuse(ProxyError::MethodNotAllowed {
+                    method: method.to_string(),
+                    path: path.to_owned(),
+                });
+            }
+            return Route::Forward;
+        }
+        if path == "/shutdown" && self.http_shutdown && method == Method::GET {
+            return Route::Shutdown;
+        }
+        if path.starts_with("/v1/") {
+            return Route::Refuse(ProxyError::Forbidden {
+                path: path.to_owned(),
+                why: "keyward forwards only POST /v1/responses; other OpenAI endpoints are not reachable through it",
+            });
+        }
+        Route::Refuse(ProxyError::NotFound { path: path.to_owned() })
+    }
+
+    async fn forward(&self, req: Request<Incoming>, mut log: ExchangeLog) -> Response<ProxyBody> {
+        let (upstream, exchange) = match self.send_upstream(req, &mut log).await {
+            Ok(sent) => sent,
+            Err(err) => {
+                match &err {
+                    ProxyError::BodyTooLarge { .. } => tracing::info!(error = %err, "request refused"),
+                    _ => tracing::warn!(error = %ErrorChain(&err), "request failed"),
+                }
+                let response = err.into_response();
+                log.finish_local(response.status());
+                return response;
+            }
+        };
+
+        let (parts, body) = upstream.into_parts();
+        log.upstream_status(parts.status);
+        let is_event_stream = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        let sse = is_event_stream && !parts.headers.contains_key(CONTENT_LENGTH);
+        let response_dump = exchange.map(|(dumper, id)| {
+            let mut meta = Map::new();
+            meta.insert("status".into(), Value::from(parts.status.as_u16()));
+            dumper.open(id, "response", meta, &parts.headers)
+        });
+
+        let relay = RelayBody::new(body, self.limits.idle_timeout, sse, log, response_dump);
+        let mut response = Response::new(ProxyBody::relay(relay));
+        *response.status_mut() = parts.status;
+        *response.headers_mut() = headers::client_response_headers(&parts.headers);
+        response
+    }
+
+    /// Sends the request upstream with the credential and waits for the response headers.
+    async fn send_upstream(
+        &self,
+        req: Request<Incoming>,
+        log: &mut ExchangeLog,
+    ) -> Result<(Response<Incoming>, Option<(&Dumper, ExchangeId)>), ProxyError> {
+        let (parts, body) = req.into_parts();
+        let limit = self.limits.max_body;
+        if content_length(&parts.headers).is_some_and(|len| len > limit) {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+
+        let exchange = self.dumper.as_ref().map(|d| (d, d.next_exchange()));
+        let request_dump = exchange.map(|(dumper, id)| {
+            let mut meta = Map::new();
+            meta.insert("method".into(), Value::from(parts.method.as_str()));
+            meta.insert("path".into(), Value::from(parts.uri.path()));
+            meta.insert("upstream_url".into(), Value::from(self.upstream.uri.to_string()));
+            dumper.open(id, "request", meta, &parts.headers)
+        });
+
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let body = RequestBody::new(body, limit, exceeded.clone(), log.bytes_in(), request_dump);
+        let mut upstream_req = Request::new(body);
+        *upstream_req.method_mut() = Method::POST;
+        *upstream_req.uri_mut() = self.upstream.uri.clone();
+        let mut headers = headers::upstream_request_headers(&parts.headers);
+        headers.insert(self.credential_header.clone(), self.credential.expose());
+        *upstream_req.headers_mut() = headers;
+
+        let sent = tokio::time::timeout(self.limits.response_timeout, self.client.request(upstream_req)).await;
+        match sent {
+            Err(_) => Err(ProxyError::UpstreamTimeout(self.limits.response_timeout)),
+            Ok(Err(_)) if exceeded.load(Ordering::Relaxed) => Err(ProxyError::BodyTooLarge { limit }),
+            Ok(Err(err)) => Err(classify_upstream(err)),
+            Ok(Ok(response)) => Ok((response, exchange)),
+        }
+    }
+}
+
+enum Route {
+    Forward,
+    Shutdown,
+    Refuse(ProxyError),
+}
+
+/// The request head's size as the client sent it, near enough: request line and header lines.
+fn head_size(req: &Request<Incoming>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Displays an error and its sources, `a: b: c`, for the log.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,122 @@
+//! Which headers cross keyward, in each direction.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the proxy
+/// credentials a client might send. Never forwarded in either direction.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Client headers keyward replaces or handles itself. `Host` is set from the upstream URL,
+/// the credential headers are keyward's own, and `Expect: 100-continue` is answered by keyward's
+/// HTTP server.
+const REPLACED: [HeaderName; 4] = [
+    header::HOST,
+    header::AUTHORIZATION,
+    HeaderName::from_static("api-key"),
+    header::EXPECT,
+];
+
+/// Headers whose values are credentials: redacted wherever keyward writes headers down.
+pub const CREDENTIALS: [HeaderName; 6] = [
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::COOKIE,
+    header::SET_COOKIE,
+    HeaderName::from_static("api-key"),
+    HeaderName::from_static("x-api-key"),
+];
+
+/// The headers sent upstream for a client's request: everything the client sent except
+/// hop-by-hop headers (including those its `Connection` header names) and the replaced ones.
+pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
+    filter(client, &REPLACED)
+}
+
+/// The headers sent to the client for the upstream's response: everything but hop-by-hop ones.
+pub fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
+    filter(upstream, &[])
+}
+
+fn filter(from: &HeaderMap, also_drop: &[HeaderName]) -> HeaderMap {
+    let named_by_connection: Vec<HeaderName> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    let mut out = HeaderMap::with_capacity(from.len());
+    for (name, value) in from {
+        if HOP_BY_HOP.contains(name) || also_drop.contains(name) || named_by_connection.contains(name) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+pub fn is_credential(name: &HeaderName) -> bool {
+    CREDENTIALS.contains(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    #[test]
+    fn request_keeps_identity_headers_and_drops_the_rest() {
+        let client = map(&[
+            ("host", "127.0.0.1:1"),
+            ("authorization", "Bearer client"),
+            ("api-key", "client"),
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic eA=="),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            ("session-id", "s1"),
+            ("x-codex-window-id", "w1"),
+            ("originator", "codex_exec"),
+            ("accept", "text/event-stream"),
+            ("cookie", "a=b"),
+        ]);
+        let out = upstream_request_headers(&client);
+        let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["session-id", "x-codex-window-id", "originator", "accept", "cookie"]);
+    }
+
+    #[test]
+    fn response_drops_only_hop_by_hop() {
+        let upstream = map(&[
+            ("content-type", "text/event-stream"),
+            ("connection", "close"),
+            ("transfer-encoding", "chunked"),
+            ("x-request-id", "req_1"),
+            ("openai-processing-ms", "12"),
+        ]);
+        let out = client_response_headers(&upstream);
+        let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-request-id", "openai-processing-ms"]);
+    }
+}

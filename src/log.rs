@@ -1,0 +1,136 @@
+//! Logging: the subscriber, and the one line written for each request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use tokio::time::Instant;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::LogFormat;
+
+/// Installs the stderr logger. The level comes from `RUST_LOG`, `info` by default.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    };
+}
+
+/// How a relayed response ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The upstream finished the body.
+    Completed,
+    /// The client went away first; the upstream request was dropped with it.
+    ClientGone,
+    /// The upstream was silent longer than `--idle-timeout`.
+    IdleTimeout,
+    /// The upstream connection broke mid-body.
+    UpstreamError,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Completed => "completed",
+            End::ClientGone => "client_gone",
+            End::IdleTimeout => "stream_idle_timeout",
+            End::UpstreamError => "upstream_stream_error",
+        }
+    }
+
+    /// What the client is told when keyward cuts its stream.
+    pub fn client_message(self, idle_limit: Duration) -> String {
+        match self {
+            End::IdleTimeout => format!(
+                "the upstream API sent nothing for {}s, so keyward ended the stream (--idle-timeout)",
+                idle_limit.as_secs()
+            ),
+            End::UpstreamError => "the connection to the upstream API broke in the middle of the response".into(),
+            End::Completed | End::ClientGone => String::new(),
+        }
+    }
+}
+
+/// Collects one forwarded request's figures and writes its log line when dropped, that is when
+/// the response body is finished or abandoned.
+pub struct ExchangeLog {
+    method: Method,
+    path: String,
+    started: Instant,
+    status: StatusCode,
+    upstream_status: Option<StatusCode>,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: u64,
+    first_byte: Option<Duration>,
+    end: Option<End>,
+}
+
+impl ExchangeLog {
+    pub fn new(method: Method, path: &str, started: Instant, bytes_in: Arc<AtomicU64>) -> Self {
+        Self {
+            method,
+            path: path.to_owned(),
+            started,
+            status: StatusCode::OK,
+            upstream_status: None,
+            bytes_in,
+            bytes_out: 0,
+            first_byte: None,
+            end: None,
+        }
+    }
+
+    /// The counter the request body adds to as it is forwarded.
+    pub fn bytes_in(&self) -> Arc<AtomicU64> {
+        self.bytes_in.clone()
+    }
+
+    pub fn upstream_status(&mut self, status: StatusCode) {
+        self.status = status;
+        self.upstream_status = Some(status);
+    }
+
+    /// A response keyward made itself (an error): logged now, with no upstream body to wait for.
+    pub fn finish_local(mut self, status: StatusCode) {
+        self.status = status;
+        self.end = Some(End::Completed);
+    }
+
+    pub fn add_bytes_out(&mut self, n: usize) {
+        if self.first_byte.is_none() {
+            self.first_byte = Some(self.started.elapsed());
+        }
+        self.bytes_out += n as u64;
+    }
+
+    pub fn end(&mut self, end: End) {
+        self.end.get_or_insert(end);
+    }
+}
+
+impl Drop for ExchangeLog {
+    fn drop(&mut self) {
+        let end = self.end.unwrap_or(End::ClientGone);
+        let millis = |d: Duration| d.as_secs_f64() * 1000.0;
+        tracing::info!(
+            method = %self.method,
+            path = %self.path.escape_debug(),
+            status = self.status.as_u16(),
+            upstream_status = self.upstream_status.map(|s| s.as_u16()),
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_out = self.bytes_out,
+            ttfb_ms = self.first_byte.map(millis),
+            duration_ms = millis(self.started.elapsed()),
+            end = end.as_str(),
+            "request"
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! Secret custody: types that never print their contents and wipe themselves on drop.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use zeroize::Zeroize;
+
+use crate::hardening;
+
+/// Bytes of a secret held in memory that is locked against swapping (when the kernel allows it)
+/// and zeroized before it is freed.
+pub struct LockedSecret {
+    bytes: Box<[u8]>,
+    locked: bool,
+}
+
+impl LockedSecret {
+    /// Copies `src` into a fresh exact-size allocation and locks it. The caller wipes `src`.
+    pub fn copy_from(src: &[u8]) -> Self {
+        let bytes: Box<[u8]> = src.into();
+        let locked = match hardening::lock_memory(&bytes) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not lock the secret's memory (mlock); it may be swapped to disk");
+                false
+            }
+        };
+        Self { bytes, locked }
+    }
+
+    /// The secret itself. Every use is a deliberate, greppable call.
+    pub fn expose(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+}
+
+impl AsRef<[u8]> for LockedSecret {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for LockedSecret {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+        if self.locked {
+            hardening::unlock_memory(&self.bytes);
+        }
+    }
+}
+
+impl fmt::Debug for LockedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A credential header value built once from a [`LockedSecret`], shared without copying.
+///
+/// Cloning it clones a reference to the locked buffer, never the bytes; the value is marked
+/// sensitive so HTTP/2 never puts it in a compression table and `Debug` hides it.
+#[derive(Clone)]
+pub struct SecretHeader(HeaderValue);
+
+impl SecretHeader {
+    /// Wraps an already validated header value. Fails only if `secret` holds bytes that are not
+    /// valid in a header, which the key reader has already ruled out.
+    pub fn new(secret: LockedSecret) -> Result<Self, http::header::InvalidHeaderValue> {
+        let mut value = HeaderValue::from_maybe_shared(Bytes::from_owner(secret))?;
+        value.set_sensitive(true);
+        Ok(Self(value))
+    }
+
+    /// The header value, to be placed in an outgoing request.
+    pub fn expose(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl fmt::Debug for SecretHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretHeader([redacted])")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let secret = LockedSecret::copy_from(b"Bearer sk-canary-123");
+        assert_eq!(format!("{secret:?}"), "[redacted]");
+        let header = SecretHeader::new(secret).unwrap();
+        let shown = format!("{header:?} {:?}", header.expose());
+        assert!(!shown.contains("canary"), "{shown}");
+    }
+
+    #[test]
+    fn header_shares_the_locked_bytes() {
+        let secret = LockedSecret::copy_from(b"Bearer abc");
+        let ptr = secret.expose().as_ptr();
+        let header = SecretHeader::new(secret).unwrap();
+        assert_eq!(header.expose().as_bytes().as_ptr(), ptr, "no copy was made");
+        assert!(header.expose().is_sensitive());
+    }
+}

@@ -1,0 +1,128 @@
+//! The client that talks to the upstream: pooled connections, HTTP/1.1 or HTTP/2 (by ALPN) over
+//! rustls, plain HTTP for test upstreams, and an optional CONNECT proxy. The environment's
+//! `HTTP_PROXY`/`HTTPS_PROXY` are never read.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+use crate::body::RequestBody;
+use crate::config::Config;
+use crate::error::BoxError;
+
+pub type UpstreamClient = Client<HttpsConnector<Connector>, RequestBody>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("--upstream-ca {path}: {what}")]
+    BadCa { path: String, what: String },
+    #[error("could not set up TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// A TCP connection to the upstream, direct or through a CONNECT tunnel.
+#[derive(Clone)]
+pub enum Connector {
+    Direct(HttpConnector),
+    Tunnel(Tunnel<HttpConnector>),
+}
+
+impl Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Connector::Direct(c) => c.poll_ready(cx).map_err(Into::into),
+            Connector::Tunnel(c) => c.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        match self {
+            Connector::Direct(c) => {
+                let fut = c.call(dst);
+                Box::pin(async move { fut.await.map_err(Into::into) })
+            }
+            Connector::Tunnel(c) => {
+                let fut = c.call(dst);
+                Box::pin(async move { fut.await.map_err(Into::into) })
+            }
+        }
+    }
+}
+
+pub fn build(config: &Config) -> Result<UpstreamClient, UpstreamError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.limits.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+
+    let connector = match &config.upstream_proxy {
+        None => Connector::Direct(http),
+        Some(proxy) => {
+            let mut tunnel = Tunnel::new(proxy.uri.clone(), http);
+            if let Some(auth) = &proxy.authorization {
+                tunnel = tunnel.with_auth(auth.clone());
+            }
+            Connector::Tunnel(tunnel)
+        }
+    };
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &config.upstream_ca {
+        add_pem_roots(&mut roots, path)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(connector);
+
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http2_adaptive_window(true)
+        .build(https))
+}
+
+fn add_pem_roots(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), UpstreamError> {
+    let bad = |what: String| UpstreamError::BadCa {
+        path: path.display().to_string(),
+        what,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificates found".into()));
+    }
+    for cert in certs {
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(())
+}
