@@ -232,8 +232,15 @@ mod tests {
     #[test]
     fn a_key_of_the_maximum_length_fits_and_one_more_byte_does_not() {
         let key = vec![b'a'; MAX_KEY_LEN];
-        assert_eq!(read(vec![Ok(key.clone()), Ok(b"\n".to_vec())]).unwrap().len(), 7 + MAX_KEY_LEN);
-        let chunks = (0..=MAX_KEY_LEN / 1000).map(|_| Ok(vec![b'a'; 1000])).collect();
+        assert_eq!(
+            read(vec![Ok(key.clone()), Ok(b"\n".to_vec())])
+                .unwrap()
+                .len(),
+            7 + MAX_KEY_LEN
+        );
+        let chunks = (0..=MAX_KEY_LEN / 1000)
+            .map(|_| Ok(vec![b'a'; 1000]))
+            .collect();
         assert!(matches!(read(chunks), Err(KeyError::TooLong { .. })));
     }
 
@@ -243,7 +250,10 @@ mod tests {
             let err = read(input).unwrap_err();
             let msg = err.to_string();
             assert!(matches!(err, KeyError::Empty { .. }));
-            assert!(msg.contains("stdin") && msg.contains("--api-key-file"), "{msg}");
+            assert!(
+                msg.contains("stdin") && msg.contains("--api-key-file"),
+                "{msg}"
+            );
         }
     }
 
@@ -272,7 +282,11 @@ mod tests {
 
     #[test]
     fn azure_style_has_no_prefix() {
-        let got = read_key(feed(vec![Ok(b"abc".to_vec())]), &KeySource::Stdin, AuthHeader::ApiKey.prefix());
+        let got = read_key(
+            feed(vec![Ok(b"abc".to_vec())]),
+            &KeySource::Stdin,
+            AuthHeader::ApiKey.prefix(),
+        );
         assert_eq!(got.unwrap().expose(), b"abc");
     }
 }

@@ -61,7 +61,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         match ready!(this.inner.poll_frame(cx)) {
             Some(Ok(frame)) => {
@@ -71,7 +74,8 @@ impl Body for RequestBody {
                         this.exceeded.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*this.limit)))));
                     }
-                    this.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    this.bytes_in
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                     if let Some(dump) = this.dump.as_mut() {
                         dump.append(data);
                     }
@@ -112,6 +116,8 @@ pin_project! {
         idle_limit: Duration,
         last_frame: Instant,
         sse: bool,
+        // The last two bytes relayed, to tell whether the stream stopped between two events.
+        tail: [u8; 2],
         done: bool,
         log: ExchangeLog,
         dump: Option<DumpSink>,
@@ -119,7 +125,13 @@ pin_project! {
 }
 
 impl RelayBody {
-    pub fn new(inner: Incoming, idle_limit: Duration, sse: bool, log: ExchangeLog, dump: Option<DumpSink>) -> Self {
+    pub fn new(
+        inner: Incoming,
+        idle_limit: Duration,
+        sse: bool,
+        log: ExchangeLog,
+        dump: Option<DumpSink>,
+    ) -> Self {
         let now = Instant::now();
         Self {
             inner,
@@ -127,6 +139,7 @@ impl RelayBody {
             idle_limit,
             last_frame: now,
             sse,
+            tail: *b"\n\n",
             done: false,
             log,
             dump,
@@ -135,7 +148,11 @@ impl RelayBody {
 }
 
 /// Ends the stream early: an SSE `error` event for event streams, an abort for anything else.
-fn cut(this: &mut RelayBodyProj<'_>, end: End, error: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+fn cut(
+    this: &mut RelayBodyProj<'_>,
+    end: End,
+    error: BoxError,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
     *this.done = true;
     this.log.end(end);
     if let Some(dump) = this.dump.as_mut() {
@@ -143,7 +160,11 @@ fn cut(this: &mut RelayBodyProj<'_>, end: End, error: BoxError) -> Poll<Option<R
     }
     tracing::warn!(error = %error, end = end.as_str(), "response stream cut");
     if *this.sse {
-        let event = sse_error_event(end.as_str(), &end.client_message(*this.idle_limit));
+        let mut event = sse_error_event(end.as_str(), &end.client_message(*this.idle_limit));
+        if this.tail != b"\n\n" && this.tail != b"\r\n" {
+            // The upstream stopped inside an event: close it so the error is an event of its own.
+            event = [&b"\n\n"[..], &event].concat().into();
+        }
         this.log.add_bytes_out(event.len());
         Poll::Ready(Some(Ok(Frame::data(event))))
     } else {
@@ -155,7 +176,10 @@ impl Body for RelayBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         if *this.done {
             return Poll::Ready(None);
@@ -164,6 +188,11 @@ impl Body for RelayBody {
             Poll::Ready(Some(Ok(frame))) => {
                 *this.last_frame = Instant::now();
                 if let Some(data) = frame.data_ref() {
+                    match data.len() {
+                        0 => {}
+                        1 => *this.tail = [this.tail[1], data[0]],
+                        n => *this.tail = [data[n - 2], data[n - 1]],
+                    }
                     this.log.add_bytes_out(data.len());
                     if let Some(dump) = this.dump.as_mut() {
                         dump.append(data);
@@ -232,7 +261,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBodyProj::Relay { body } => body.poll_frame(cx),
@@ -248,7 +280,9 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            ProxyBody::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             ProxyBody::Relay { body } => body.size_hint(),
         }
     }

@@ -61,7 +61,11 @@ pub struct ServeArgs {
     pub http_shutdown: bool,
 
     /// Where requests are forwarded. Its query string is kept (Azure's api-version).
-    #[arg(long, value_name = "URL", default_value = "https://api.openai.com/v1/responses")]
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "https://api.openai.com/v1/responses"
+    )]
     pub upstream_url: String,
 
     /// How the key is sent upstream: `bearer` (Authorization: Bearer KEY) or `api-key`
@@ -138,7 +142,9 @@ pub enum LogFormat {
 /// `90`, `90s`, `1500ms`, `5m`, `1h`. A bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let n: u64 = number
         .parse()
@@ -148,7 +154,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        other => return Err(format!("unknown unit `{other}` in `{text}`: use ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`: use ms, s, m or h"
+            ));
+        }
     };
     Ok(duration)
 }
@@ -156,7 +166,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// `1048576`, `64KiB`, `64MiB`, `1GiB` (also `KB`/`MB`/`GB` and `K`/`M`/`G`, all powers of 1024).
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let n: u64 = number
         .parse()
@@ -166,7 +178,11 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown unit `{other}` in `{text}`: use KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`: use KiB, MiB or GiB"
+            ));
+        }
     };
     n.checked_mul(scale)
         .ok_or_else(|| format!("`{text}` is too large"))
@@ -185,7 +201,8 @@ mod tests {
     #[test]
     fn flags_work_with_and_without_the_serve_subcommand() {
         let bare = Cli::try_parse_from(["keyward", "--port", "9", "--http-shutdown"]).unwrap();
-        let serve = Cli::try_parse_from(["keyward", "serve", "--port", "9", "--http-shutdown"]).unwrap();
+        let serve =
+            Cli::try_parse_from(["keyward", "serve", "--port", "9", "--http-shutdown"]).unwrap();
         for args in [bare.into_serve(), serve.into_serve()] {
             assert_eq!(args.port, Some(9));
             assert!(args.http_shutdown);
@@ -195,7 +212,10 @@ mod tests {
     #[test]
     fn units_parse() {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            parse_duration("1500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert!(parse_duration("5 fortnights").is_err());
         assert!(parse_duration("").is_err());

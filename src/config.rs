@@ -64,7 +64,10 @@ impl std::fmt::Debug for UpstreamProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamProxy")
             .field("uri", &self.uri)
-            .field("authorization", &self.authorization.as_ref().map(|_| "[redacted]"))
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "[redacted]"),
+            )
             .finish()
     }
 }
@@ -211,8 +214,9 @@ fn parse_proxy(text: &str) -> Result<UpstreamProxy, ConfigError> {
     } else {
         let user = percent_decode(url.username());
         let pass = percent_decode(url.password().unwrap_or(""));
-        let mut value = HeaderValue::try_from(format!("Basic {}", BASE64.encode(format!("{user}:{pass}"))))
-            .map_err(|_| ConfigError::BadProxy("the proxy credentials are not valid".into()))?;
+        let mut value =
+            HeaderValue::try_from(format!("Basic {}", BASE64.encode(format!("{user}:{pass}"))))
+                .map_err(|_| ConfigError::BadProxy("the proxy credentials are not valid".into()))?;
         value.set_sensitive(true);
         Some(value)
     };
@@ -233,7 +237,8 @@ mod tests {
     use clap::Parser;
 
     fn config(args: &[&str]) -> Result<Config, ConfigError> {
-        let cli = Cli::try_parse_from(std::iter::once("keyward").chain(args.iter().copied())).unwrap();
+        let cli =
+            Cli::try_parse_from(std::iter::once("keyward").chain(args.iter().copied())).unwrap();
         Config::from_args(&cli.into_serve())
     }
 
@@ -250,7 +255,10 @@ mod tests {
         let c = config(&["--port", "8080", "--listen", "[::1]:9090"]).unwrap();
         assert_eq!(
             c.listen,
-            vec!["127.0.0.1:8080".parse().unwrap(), "[::1]:9090".parse().unwrap()]
+            vec![
+                "127.0.0.1:8080".parse().unwrap(),
+                "[::1]:9090".parse().unwrap()
+            ]
         );
     }
 
@@ -278,10 +286,17 @@ mod tests {
 
     #[test]
     fn proxy_credentials_become_a_redacted_basic_header() {
-        let c = config(&["--upstream-proxy", "http://al%40ice:s3cret@proxy.local:3128"]).unwrap();
+        let c = config(&[
+            "--upstream-proxy",
+            "http://al%40ice:s3cret@proxy.local:3128",
+        ])
+        .unwrap();
         let proxy = c.upstream_proxy.unwrap();
         assert_eq!(proxy.uri, "http://proxy.local:3128/");
-        assert_eq!(proxy.authorization.as_ref().unwrap(), "Basic YWxAaWNlOnMzY3JldA==");
+        assert_eq!(
+            proxy.authorization.as_ref().unwrap(),
+            "Basic YWxAaWNlOnMzY3JldA=="
+        );
         assert!(!format!("{proxy:?}").contains("Basic"));
         assert!(config(&["--upstream-proxy", "https://proxy:3128"]).is_err());
     }

@@ -26,9 +26,19 @@ pub enum DumpError {
 }
 
 enum Message {
-    Open { id: u64, path: PathBuf, head: String },
-    Append { id: u64, text: String },
-    Close { id: u64, tail: String },
+    Open {
+        id: u64,
+        path: PathBuf,
+        head: String,
+    },
+    Append {
+        id: u64,
+        text: String,
+    },
+    Close {
+        id: u64,
+        tail: String,
+    },
 }
 
 /// `(sequence number, unix milliseconds)`: the name shared by an exchange's two files.
@@ -75,7 +85,13 @@ impl Dumper {
 
     /// Starts `{seq}-{ms}-{kind}.json` with `meta` (plus the redacted `headers`) and opens its
     /// `body` string, which the returned sink appends to.
-    pub fn open(&self, (seq, ms): ExchangeId, kind: &str, mut meta: Map<String, Value>, headers: &HeaderMap) -> DumpSink {
+    pub fn open(
+        &self,
+        (seq, ms): ExchangeId,
+        kind: &str,
+        mut meta: Map<String, Value>,
+        headers: &HeaderMap,
+    ) -> DumpSink {
         let id = self.files.fetch_add(1, Ordering::Relaxed);
         meta.insert("headers".into(), redacted_headers(headers));
         let mut head = Value::Object(meta).to_string();

@@ -43,7 +43,9 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
-            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamFailed(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::UpstreamConnectTimeout(_) | ProxyError::UpstreamTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -107,7 +109,12 @@ impl ProxyError {
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {
-        let mut response = error_response(self.status(), self.kind(), self.code(), &self.client_message());
+        let mut response = error_response(
+            self.status(),
+            self.kind(),
+            self.code(),
+            &self.client_message(),
+        );
         if let ProxyError::MethodNotAllowed { .. } = self {
             response
                 .headers_mut()
@@ -118,7 +125,12 @@ impl ProxyError {
 }
 
 /// A JSON error in OpenAI's shape: `{"error":{"message","type","code","param"}}`.
-pub fn error_response(status: StatusCode, kind: &str, code: &str, message: &str) -> Response<ProxyBody> {
+pub fn error_response(
+    status: StatusCode,
+    kind: &str,
+    code: &str,
+    message: &str,
+) -> Response<ProxyBody> {
     let body = serde_json::json!({
         "error": { "message": message, "type": kind, "code": code, "param": null }
     });
@@ -128,9 +140,10 @@ pub fn error_response(status: StatusCode, kind: &str, code: &str, message: &str)
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -150,8 +163,8 @@ pub fn sse_error_event(code: &str, message: &str) -> Bytes {
 /// Sorts a failed upstream call into the error the client sees.
 pub fn classify_upstream(err: hyper_util::client::legacy::Error) -> ProxyError {
     if err.is_connect() {
-        let timed_out = std::iter::successors(std::error::Error::source(&err), |e| e.source())
-            .any(|e| {
+        let timed_out =
+            std::iter::successors(std::error::Error::source(&err), |e| e.source()).any(|e| {
                 e.downcast_ref::<std::io::Error>()
                     .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
                     || e.to_string().contains("timed out")

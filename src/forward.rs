@@ -55,7 +55,12 @@ impl Proxy {
 
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
-        let log = ExchangeLog::new(req.method().clone(), req.uri().path(), started, Arc::default());
+        let log = ExchangeLog::new(
+            req.method().clone(),
+            req.uri().path(),
+            started,
+            Arc::default(),
+        );
         let outcome = match self.route(&req) {
             Route::Forward => return self.forward(req, log).await,
             Route::Shutdown => {
@@ -109,7 +114,9 @@ impl Proxy {
                 why: "keyward forwards only POST /v1/responses; other OpenAI endpoints are not reachable through it",
             });
         }
-        Route::Refuse(ProxyError::NotFound { path: path.to_owned() })
+        Route::Refuse(ProxyError::NotFound {
+            path: path.to_owned(),
+        })
     }
 
     async fn forward(&self, req: Request<Incoming>, mut log: ExchangeLog) -> Response<ProxyBody> {
@@ -117,7 +124,9 @@ impl Proxy {
             Ok(sent) => sent,
             Err(err) => {
                 match &err {
-                    ProxyError::BodyTooLarge { .. } => tracing::info!(error = %err, "request refused"),
+                    ProxyError::BodyTooLarge { .. } => {
+                        tracing::info!(error = %err, "request refused")
+                    }
                     _ => tracing::warn!(error = %ErrorChain(&err), "request failed"),
                 }
                 let response = err.into_response();
@@ -164,7 +173,10 @@ impl Proxy {
             let mut meta = Map::new();
             meta.insert("method".into(), Value::from(parts.method.as_str()));
             meta.insert("path".into(), Value::from(parts.uri.path()));
-            meta.insert("upstream_url".into(), Value::from(self.upstream.uri.to_string()));
+            meta.insert(
+                "upstream_url".into(),
+                Value::from(self.upstream.uri.to_string()),
+            );
             dumper.open(id, "request", meta, &parts.headers)
         });
 
@@ -177,10 +189,16 @@ impl Proxy {
         headers.insert(self.credential_header.clone(), self.credential.expose());
         *upstream_req.headers_mut() = headers;
 
-        let sent = tokio::time::timeout(self.limits.response_timeout, self.client.request(upstream_req)).await;
+        let sent = tokio::time::timeout(
+            self.limits.response_timeout,
+            self.client.request(upstream_req),
+        )
+        .await;
         match sent {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.limits.response_timeout)),
-            Ok(Err(_)) if exceeded.load(Ordering::Relaxed) => Err(ProxyError::BodyTooLarge { limit }),
+            Ok(Err(_)) if exceeded.load(Ordering::Relaxed) => {
+                Err(ProxyError::BodyTooLarge { limit })
+            }
             Ok(Err(err)) => Err(classify_upstream(err)),
             Ok(Ok(response)) => Ok((response, exchange)),
         }
@@ -202,7 +220,13 @@ fn head_size(req: &Request<Incoming>) -> usize {
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Displays an error and its sources, `a: b: c`, for the log.

@@ -56,7 +56,10 @@ fn filter(from: &HeaderMap, also_drop: &[HeaderName]) -> HeaderMap {
         .collect();
     let mut out = HeaderMap::with_capacity(from.len());
     for (name, value) in from {
-        if HOP_BY_HOP.contains(name) || also_drop.contains(name) || named_by_connection.contains(name) {
+        if HOP_BY_HOP.contains(name)
+            || also_drop.contains(name)
+            || named_by_connection.contains(name)
+        {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -103,7 +106,16 @@ mod tests {
         ]);
         let out = upstream_request_headers(&client);
         let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["session-id", "x-codex-window-id", "originator", "accept", "cookie"]);
+        assert_eq!(
+            names,
+            [
+                "session-id",
+                "x-codex-window-id",
+                "originator",
+                "accept",
+                "cookie"
+            ]
+        );
     }
 
     #[test]
@@ -117,6 +129,9 @@ mod tests {
         ]);
         let out = client_response_headers(&upstream);
         let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["content-type", "x-request-id", "openai-processing-ms"]);
+        assert_eq!(
+            names,
+            ["content-type", "x-request-id", "openai-processing-ms"]
+        );
     }
 }

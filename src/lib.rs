@@ -46,8 +46,13 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 
 async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::warn!("could not install signal handlers; use --http-shutdown or SIGKILL to stop keyward");
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!(
+            "could not install signal handlers; use --http-shutdown or SIGKILL to stop keyward"
+        );
         return std::future::pending().await;
     };
     tokio::select! {

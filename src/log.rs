@@ -19,7 +19,11 @@ pub fn init(format: LogFormat) {
         .with_target(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
     };
 }
 
@@ -53,7 +57,9 @@ impl End {
                 "the upstream API sent nothing for {}s, so keyward ended the stream (--idle-timeout)",
                 idle_limit.as_secs()
             ),
-            End::UpstreamError => "the connection to the upstream API broke in the middle of the response".into(),
+            End::UpstreamError => {
+                "the connection to the upstream API broke in the middle of the response".into()
+            }
             End::Completed | End::ClientGone => String::new(),
         }
     }

@@ -11,8 +11,14 @@ fn main() -> ExitCode {
     for failure in &hardening.failures {
         tracing::warn!("{failure}");
     }
-    if hardening.removed_env.iter().any(|name| name == "OPENAI_API_KEY") {
-        tracing::warn!("OPENAI_API_KEY was set in keyward's environment; it was removed and is not used. Start keyward with `env -u OPENAI_API_KEY` and pass the key on stdin");
+    if hardening
+        .removed_env
+        .iter()
+        .any(|name| name == "OPENAI_API_KEY")
+    {
+        tracing::warn!(
+            "OPENAI_API_KEY was set in keyward's environment; it was removed and is not used. Start keyward with `env -u OPENAI_API_KEY` and pass the key on stdin"
+        );
     }
     match keyward::serve(&args) {
         Ok(()) => ExitCode::SUCCESS,

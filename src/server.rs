@@ -84,7 +84,13 @@ pub async fn start(config: &Config, credential: SecretHeader) -> Result<Running,
     }
 
     let (shutdown, _) = watch::channel(false);
-    let proxy = Arc::new(Proxy::new(config, client, credential, dumper, shutdown.clone()));
+    let proxy = Arc::new(Proxy::new(
+        config,
+        client,
+        credential,
+        dumper,
+        shutdown.clone(),
+    ));
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept_loops = Vec::with_capacity(listeners.len());
     for listener in listeners {
@@ -186,11 +192,17 @@ async fn accept_loop(
 async fn drain(graceful: GracefulShutdown, grace: Duration) {
     let open = graceful.count();
     if open > 0 {
-        tracing::info!(connections = open, grace_s = grace.as_secs_f64(), "shutting down: letting in-flight requests finish");
+        tracing::info!(
+            connections = open,
+            grace_s = grace.as_secs_f64(),
+            "shutting down: letting in-flight requests finish"
+        );
     }
     match tokio::time::timeout(grace, graceful.shutdown()).await {
         Ok(()) => tracing::info!("shut down"),
-        Err(_) => tracing::warn!("shut down with requests still running: the grace period (--shutdown-grace) ran out"),
+        Err(_) => tracing::warn!(
+            "shut down with requests still running: the grace period (--shutdown-grace) ran out"
+        ),
     }
 }
 

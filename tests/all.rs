@@ -1,0 +1,6 @@
+//! keyward's integration tests: one binary, each test with its own keyward and fake upstream on
+//! 127.0.0.1:0.
+
+mod support;
+
+mod forwarding;

@@ -1,0 +1,175 @@
+//! keyward under test: in-process (fast, most tests) or as the real binary (for what only a
+//! process shows: stdin, signals, exit codes, /proc).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+use keyward::cli::Cli;
+use keyward::config::Config;
+use keyward::secret::{LockedSecret, SecretHeader};
+use keyward::server::{self, Running};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+pub const TEST_KEY: &str = "sk-test-0123456789";
+
+/// Starts keyward in this process with `args` (as on the command line) and the test key.
+pub async fn start(args: &[&str]) -> (SocketAddr, Running) {
+    let cli = Cli::try_parse_from(std::iter::once("keyward").chain(args.iter().copied())).unwrap();
+    let config = Config::from_args(&cli.into_serve()).unwrap();
+    let header = match config.auth_header {
+        keyward::api_key::AuthHeader::Bearer => format!("Bearer {TEST_KEY}"),
+        keyward::api_key::AuthHeader::ApiKey => TEST_KEY.to_owned(),
+    };
+    let credential = SecretHeader::new(LockedSecret::copy_from(header.as_bytes())).unwrap();
+    let running = server::start(&config, credential).await.unwrap();
+    (running.addrs[0], running)
+}
+
+/// Starts keyward in-process in front of `upstream_url`.
+pub async fn start_for(upstream_url: &str, extra: &[&str]) -> (SocketAddr, Running) {
+    let mut args = vec!["--upstream-url", upstream_url];
+    args.extend_from_slice(extra);
+    start(&args).await
+}
+
+/// The real `keyward` binary, its stderr collected line by line.
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub server_info: PathBuf,
+    pub stderr: Arc<Mutex<String>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Process {
+    /// Spawns `keyward serve` with `args`, `stdin` as its standard input, and waits until it
+    /// says it is listening.
+    pub async fn spawn(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Process {
+        let dir = tempfile::tempdir().unwrap();
+        let server_info = dir.path().join("server-info.json");
+        let mut child = command(args, env)
+            .arg("--server-info")
+            .arg(&server_info)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin).await.unwrap();
+        drop(input);
+
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready) = oneshot::channel();
+        collect(child.stderr.take().unwrap(), stderr.clone(), Some(ready_tx));
+        if super::within("keyward to listen", ready).await.is_err() {
+            panic!(
+                "keyward exited before listening: {}",
+                stderr.lock().unwrap()
+            );
+        }
+        let info: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&server_info).unwrap()).unwrap();
+        let port = u16::try_from(info["port"].as_u64().unwrap()).unwrap();
+        Process {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            server_info,
+            stderr,
+            dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn exit_code(&mut self) -> Option<i32> {
+        super::within("keyward to exit", self.child.wait())
+            .await
+            .unwrap()
+            .code()
+    }
+}
+
+pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
+    cmd.args(args).env_remove("RUST_LOG").stdout(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs the binary to completion with `stdin`; returns (exit code, stderr).
+pub async fn run_to_exit(args: &[&str], stdin: &[u8]) -> (Option<i32>, String) {
+    let mut child = command(args, &[])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    let output = super::within("keyward to exit", child.wait_with_output())
+        .await
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn collect(
+    stream: tokio::process::ChildStderr,
+    into: Arc<Mutex<String>>,
+    mut ready: Option<oneshot::Sender<()>>,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("keyward is listening") {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+            }
+            let mut all = into.lock().unwrap();
+            all.push_str(&line);
+            all.push('\n');
+        }
+    });
+}
+
+/// Every file under `dir`, with its contents.
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    out
+}

@@ -1,0 +1,19 @@
+//! Shared test parts: a fake upstream, an HTTP client, and keyward started in-process or as a
+//! child process.
+
+#![allow(dead_code)]
+
+pub mod client;
+pub mod keyward;
+pub mod upstream;
+
+use std::time::Duration;
+
+/// Generous bound for anything that should happen "at once": the point is ordering, not speed.
+pub const SOON: Duration = Duration::from_secs(10);
+
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(SOON, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}

@@ -1,0 +1,180 @@
+//! A fake upstream on 127.0.0.1:0, built with hyper like keyward itself. Each test gives it a
+//! handler; it records every request it receives.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+type Handler =
+    Arc<dyn Fn(Seen) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync>;
+
+/// A request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    arrivals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Seen>>,
+}
+
+impl FakeUpstream {
+    /// Starts an upstream whose handler gets the request with its body read whole.
+    pub async fn start<F, Fut>(handler: F) -> Self
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |seen| Box::pin(handler(seen)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                stream.set_nodelay(true).unwrap();
+                let handler = handler.clone();
+                let record = record.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let handler = handler.clone();
+                        let record = record.clone();
+                        let tx = tx.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let seen = Seen {
+                                method: parts.method.to_string(),
+                                uri: parts.uri.to_string(),
+                                headers: parts.headers,
+                                body,
+                            };
+                            record.lock().unwrap().push(seen.clone());
+                            let _ = tx.send(seen.clone());
+                            Ok::<_, Infallible>(handler(seen).await)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            seen,
+            arrivals: tokio::sync::Mutex::new(rx),
+        }
+    }
+
+    /// An upstream that answers every request with `{"ok":true}`.
+    pub async fn ok_json() -> Self {
+        Self::start(|_| async {
+            json(
+                StatusCode::OK,
+                r#"{"id":"resp_1","object":"response","status":"completed"}"#,
+            )
+        })
+        .await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/v1/responses", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits for the next request to arrive.
+    pub async fn next_request(&self) -> Seen {
+        super::within("a request at the upstream", async {
+            self.arrivals.lock().await.recv().await.unwrap()
+        })
+        .await
+    }
+}
+
+pub fn json(status: StatusCode, body: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-request-id", "req_fake")
+        .body(Full::new(Bytes::from(body.to_owned())).boxed())
+        .unwrap()
+}
+
+/// A streamed response whose chunks the test sends through the returned channel; dropping
+/// the sender ends the body. The `closed` future resolves when the body is dropped, that is
+/// when keyward stops reading it.
+pub fn stream(content_type: &str) -> (Response<Body>, mpsc::Sender<Bytes>) {
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let frames = futures_stream(rx);
+    let response = Response::builder()
+        .header("content-type", content_type)
+        .header("cache-control", "no-cache")
+        .body(BodyExt::boxed(StreamBody::new(frames)))
+        .unwrap();
+    (response, tx)
+}
+
+fn futures_stream(
+    mut rx: mpsc::Receiver<Bytes>,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + Sync + 'static {
+    tokio_stream_from(move |cx| rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))))
+}
+
+/// A `Stream` from a poll function (keeps the test dependencies to what keyward already has).
+fn tokio_stream_from<T, F>(f: F) -> PollStream<F>
+where
+    F: FnMut(&mut std::task::Context<'_>) -> std::task::Poll<Option<T>>,
+{
+    PollStream(f)
+}
+
+pub struct PollStream<F>(F);
+
+impl<T, F> futures_core::Stream for PollStream<F>
+where
+    F: FnMut(&mut std::task::Context<'_>) -> std::task::Poll<Option<T>> + Unpin,
+{
+    type Item = T;
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        (self.0)(cx)
+    }
+}
+
+/// One Responses API SSE event.
+pub fn sse_event(kind: &str, data: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("event: {kind}\ndata: {data}\n\n"))
+}
