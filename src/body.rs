@@ -65,8 +65,8 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match ready!(this.inner.poll_frame(cx)) {
+        let mut this = self.project();
+        match ready!(this.inner.as_mut().poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     *this.seen += data.len() as u64;
@@ -78,11 +78,16 @@ impl Body for RequestBody {
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
                     if let Some(dump) = this.dump.as_mut() {
                         dump.append(data);
+                        // A sized body is not polled again once its last byte is in.
+                        if this.inner.is_end_stream() {
+                            dump.set_end("completed");
+                        }
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(err)) => Poll::Ready(Some(Err(Box::new(err)))),
+
             None => {
                 if let Some(dump) = this.dump.as_mut() {
                     dump.set_end("completed");

@@ -3,4 +3,6 @@
 
 mod support;
 
+mod dump;
 mod forwarding;
+mod lifecycle;

@@ -1,0 +1,333 @@
+//! Starting, announcing and stopping: server-info, /shutdown, signals, graceful draining.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use serde_json::json;
+
+use crate::support::client::{self, next_chunk};
+use crate::support::keyward::{Process, start_for};
+use crate::support::upstream::{self, FakeUpstream, sse_event};
+use crate::support::within;
+
+/// An upstream whose streams the test drives: each request hands its sender to the test.
+async fn driven_upstream() -> (
+    FakeUpstream,
+    tokio::sync::mpsc::UnboundedReceiver<tokio::sync::mpsc::Sender<Bytes>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let upstream = FakeUpstream::start(move |_| {
+        let (response, stream) = upstream::stream("text/event-stream");
+        let _ = tx.send(stream);
+        async move { response }
+    })
+    .await;
+    (upstream, rx)
+}
+
+#[tokio::test]
+async fn http_shutdown_lets_a_running_stream_finish_and_refuses_new_connections() {
+    let (upstream, mut streams) = driven_upstream().await;
+    let (addr, keyward) = start_for(&upstream.url(), &["--http-shutdown"]).await;
+
+    let req = Request::post("/v1/responses")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let mut body = client::send(addr, req).await.into_body();
+    let stream = within("the upstream stream", streams.recv()).await.unwrap();
+    stream
+        .send(sse_event("response.created", &json!({"n":1})))
+        .await
+        .unwrap();
+    next_chunk(&mut body).await.unwrap();
+
+    let reply = client::get(addr, "/shutdown").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["status"], "shutting down");
+
+    // New connections are no longer accepted...
+    within("the listener to close", async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    // ...while the stream in flight carries on to its end.
+    let done = tokio::spawn(keyward.wait());
+    stream
+        .send(sse_event("response.completed", &json!({"n":2})))
+        .await
+        .unwrap();
+    let got = next_chunk(&mut body).await.unwrap();
+    assert!(String::from_utf8_lossy(&got).contains("response.completed"));
+    assert!(!done.is_finished(), "keyward waits for the stream");
+    drop(stream);
+    assert_eq!(next_chunk(&mut body).await, None);
+    within("keyward to stop after the last stream", done)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_grace_bounds_how_long_a_stream_may_run() {
+    let (upstream, mut streams) = driven_upstream().await;
+    let (addr, keyward) = start_for(&upstream.url(), &["--shutdown-grace", "1s"]).await;
+    let req = Request::post("/v1/responses")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let _body = client::send(addr, req).await.into_body();
+    let _stream = within("the upstream stream", streams.recv()).await.unwrap();
+
+    keyward.shutdown();
+    // The upstream never ends the stream; keyward stops anyway once the grace period is over.
+    within("keyward to give up on the stream", keyward.wait()).await;
+}
+
+#[tokio::test]
+async fn sigterm_and_sigint_stop_the_process_gracefully_with_exit_code_0() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let (upstream, mut streams) = driven_upstream().await;
+        let mut keyward =
+            Process::spawn(&["--upstream-url", &upstream.url()], b"sk-key\n", &[]).await;
+        let req = Request::post("/v1/responses")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let mut body = client::send(keyward.addr, req).await.into_body();
+        let stream = within("the upstream stream", streams.recv()).await.unwrap();
+
+        keyward.signal(signal);
+        stream
+            .send(sse_event("response.completed", &json!({})))
+            .await
+            .unwrap();
+        assert!(
+            next_chunk(&mut body).await.is_some(),
+            "the stream still flows after the signal"
+        );
+        drop(stream);
+        assert_eq!(next_chunk(&mut body).await, None);
+        assert_eq!(keyward.exit_code().await, Some(0), "{}", keyward.stderr());
+        assert!(keyward.stderr().contains("shutting down on signal"));
+    }
+}
+
+#[tokio::test]
+async fn server_info_is_one_line_of_json_with_port_pid_and_addresses() {
+    let upstream = FakeUpstream::ok_json().await;
+    let mut keyward = Process::spawn(
+        &[
+            "--upstream-url",
+            &upstream.url(),
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "[::1]:0",
+        ],
+        b"sk-key\n",
+        &[],
+    )
+    .await;
+    let text = std::fs::read_to_string(&keyward.server_info).unwrap();
+    assert!(
+        text.ends_with('\n') && text.lines().count() == 1,
+        "{text:?}"
+    );
+    let info: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(info["pid"], keyward.pid());
+    let listen: Vec<&str> = info["listen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(listen.len(), 2);
+    assert!(
+        listen[0].starts_with("127.0.0.1:") && listen[1].starts_with("[::1]:"),
+        "{listen:?}"
+    );
+    assert_eq!(
+        info["port"].as_u64().unwrap().to_string(),
+        listen[0].rsplit(':').next().unwrap()
+    );
+    let mode = std::fs::metadata(&keyward.server_info)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o644);
+
+    // Both addresses serve.
+    for addr in listen {
+        let reply = client::post_responses(addr.parse().unwrap(), "{}").await;
+        assert_eq!(reply.status, StatusCode::OK, "{addr}");
+    }
+    keyward.signal(libc::SIGTERM);
+    assert_eq!(keyward.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn server_info_replaces_a_planted_symlink_instead_of_following_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let info = dir.path().join("info.json");
+    std::os::unix::fs::symlink(&victim, &info).unwrap();
+
+    keyward::server::write_server_info(&info, &["127.0.0.1:4242".parse().unwrap()]).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "precious",
+        "the symlink's target is untouched"
+    );
+    assert!(
+        !std::fs::symlink_metadata(&info)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&info).unwrap()).unwrap();
+    assert_eq!(written["port"], 4242);
+    assert_eq!(written["pid"], std::process::id());
+    // No temporary file is left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}
+
+#[tokio::test]
+async fn startup_errors_are_clear_and_exit_non_zero() {
+    use crate::support::keyward::run_to_exit;
+    let cases: [(&[&str], &[u8], &[&str]); 6] = [
+        (&[], b"", &["stdin", "--api-key-file"]),
+        (&[], b"\n", &["stdin", "--api-key-file"]),
+        (&[], b"sk-has a space\n", &["whitespace", "byte 6"]),
+        (
+            &["--listen", "0.0.0.0:0"],
+            b"sk-key",
+            &["not a loopback address"],
+        ),
+        (
+            &["--api-key-file", "/nonexistent/key"],
+            b"",
+            &["/nonexistent/key", "No such file"],
+        ),
+        (
+            &["--upstream-url", "ftp://x/"],
+            b"sk-key",
+            &["--upstream-url", "http or https"],
+        ),
+    ];
+    for (args, stdin, expected) in cases {
+        let (code, stderr) = run_to_exit(args, stdin).await;
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        for word in expected {
+            assert!(
+                stderr.contains(word),
+                "{args:?}: expected {word:?} in {stderr}"
+            );
+        }
+        assert!(
+            !stderr.contains("has a space"),
+            "the key is never printed: {stderr}"
+        );
+    }
+    let (code, stderr) = run_to_exit(&["--no-such-flag"], b"").await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--no-such-flag"));
+}
+
+#[tokio::test]
+async fn the_key_can_come_from_a_file() {
+    let upstream = FakeUpstream::ok_json().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("openai-key");
+    std::fs::write(&key_file, "sk-from-file\r\n").unwrap();
+    let keyward = Process::spawn(
+        &[
+            "--upstream-url",
+            &upstream.url(),
+            "--api-key-file",
+            key_file.to_str().unwrap(),
+        ],
+        b"",
+        &[],
+    )
+    .await;
+    client::post_responses(keyward.addr, "{}").await;
+    assert_eq!(
+        upstream.next_request().await.headers["authorization"],
+        "Bearer sk-from-file"
+    );
+}
+
+#[tokio::test]
+async fn core_dumps_are_off() {
+    let upstream = FakeUpstream::ok_json().await;
+    let keyward = Process::spawn(&["--upstream-url", &upstream.url()], b"sk-key\n", &[]).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", keyward.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(
+        &fields[4..6],
+        ["0", "0"],
+        "soft and hard limits are 0: {core}"
+    );
+}
+
+#[tokio::test]
+async fn the_process_is_not_dumpable_so_its_own_user_cannot_read_its_memory() {
+    // The kernel makes /proc/PID/{mem,environ,...} of a non-dumpable process owned by root, so
+    // another process of the same user cannot read or ptrace it. Seen from outside: run keyward
+    // as `nobody` and look at who owns those files. Needs root to switch users.
+    if keyward::hardening::effective_uid() != 0 {
+        eprintln!("skipped: needs root to start keyward as another user");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let upstream = FakeUpstream::ok_json().await;
+    let mut cmd = crate::support::keyward::command(&["--upstream-url", &upstream.url()], &[]);
+    let mut child = cmd
+        .uid(65534)
+        .gid(65534)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"sk-key\n").await.unwrap();
+    }
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    within("keyward to listen", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("keyward is listening") {
+                return;
+            }
+        }
+        panic!("keyward exited");
+    })
+    .await;
+    let pid = child.id().unwrap();
+    for file in ["environ", "mem", "maps"] {
+        let meta = std::fs::metadata(format!("/proc/{pid}/{file}")).unwrap();
+        assert_eq!(
+            meta.uid(),
+            0,
+            "non-dumpable: /proc/{pid}/{file} belongs to root"
+        );
+    }
+    let real_uid = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        real_uid.lines().any(|l| l.starts_with("Uid:\t65534")),
+        "keyward runs as nobody"
+    );
+}
