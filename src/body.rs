@@ -203,6 +203,14 @@ impl Body for RelayBody {
                         dump.append(data);
                     }
                 }
+                // A sized body is not polled again once its last byte is out.
+                if this.inner.is_end_stream() {
+                    *this.done = true;
+                    this.log.end(End::Completed);
+                    if let Some(dump) = this.dump.as_mut() {
+                        dump.set_end(End::Completed.as_str());
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => cut(&mut this, End::UpstreamError, Box::new(err)),

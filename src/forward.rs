@@ -77,7 +77,7 @@ impl Proxy {
             tracing::debug!(error = %err, "request refused");
             err.into_response()
         });
-        log.finish_local(response.status());
+        log.finish_local(response.status(), body_len(&response));
         response
     }
 
@@ -130,7 +130,7 @@ impl Proxy {
                     _ => tracing::warn!(error = %ErrorChain(&err), "request failed"),
                 }
                 let response = err.into_response();
-                log.finish_local(response.status());
+                log.finish_local(response.status(), body_len(&response));
                 return response;
             }
         };
@@ -242,4 +242,10 @@ impl std::fmt::Display for ErrorChain<'_> {
         }
         Ok(())
     }
+}
+
+fn body_len(response: &Response<ProxyBody>) -> u64 {
+    http_body::Body::size_hint(response.body())
+        .exact()
+        .unwrap_or(0)
 }

@@ -1,5 +1,6 @@
 //! Logging: the subscriber, and the one line written for each request.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,6 +17,7 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -105,8 +107,9 @@ impl ExchangeLog {
     }
 
     /// A response keyward made itself (an error): logged now, with no upstream body to wait for.
-    pub fn finish_local(mut self, status: StatusCode) {
+    pub fn finish_local(mut self, status: StatusCode, body_len: u64) {
         self.status = status;
+        self.bytes_out = body_len;
         self.end = Some(End::Completed);
     }
 
@@ -125,7 +128,9 @@ impl ExchangeLog {
 impl Drop for ExchangeLog {
     fn drop(&mut self) {
         let end = self.end.unwrap_or(End::ClientGone);
-        let millis = |d: Duration| d.as_secs_f64() * 1000.0;
+        // Milliseconds with microsecond precision.
+        let millis = |d: Duration| d.as_micros() as f64 / 1000.0;
+
         tracing::info!(
             method = %self.method,
             path = %self.path.escape_debug(),

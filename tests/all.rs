@@ -3,6 +3,7 @@
 
 mod support;
 
+mod canary;
 mod dump;
 mod forwarding;
 mod lifecycle;

@@ -331,3 +331,62 @@ async fn the_process_is_not_dumpable_so_its_own_user_cannot_read_its_memory() {
         "keyward runs as nobody"
     );
 }
+
+#[tokio::test]
+async fn each_request_gets_one_log_line_with_its_figures() {
+    let upstream = FakeUpstream::start(|seen| async move {
+        if seen.body.as_ref() == b"sse" {
+            let (response, tx) = upstream::stream("text/event-stream");
+            tokio::spawn(async move {
+                tx.send(sse_event("response.completed", &json!({})))
+                    .await
+                    .unwrap();
+            });
+            response
+        } else {
+            upstream::json(StatusCode::CREATED, r#"{"ok":true}"#)
+        }
+    })
+    .await;
+    let mut keyward = Process::spawn(
+        &[
+            "--upstream-url",
+            &upstream.url(),
+            "--log-format",
+            "json",
+            "--http-shutdown",
+        ],
+        b"sk-key\n",
+        &[],
+    )
+    .await;
+    client::post_responses(keyward.addr, "json").await;
+    client::post_responses(keyward.addr, "sse").await;
+    client::get(keyward.addr, "/elsewhere").await;
+    client::get(keyward.addr, "/shutdown").await;
+    assert_eq!(keyward.exit_code().await, Some(0));
+
+    let lines: Vec<serde_json::Value> = keyward
+        .stderr()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|l: &serde_json::Value| l["message"] == "request")
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let (json_line, sse_line, refused) = (&lines[0], &lines[1], &lines[2]);
+    assert_eq!(json_line["status"], 201);
+    assert_eq!(json_line["upstream_status"], 201);
+    assert_eq!(json_line["bytes_in"], 4);
+    assert_eq!(json_line["bytes_out"], 11);
+    assert_eq!(json_line["end"], "completed");
+    assert!(json_line["ttfb_ms"].as_f64().unwrap() <= json_line["duration_ms"].as_f64().unwrap());
+    assert_eq!(sse_line["end"], "completed");
+    assert_eq!(
+        sse_line["bytes_out"],
+        sse_event("response.completed", &json!({})).len()
+    );
+    assert_eq!(refused["status"], 404);
+    assert_eq!(refused["path"], "/elsewhere");
+    assert!(refused["upstream_status"].is_null());
+    assert!(refused["bytes_out"].as_u64().unwrap() > 0);
+}
