@@ -5,5 +5,6 @@ mod support;
 
 mod canary;
 mod dump;
+mod e2e;
 mod forwarding;
 mod lifecycle;
