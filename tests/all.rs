@@ -8,3 +8,4 @@ mod dump;
 mod e2e;
 mod forwarding;
 mod lifecycle;
+mod upstream;

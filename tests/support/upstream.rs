@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -26,6 +26,7 @@ type Handler =
 pub struct Seen {
     pub method: String,
     pub uri: String,
+    pub version: http::Version,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -39,6 +40,43 @@ pub struct FakeUpstream {
 impl FakeUpstream {
     /// Starts an upstream whose handler gets the request with its body read whole.
     pub async fn start<F, Fut>(handler: F) -> Self
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        Self::serve(handler, None).await
+    }
+
+    /// The same over TLS (ALPN `h2` and `http/1.1`) with a certificate for `localhost` from a
+    /// fresh CA; returns the CA certificate in PEM.
+    pub async fn start_tls<F, Fut>(handler: F) -> (Self, String)
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        (Self::serve(handler, Some(acceptor)).await, ca.pem())
+    }
+
+    async fn serve<F, Fut>(handler: F, tls: Option<tokio_rustls::TlsAcceptor>) -> Self
     where
         F: Fn(Seen) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
@@ -58,32 +96,53 @@ impl FakeUpstream {
                 let handler = handler.clone();
                 let record = record.clone();
                 let tx = tx.clone();
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let handler = handler.clone();
+                    let record = record.clone();
+                    let tx = tx.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let seen = Seen {
+                            method: parts.method.to_string(),
+                            uri: parts.uri.to_string(),
+                            version: parts.version,
+                            headers: parts.headers,
+                            body,
+                        };
+                        record.lock().unwrap().push(seen.clone());
+                        let _ = tx.send(seen.clone());
+                        Ok::<_, Infallible>(handler(seen).await)
+                    }
+                });
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let handler = handler.clone();
-                        let record = record.clone();
-                        let tx = tx.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let seen = Seen {
-                                method: parts.method.to_string(),
-                                uri: parts.uri.to_string(),
-                                headers: parts.headers,
-                                body,
-                            };
-                            record.lock().unwrap().push(seen.clone());
-                            let _ = tx.send(seen.clone());
-                            Ok::<_, Infallible>(handler(seen).await)
+                    match tls {
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
                         }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                let _ =
+                                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                        .serve_connection(TokioIo::new(stream), service)
+                                        .await;
+                            } else {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });
