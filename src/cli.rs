@@ -119,8 +119,15 @@ pub struct ServeArgs {
     pub shutdown_grace: Duration,
 
     /// Reach the upstream through this HTTP proxy (CONNECT tunnel), e.g.
-    /// http://user:pass@proxy:3128. HTTP_PROXY and HTTPS_PROXY are ignored.
-    #[arg(long, value_name = "URL")]
+    /// http://user:pass@proxy:3128. HTTP_PROXY and HTTPS_PROXY are ignored. A URL with a
+    /// password belongs in the environment variable, not on the command line, which every local
+    /// user can read.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "KEYWARD_UPSTREAM_PROXY",
+        hide_env_values = true
+    )]
     pub upstream_proxy: Option<String>,
 
     /// Also trust the CA certificates in this PEM file for the upstream's TLS (for a private

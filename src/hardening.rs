@@ -5,18 +5,34 @@
 
 use std::io;
 
-/// What [`harden_process`] could not do; printed as warnings once logging is up.
-#[derive(Debug, Default)]
+/// What [`harden_process`] did and could not do; reported once logging is up.
+#[derive(Debug)]
 pub struct HardeningReport {
     pub failures: Vec<String>,
     pub removed_env: Vec<String>,
+    pub memory: MemoryLock,
+}
+
+/// Whether all of keyward's memory is locked against swapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryLock {
+    /// Every page, present and future: no copy of a secret (HTTP and TLS buffers included) can
+    /// be written to swap.
+    All,
+    /// Only the secret's own buffer is locked; transient copies in HTTP buffers could be
+    /// swapped. The string says why the rest is not locked.
+    SecretOnly(String),
 }
 
 /// Turns off core dumps, makes the process non-dumpable (which also forbids `ptrace` and
 /// `/proc/PID/mem` reads by other processes of the same user), and removes `LD_*` variables and
 /// `OPENAI_API_KEY` from the environment. Call it first thing in `main`, before any thread exists.
 pub fn harden_process() -> HardeningReport {
-    let mut report = HardeningReport::default();
+    let mut report = HardeningReport {
+        failures: Vec::new(),
+        removed_env: Vec::new(),
+        memory: lock_all_memory(),
+    };
 
     let no_core = libc::rlimit {
         rlim_cur: 0,
@@ -54,7 +70,53 @@ pub fn harden_process() -> HardeningReport {
     report
 }
 
+/// Locks every page of the process, now and later, when that cannot make allocations fail: the
+/// memlock limit is unlimited or the process holds `CAP_IPC_LOCK` (root does). Under a finite
+/// limit, locking all future memory would turn heavy load into allocation failures, so keyward
+/// then locks only the secret itself.
+fn lock_all_memory() -> MemoryLock {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes into the struct we pass, which lives for the whole call.
+    let unlimited = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0
+        && limit.rlim_cur == libc::RLIM_INFINITY;
+    if !unlimited && !has_cap_ipc_lock() {
+        return MemoryLock::SecretOnly(
+            "the memlock limit is finite and keyward lacks CAP_IPC_LOCK (run as root, or with \
+             LimitMEMLOCK=infinity under systemd)"
+                .into(),
+        );
+    }
+    // MCL_ONFAULT locks pages as they are first touched, so reserved but unused memory (thread
+    // stacks, allocator arenas) costs nothing.
+    let flags = libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT;
+    // SAFETY: `mlockall` takes flags only and changes no memory contents.
+    if unsafe { libc::mlockall(flags) } == 0 {
+        MemoryLock::All
+    } else {
+        MemoryLock::SecretOnly(format!("mlockall failed: {}", io::Error::last_os_error()))
+    }
+}
+
+fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_owned();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
 /// Locks the pages holding `buf` into RAM so they are never written to swap.
+
 pub fn lock_memory(buf: &[u8]) -> io::Result<()> {
     if buf.is_empty() {
         return Ok(());

@@ -159,3 +159,81 @@ async fn the_key_appears_nowhere_but_at_the_upstream() {
         );
     }
 }
+
+/// Each mapping of `pid` as (start, end, locked), from /proc/PID/smaps.
+fn mappings(pid: u32) -> Vec<(u64, u64, bool)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut out: Vec<(u64, u64, bool)> = Vec::new();
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-')
+            && let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+        {
+            out.push((lo, hi, false));
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            out.last_mut().unwrap().2 = flags.split_whitespace().any(|f| f == "lo");
+        }
+    }
+    out
+}
+
+/// Addresses where `needle` occurs in the readable memory of `pid`.
+fn find_in_memory(pid: u32, needle: &[u8]) -> Vec<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut hits = Vec::new();
+    for (lo, hi, _) in mappings(pid) {
+        let mut data = vec![0u8; (hi - lo) as usize];
+        if mem.seek(SeekFrom::Start(lo)).is_err() || mem.read_exact(&mut data).is_err() {
+            continue; // guard pages and the like
+        }
+        hits.extend(
+            data.windows(needle.len())
+                .enumerate()
+                .filter(|(_, w)| *w == needle)
+                .map(|(i, _)| lo + i as u64),
+        );
+    }
+    hits
+}
+
+#[tokio::test]
+async fn every_copy_of_the_key_in_memory_is_in_locked_pages() {
+    // Reading another process's memory needs root (keyward is not dumpable), and so does
+    // locking all of it.
+    if keyward::hardening::effective_uid() != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let upstream = FakeUpstream::ok_json().await;
+    let keyward = Process::spawn(
+        &["--upstream-url", &upstream.url()],
+        format!("{CANARY}\n").as_bytes(),
+        &[],
+    )
+    .await;
+    assert!(
+        keyward
+            .stderr()
+            .contains("all of keyward's memory is locked"),
+        "{}",
+        keyward.stderr()
+    );
+    for _ in 0..20 {
+        client::post_responses(keyward.addr, "{}").await;
+    }
+    let pid = keyward.pid();
+    let hits = find_in_memory(pid, CANARY.as_bytes());
+    assert!(!hits.is_empty(), "the scan finds the key it holds");
+    let maps = mappings(pid);
+    for hit in hits {
+        let (lo, hi, locked) = maps
+            .iter()
+            .find(|(lo, hi, _)| (*lo..*hi).contains(&hit))
+            .unwrap();
+        assert!(
+            locked,
+            "a copy of the key at {hit:#x} lies in unlocked memory {lo:#x}-{hi:#x}"
+        );
+    }
+}

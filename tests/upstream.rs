@@ -172,3 +172,28 @@ async fn proxy_variables_in_the_environment_are_ignored() {
     );
     assert_eq!(upstream.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn proxy_credentials_can_stay_out_of_argv() {
+    let upstream = FakeUpstream::ok_json().await;
+    let (proxy, mut heads) = connect_proxy().await;
+    let proxy_url = format!("http://user:secret@{proxy}");
+    let keyward = Process::spawn(
+        &["--upstream-url", &upstream.url()],
+        b"sk-key\n",
+        &[("KEYWARD_UPSTREAM_PROXY", proxy_url.as_str())],
+    )
+    .await;
+    assert_eq!(
+        client::post_responses(keyward.addr, "{}").await.status,
+        StatusCode::OK
+    );
+    let head = within("the proxy to be asked", heads.recv()).await.unwrap();
+    assert!(
+        head.starts_with(&format!("CONNECT {} HTTP/1.1", upstream.addr)),
+        "{head}"
+    );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", keyward.pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("secret"));
+    assert!(!keyward.stderr().contains("secret"));
+}
