@@ -116,7 +116,6 @@ fn has_cap_ipc_lock() -> bool {
 }
 
 /// Locks the pages holding `buf` into RAM so they are never written to swap.
-
 pub fn lock_memory(buf: &[u8]) -> io::Result<()> {
     if buf.is_empty() {
         return Ok(());
