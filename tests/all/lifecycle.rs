@@ -1,7 +1,6 @@
 //! Starting, announcing and stopping: server-info, /shutdown, signals, graceful draining.
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};

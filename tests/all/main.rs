@@ -1,6 +1,9 @@
 //! keyward's integration tests: one binary, each test with its own keyward and fake upstream on
 //! 127.0.0.1:0.
 
+// A test that finds something wrong panics; that is its job.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 mod canary;

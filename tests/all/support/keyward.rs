@@ -148,11 +148,12 @@ fn collect(
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("keyward is listening") {
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(());
-                }
+            if line.contains("keyward is listening")
+                && let Some(ready) = ready.take()
+            {
+                let _ = ready.send(());
             }
+
             let mut all = into.lock().unwrap();
             all.push_str(&line);
             all.push('\n');
