@@ -418,3 +418,76 @@ impl Drop for DropSignal {
         let _ = self.0.send(());
     }
 }
+
+#[tokio::test]
+async fn too_many_headers_get_431() {
+    let upstream = FakeUpstream::ok_json().await;
+    let (addr, _keyward) = start_for(&upstream.url(), &[]).await;
+    let headers: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let request =
+        format!("POST /v1/responses HTTP/1.1\r\nhost: x\r\n{headers}content-length: 2\r\n\r\n{{}}");
+    let (status, _) = client::raw(addr, request.as_bytes()).await;
+    assert_eq!(status, 431);
+    assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_client_too_slow_to_send_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = FakeUpstream::ok_json().await;
+    let (addr, _keyward) = start_for(&upstream.url(), &["--header-timeout", "1s"]).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /v1/responses HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    // ...and never the rest. keyward closes the connection (hyper may first say 408).
+    let mut rest = Vec::new();
+    within(
+        "keyward to drop the slow client",
+        stream.read_to_end(&mut rest),
+    )
+    .await
+    .ok();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn an_upstream_that_cannot_be_connected_to_in_time_is_a_504() {
+    // A listener that never accepts, its backlog filled: the kernel drops further SYNs, so a
+    // connection attempt hangs the way it does to a host that has gone away.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let full = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            tokio::net::TcpStream::connect(full),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let (addr, _keyward) = start_for(
+        &format!("http://{full}/v1/responses"),
+        &["--connect-timeout", "500ms"],
+    )
+    .await;
+    let reply = client::post_responses(addr, "{}").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.json()["error"]["code"], "upstream_connect_timeout");
+    drop(listener);
+}
