@@ -491,3 +491,31 @@ async fn an_upstream_that_cannot_be_connected_to_in_time_is_a_504() {
     assert_eq!(reply.json()["error"]["code"], "upstream_connect_timeout");
     drop(listener);
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = FakeUpstream::ok_json().await;
+    let (addr, _keyward) = start_for(&upstream.url(), &["--header-timeout", "1s"]).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /v1/responses HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = stream.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    // The connection is kept alive, then closed once it has been idle past the limit.
+    let mut rest = Vec::new();
+    within(
+        "keyward to close the idle connection",
+        stream.read_to_end(&mut rest),
+    )
+    .await
+    .ok();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
