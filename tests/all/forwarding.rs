@@ -89,16 +89,7 @@ async fn azure_gets_the_api_key_header_and_keeps_its_query() {
 async fn events_are_relayed_one_at_a_time() {
     // The upstream sends the next event only after the client has received the previous one.
     // Any buffering in keyward would hold event N back until N+1 came, and this would time out.
-    let (tx_slot, rx_slot) = tokio::sync::oneshot::channel();
-    let slot = std::sync::Mutex::new(Some(tx_slot));
-    let upstream = FakeUpstream::start(move |_| {
-        let (response, tx) = upstream::stream("text/event-stream");
-        if let Some(slot) = slot.lock().unwrap().take() {
-            let _ = slot.send(tx);
-        }
-        async move { response }
-    })
-    .await;
+    let (upstream, mut streams) = FakeUpstream::driven().await;
     let (addr, _keyward) = start_for(&upstream.url(), &[]).await;
 
     let req = Request::post("/v1/responses")
@@ -110,7 +101,7 @@ async fn events_are_relayed_one_at_a_time() {
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     assert!(!response.headers().contains_key("content-length"));
     let mut body = response.into_body();
-    let tx = within("the upstream stream", rx_slot).await.unwrap();
+    let tx = within("the upstream stream", streams.recv()).await.unwrap();
 
     for i in 0..20 {
         let event = sse_event(
@@ -358,22 +349,13 @@ async fn a_stream_that_breaks_mid_event_ends_with_a_separate_error_event() {
 
 #[tokio::test]
 async fn a_client_that_goes_away_cancels_the_upstream_request() {
-    let (tx_slot, rx_slot) = tokio::sync::oneshot::channel();
-    let slot = std::sync::Mutex::new(Some(tx_slot));
-    let upstream = FakeUpstream::start(move |_| {
-        let (response, tx) = upstream::stream("text/event-stream");
-        if let Some(slot) = slot.lock().unwrap().take() {
-            let _ = slot.send(tx);
-        }
-        async move { response }
-    })
-    .await;
+    let (upstream, mut streams) = FakeUpstream::driven().await;
     let (addr, _keyward) = start_for(&upstream.url(), &[]).await;
     let req = Request::post("/v1/responses")
         .body(Full::new(Bytes::from_static(b"{}")))
         .unwrap();
     let mut body = client::send(addr, req).await.into_body();
-    let tx = within("the upstream stream", rx_slot).await.unwrap();
+    let tx = within("the upstream stream", streams.recv()).await.unwrap();
     tx.send(Bytes::from_static(b"event: a\ndata: 1\n\n"))
         .await
         .unwrap();

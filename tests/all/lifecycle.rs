@@ -12,24 +12,9 @@ use crate::support::keyward::{Process, start_for};
 use crate::support::upstream::{self, FakeUpstream, sse_event};
 use crate::support::within;
 
-/// An upstream whose streams the test drives: each request hands its sender to the test.
-async fn driven_upstream() -> (
-    FakeUpstream,
-    tokio::sync::mpsc::UnboundedReceiver<tokio::sync::mpsc::Sender<Bytes>>,
-) {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let upstream = FakeUpstream::start(move |_| {
-        let (response, stream) = upstream::stream("text/event-stream");
-        let _ = tx.send(stream);
-        async move { response }
-    })
-    .await;
-    (upstream, rx)
-}
-
 #[tokio::test]
 async fn http_shutdown_lets_a_running_stream_finish_and_refuses_new_connections() {
-    let (upstream, mut streams) = driven_upstream().await;
+    let (upstream, mut streams) = FakeUpstream::driven().await;
     let (addr, keyward) = start_for(&upstream.url(), &["--http-shutdown"]).await;
 
     let req = Request::post("/v1/responses")
@@ -73,7 +58,7 @@ async fn http_shutdown_lets_a_running_stream_finish_and_refuses_new_connections(
 
 #[tokio::test]
 async fn shutdown_grace_bounds_how_long_a_stream_may_run() {
-    let (upstream, mut streams) = driven_upstream().await;
+    let (upstream, mut streams) = FakeUpstream::driven().await;
     let (addr, keyward) = start_for(&upstream.url(), &["--shutdown-grace", "1s"]).await;
     let req = Request::post("/v1/responses")
         .body(Full::new(Bytes::from_static(b"{}")))
@@ -89,7 +74,7 @@ async fn shutdown_grace_bounds_how_long_a_stream_may_run() {
 #[tokio::test]
 async fn sigterm_and_sigint_stop_the_process_gracefully_with_exit_code_0() {
     for signal in [libc::SIGTERM, libc::SIGINT] {
-        let (upstream, mut streams) = driven_upstream().await;
+        let (upstream, mut streams) = FakeUpstream::driven().await;
         let mut keyward =
             Process::spawn(&["--upstream-url", &upstream.url()], b"sk-key\n", &[]).await;
         let req = Request::post("/v1/responses")
@@ -291,19 +276,9 @@ async fn the_process_is_not_dumpable_so_its_own_user_cannot_read_its_memory() {
     use std::os::unix::fs::MetadataExt;
     let upstream = FakeUpstream::ok_json().await;
     let mut cmd = crate::support::keyward::command(&["--upstream-url", &upstream.url()], &[]);
-    let mut child = cmd
-        .uid(65534)
-        .gid(65534)
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"sk-key\n").await.unwrap();
-    }
+    cmd.uid(65534).gid(65534);
+    let mut child = crate::support::keyward::spawn_fed(cmd, b"sk-key\n").await;
+
     let stderr = child.stderr.take().unwrap();
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
     within("keyward to listen", async {

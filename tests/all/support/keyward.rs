@@ -52,18 +52,9 @@ impl Process {
     pub async fn spawn(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Process {
         let dir = tempfile::tempdir().unwrap();
         let server_info = dir.path().join("server-info.json");
-        let mut child = command(args, env)
-            .arg("--server-info")
-            .arg(&server_info)
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin).await.unwrap();
-        drop(input);
-
+        let mut cmd = command(args, env);
+        cmd.arg("--server-info").arg(&server_info);
+        let mut child = spawn_fed(cmd, stdin).await;
         let stderr = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready) = oneshot::channel();
         collect(child.stderr.take().unwrap(), stderr.clone(), Some(ready_tx));
@@ -122,7 +113,19 @@ pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
 
 /// Runs the binary to completion with `stdin`; returns (exit code, stderr).
 pub async fn run_to_exit(args: &[&str], stdin: &[u8]) -> (Option<i32>, String) {
-    let mut child = command(args, &[])
+    let child = spawn_fed(command(args, &[]), stdin).await;
+    let output = super::within("keyward to exit", child.wait_with_output())
+        .await
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Spawns `cmd` with `stdin` written to its standard input (then closed) and stderr piped.
+pub async fn spawn_fed(mut cmd: Command, stdin: &[u8]) -> Child {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -131,13 +134,7 @@ pub async fn run_to_exit(args: &[&str], stdin: &[u8]) -> (Option<i32>, String) {
     let mut input = child.stdin.take().unwrap();
     input.write_all(stdin).await.unwrap();
     drop(input);
-    let output = super::within("keyward to exit", child.wait_with_output())
-        .await
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    child
 }
 
 fn collect(

@@ -153,7 +153,20 @@ impl FakeUpstream {
         }
     }
 
-    /// An upstream that answers every request with `{"ok":true}`.
+    /// An upstream whose event streams the test drives: each request's stream sender arrives on
+    /// the returned channel; dropping a sender ends that stream.
+    pub async fn driven() -> (Self, mpsc::UnboundedReceiver<mpsc::Sender<Bytes>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let upstream = Self::start(move |_| {
+            let (response, sender) = stream("text/event-stream");
+            let _ = tx.send(sender);
+            async move { response }
+        })
+        .await;
+        (upstream, rx)
+    }
+
+    /// An upstream that answers every request with a small completed response.
     pub async fn ok_json() -> Self {
         Self::start(|_| async {
             json(
