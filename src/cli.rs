@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::api_key::AuthHeader;
+use crate::auth::DEFAULT_ISSUER;
+use crate::auth::store::StoreKind;
 
 /// keyward: hold an OpenAI credential so that local users and tools can use the Responses API
 /// without ever seeing it.
@@ -25,16 +27,30 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Read the API key, then forward POST /v1/responses to the upstream with it (the default).
-    Serve(ServeArgs),
+    /// Forward POST /v1/responses to the upstream with the credential (the default): an API key
+    /// read from stdin or --api-key-file, or with --auth chatgpt the ChatGPT login.
+    Serve(Box<ServeArgs>),
+    /// Sign in to ChatGPT (the Codex subscription) and store the login for `serve --auth chatgpt`.
+    Login(LoginArgs),
+    /// Show who is signed in and when the access token expires; exits non-zero when not signed
+    /// in or when the login has ended. Never prints a token.
+    Status(StatusArgs),
+    /// Revoke the refresh token at the sign-in service (best effort), then delete the login.
+    Logout(LogoutArgs),
 }
 
 impl Cli {
-    /// The `serve` arguments, whether given after `serve` or on their own.
-    pub fn into_serve(self) -> ServeArgs {
-        match self.command {
-            Some(Command::Serve(args)) => args,
-            None => self.serve,
+    /// The command to run: `serve` when none was named.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Serve(Box::new(self.serve)))
+    }
+
+    /// The `serve` arguments, whether given after `serve` or on their own (`None` for the other
+    /// commands).
+    pub fn into_serve(self) -> Option<ServeArgs> {
+        match self.into_command() {
+            Command::Serve(args) => Some(*args),
+            _ => None,
         }
     }
 }
@@ -60,13 +76,16 @@ pub struct ServeArgs {
     #[arg(long)]
     pub http_shutdown: bool,
 
-    /// Where requests are forwarded. Its query string is kept (Azure's api-version).
-    #[arg(
-        long,
-        value_name = "URL",
-        default_value = "https://api.openai.com/v1/responses"
-    )]
-    pub upstream_url: String,
+    /// Which credential to use: an OpenAI API key (`api-key`), or the ChatGPT login made with
+    /// `keyward login` (`chatgpt`).
+    #[arg(long, value_name = "KIND", value_enum, default_value_t = AuthMode::ApiKey)]
+    pub auth: AuthMode,
+
+    /// Where requests are forwarded; its query string is kept (Azure's api-version). Default:
+    /// https://api.openai.com/v1/responses, or with --auth chatgpt
+    /// https://chatgpt.com/backend-api/codex/responses.
+    #[arg(long, value_name = "URL")]
+    pub upstream_url: Option<String>,
 
     /// How the key is sent upstream: `bearer` (Authorization: Bearer KEY) or `api-key`
     /// (api-key: KEY, for Azure OpenAI API keys).
@@ -118,22 +137,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Reach the upstream through this HTTP proxy (CONNECT tunnel), e.g.
-    /// http://user:pass@proxy:3128. HTTP_PROXY and HTTPS_PROXY are ignored. A URL with a
-    /// password belongs in the environment variable, not on the command line, which every local
-    /// user can read.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "KEYWARD_UPSTREAM_PROXY",
-        hide_env_values = true
-    )]
-    pub upstream_proxy: Option<String>,
+    #[command(flatten)]
+    pub net: NetArgs,
 
-    /// Also trust the CA certificates in this PEM file for the upstream's TLS (for a private
-    /// upstream or a TLS-inspecting proxy). Mozilla's root set is always trusted.
-    #[arg(long, value_name = "FILE")]
-    pub upstream_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub home: HomeArgs,
+
+    #[command(flatten)]
+    pub issuer: IssuerArg,
+
+    #[command(flatten)]
+    pub chatgpt: ChatGptArgs,
 
     /// Log format on stderr. The level comes from RUST_LOG (default: info).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -144,6 +158,157 @@ pub struct ServeArgs {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Which credential `serve` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// An OpenAI API key, from stdin or --api-key-file.
+    ApiKey,
+    /// The ChatGPT login made with `keyward login`.
+    Chatgpt,
+}
+
+/// How keyward reaches the outside: the upstream, and the sign-in service.
+#[derive(Debug, Clone, Args)]
+pub struct NetArgs {
+    /// Reach the upstream (and the sign-in service) through this HTTP proxy (CONNECT tunnel),
+    /// e.g. http://user:pass@proxy:3128. HTTP_PROXY and HTTPS_PROXY are ignored. A URL with a
+    /// password belongs in the environment variable, not on the command line, which every local
+    /// user can read.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "KEYWARD_UPSTREAM_PROXY",
+        hide_env_values = true
+    )]
+    pub upstream_proxy: Option<String>,
+
+    /// Also trust the CA certificates in this PEM file for TLS (for a private upstream or a
+    /// TLS-inspecting proxy). Mozilla's root set is always trusted.
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+}
+
+/// Where the ChatGPT login lives.
+#[derive(Debug, Clone, Args)]
+pub struct HomeArgs {
+    /// keyward's home directory, holding the ChatGPT login and its lock (created 0700).
+    /// Default: $KEYWARD_HOME, else ~/.keyward.
+    #[arg(long, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// Where the ChatGPT login is stored: `file` (login.json in the home, mode 0600) or
+    /// `keyring` (the OS keyring; needs a build with the `keyring` feature).
+    #[arg(long, value_name = "STORE", value_enum, default_value_t = StoreKind::File, env = "KEYWARD_STORE")]
+    pub store: StoreKind,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IssuerArg {
+    /// The OAuth issuer of the ChatGPT sign-in.
+    #[arg(long, value_name = "URL", env = "KEYWARD_ISSUER", default_value = DEFAULT_ISSUER)]
+    pub issuer: String,
+}
+
+/// How `serve --auth chatgpt` presents itself to the Codex backend and adapts requests to it.
+#[derive(Debug, Clone, Args)]
+pub struct ChatGptArgs {
+    /// With --auth chatgpt: the `originator` header sent to the backend.
+    #[arg(long, value_name = "NAME", default_value = "codex_cli_rs")]
+    pub originator: String,
+
+    /// With --auth chatgpt: the `version` header (a Codex version; the backend refuses old ones
+    /// for new models).
+    #[arg(long, value_name = "VERSION", default_value = CODEX_VERSION)]
+    pub codex_version: String,
+
+    /// With --auth chatgpt: the `User-Agent` header. Default: `codex_cli_rs/VERSION (keyward)`.
+    #[arg(long, value_name = "UA")]
+    pub user_agent: Option<String>,
+
+    /// With --auth chatgpt: the `instructions` sent when a request has none (the backend
+    /// requires a non-empty string).
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "You are a helpful assistant."
+    )]
+    pub default_instructions: String,
+
+    /// With --auth chatgpt: a request parameter to remove because the backend refuses it.
+    /// Repeatable; giving it replaces the default list.
+    #[arg(long = "drop-param", value_name = "NAME", default_values_t = vec!["max_output_tokens".to_owned()])]
+    pub drop_params: Vec<String>,
+
+    /// With --auth chatgpt: refresh the access token when it expires within this margin (also
+    /// in the background while idle).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub refresh_margin: Duration,
+}
+
+/// The Codex CLI version keyward is tested with, sent as `version` by default.
+pub const CODEX_VERSION: &str = "0.169.0";
+
+#[derive(Debug, Clone, Args)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    pub home: HomeArgs,
+
+    #[command(flatten)]
+    pub issuer: IssuerArg,
+
+    #[command(flatten)]
+    pub net: NetArgs,
+
+    /// Print the sign-in address without opening a browser.
+    #[arg(long)]
+    pub no_browser: bool,
+
+    /// Port for the browser's callback on 127.0.0.1 (default 1455, else 1457: the only ports the
+    /// sign-in service redirects to; 0 picks any free port, for tests).
+    #[arg(long, value_name = "N")]
+    pub callback_port: Option<u16>,
+
+    /// Sign in with a code entered on another device (for headless servers).
+    #[arg(long, conflicts_with_all = ["no_browser", "callback_port", "import_codex"])]
+    pub device_code: bool,
+
+    /// Take over the login of a Codex CLI: its auth.json, or the directory holding it (default
+    /// $CODEX_HOME, else ~/.codex). That Codex must not use the login afterwards.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, conflicts_with_all = ["no_browser", "callback_port"])]
+    pub import_codex: Option<Option<PathBuf>>,
+
+    /// Give up if the sign-in is not completed within this time. Default: 10m for the browser,
+    /// 15m (the code's lifetime) for --device-code.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// The `originator` the sign-in is made for.
+    #[arg(long, value_name = "NAME", default_value = "codex_cli_rs")]
+    pub originator: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub home: HomeArgs,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogoutArgs {
+    #[command(flatten)]
+    pub home: HomeArgs,
+
+    #[command(flatten)]
+    pub issuer: IssuerArg,
+
+    #[command(flatten)]
+    pub net: NetArgs,
 }
 
 /// `90`, `90s`, `1500ms`, `5m`, `1h`. A bare number is seconds.
@@ -210,7 +375,7 @@ mod tests {
         let bare = Cli::try_parse_from(["keyward", "--port", "9", "--http-shutdown"]).unwrap();
         let serve =
             Cli::try_parse_from(["keyward", "serve", "--port", "9", "--http-shutdown"]).unwrap();
-        for args in [bare.into_serve(), serve.into_serve()] {
+        for args in [bare.into_serve().unwrap(), serve.into_serve().unwrap()] {
             assert_eq!(args.port, Some(9));
             assert!(args.http_shutdown);
         }

@@ -10,7 +10,11 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
 
 use crate::api_key::{AuthHeader, KeySource};
-use crate::cli::{LogFormat, ServeArgs};
+use crate::auth::store::StoreKind;
+use crate::cli::{AuthMode, LogFormat, ServeArgs};
+
+pub const OPENAI_UPSTREAM: &str = "https://api.openai.com/v1/responses";
+pub const CHATGPT_UPSTREAM: &str = "https://chatgpt.com/backend-api/codex/responses";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,6 +32,12 @@ pub enum ConfigError {
     BadProxy(String),
     #[error("--{flag} must be greater than zero")]
     Zero { flag: &'static str },
+    #[error("{0}")]
+    Conflict(&'static str),
+    #[error("--{flag} is not a valid HTTP header value")]
+    BadHeader { flag: &'static str },
+    #[error("{0}")]
+    Home(String),
 }
 
 /// Request and time limits.
@@ -40,6 +50,10 @@ pub struct Limits {
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
+}
+
+impl Limits {
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 /// The upstream endpoint, parsed once.
@@ -78,14 +92,37 @@ pub struct DumpConfig {
     pub max_body: u64,
 }
 
+/// Which credential keyward adds, and where it comes from.
+#[derive(Debug, Clone)]
+pub enum CredentialConfig {
+    ApiKey {
+        source: KeySource,
+        header: AuthHeader,
+    },
+    ChatGpt(Box<ChatGptConfig>),
+}
+
+/// `serve --auth chatgpt`: the login's home and how requests are adapted to the Codex backend.
+#[derive(Debug, Clone)]
+pub struct ChatGptConfig {
+    pub home: PathBuf,
+    pub store: StoreKind,
+    pub issuer: String,
+    pub originator: HeaderValue,
+    pub version: HeaderValue,
+    pub user_agent: HeaderValue,
+    pub default_instructions: String,
+    pub drop_params: Vec<String>,
+    pub refresh_margin: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub server_info: Option<PathBuf>,
     pub http_shutdown: bool,
     pub upstream: Upstream,
-    pub auth_header: AuthHeader,
-    pub key_source: KeySource,
+    pub credential: CredentialConfig,
     pub dump: Option<DumpConfig>,
     pub limits: Limits,
     pub upstream_proxy: Option<UpstreamProxy>,
@@ -130,11 +167,19 @@ impl Config {
             listen,
             server_info: args.server_info.clone(),
             http_shutdown: args.http_shutdown,
-            upstream: parse_upstream(&args.upstream_url)?,
-            auth_header: args.auth_header,
-            key_source: match &args.api_key_file {
-                Some(path) => KeySource::File(path.clone()),
-                None => KeySource::Stdin,
+            upstream: parse_upstream(args.upstream_url.as_deref().unwrap_or(match args.auth {
+                AuthMode::ApiKey => OPENAI_UPSTREAM,
+                AuthMode::Chatgpt => CHATGPT_UPSTREAM,
+            }))?,
+            credential: match args.auth {
+                AuthMode::ApiKey => CredentialConfig::ApiKey {
+                    source: match &args.api_key_file {
+                        Some(path) => KeySource::File(path.clone()),
+                        None => KeySource::Stdin,
+                    },
+                    header: args.auth_header,
+                },
+                AuthMode::Chatgpt => CredentialConfig::ChatGpt(Box::new(chatgpt_config(args)?)),
             },
             dump: args.dump_dir.as_ref().map(|dir| DumpConfig {
                 dir: dir.clone(),
@@ -150,14 +195,52 @@ impl Config {
                 shutdown_grace: args.shutdown_grace,
             },
             upstream_proxy: args
+                .net
                 .upstream_proxy
                 .as_deref()
                 .map(parse_proxy)
                 .transpose()?,
-            upstream_ca: args.upstream_ca.clone(),
+            upstream_ca: args.net.upstream_ca.clone(),
             log_format: args.log_format,
         })
     }
+}
+
+fn chatgpt_config(args: &ServeArgs) -> Result<ChatGptConfig, ConfigError> {
+    if args.api_key_file.is_some() {
+        return Err(ConfigError::Conflict(
+            "--api-key-file has no use with --auth chatgpt",
+        ));
+    }
+    let header = |flag: &'static str, value: &str| {
+        HeaderValue::from_str(value).map_err(|_| ConfigError::BadHeader { flag })
+    };
+    let chatgpt = &args.chatgpt;
+    let user_agent = chatgpt.user_agent.clone().unwrap_or_else(|| {
+        format!(
+            "{}/{} (keyward {})",
+            chatgpt.originator,
+            chatgpt.codex_version,
+            env!("CARGO_PKG_VERSION")
+        )
+    });
+    if chatgpt.default_instructions.trim().is_empty() {
+        return Err(ConfigError::Conflict(
+            "--default-instructions must not be empty: the backend requires instructions",
+        ));
+    }
+    Ok(ChatGptConfig {
+        home: crate::auth::home::Home::resolve(args.home.home.as_deref())
+            .map_err(|e| ConfigError::Home(e.to_string()))?,
+        store: args.home.store,
+        issuer: args.issuer.issuer.trim_end_matches('/').to_owned(),
+        originator: header("originator", &chatgpt.originator)?,
+        version: header("codex-version", &chatgpt.codex_version)?,
+        user_agent: header("user-agent", &user_agent)?,
+        default_instructions: chatgpt.default_instructions.clone(),
+        drop_params: chatgpt.drop_params.clone(),
+        refresh_margin: chatgpt.refresh_margin,
+    })
 }
 
 fn parse_upstream(text: &str) -> Result<Upstream, ConfigError> {
@@ -189,7 +272,7 @@ fn parse_upstream(text: &str) -> Result<Upstream, ConfigError> {
     })
 }
 
-fn parse_proxy(text: &str) -> Result<UpstreamProxy, ConfigError> {
+pub fn parse_proxy(text: &str) -> Result<UpstreamProxy, ConfigError> {
     let url = url::Url::parse(text).map_err(|e| ConfigError::BadProxy(e.to_string()))?;
     if url.scheme() != "http" {
         return Err(ConfigError::BadProxy(format!(
@@ -239,7 +322,7 @@ mod tests {
     fn config(args: &[&str]) -> Result<Config, ConfigError> {
         let cli =
             Cli::try_parse_from(std::iter::once("keyward").chain(args.iter().copied())).unwrap();
-        Config::from_args(&cli.into_serve())
+        Config::from_args(&cli.into_serve().unwrap())
     }
 
     #[test]
@@ -247,7 +330,13 @@ mod tests {
         let c = config(&[]).unwrap();
         assert_eq!(c.listen, vec!["127.0.0.1:0".parse().unwrap()]);
         assert_eq!(c.upstream.uri, "https://api.openai.com/v1/responses");
-        assert_eq!(c.key_source, KeySource::Stdin);
+        assert!(matches!(
+            c.credential,
+            CredentialConfig::ApiKey {
+                source: KeySource::Stdin,
+                ..
+            }
+        ));
     }
 
     #[test]

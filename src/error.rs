@@ -5,6 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
+use crate::auth::tokens::AuthError;
 use crate::body::ProxyBody;
 
 /// Why keyward answered a request itself instead of relaying the upstream's answer.
@@ -30,6 +31,14 @@ pub enum ProxyError {
     UpstreamTimeout(Duration),
     #[error("the upstream request failed: {0}")]
     UpstreamFailed(#[source] BoxError),
+    #[error("no usable ChatGPT login: {0}")]
+    Auth(#[source] AuthError),
+    #[error("{0}")]
+    BadJson(String),
+    #[error("the request body could not be read: {0}")]
+    ClientBody(String),
+    #[error("{0}")]
+    BackendStream(String),
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -49,6 +58,9 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout(_) | ProxyError::UpstreamTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            ProxyError::Auth(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BadJson(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BackendStream(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -65,6 +77,10 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout(_) => "upstream_connect_timeout",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::UpstreamFailed(_) => "upstream_error",
+            ProxyError::Auth(err) => err.code(),
+            ProxyError::BadJson(_) => "invalid_json",
+            ProxyError::ClientBody(_) => "bad_request_body",
+            ProxyError::BackendStream(_) => "upstream_stream_error",
         }
     }
 
@@ -96,6 +112,13 @@ impl ProxyError {
             ProxyError::UpstreamFailed(_) => {
                 "the request to the upstream API failed; see keyward's log for the cause".into()
             }
+            ProxyError::Auth(AuthError::Store(_)) => {
+                "keyward could not read its ChatGPT login; see keyward's log for the cause".into()
+            }
+            ProxyError::Auth(err) => err.to_string(),
+            ProxyError::BadJson(why) => why.clone(),
+            ProxyError::ClientBody(_) => "the request body could not be read".into(),
+            ProxyError::BackendStream(why) => why.clone(),
         }
     }
 

@@ -10,9 +10,10 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::backend::Backend;
 use crate::body::{ProxyBody, RelayBody, RequestBody};
 use crate::config::{Config, Limits, Upstream};
-use crate::dump::{Dumper, ExchangeId};
+use crate::dump::{DumpSink, Dumper, ExchangeId};
 use crate::error::{ProxyError, classify_upstream, json_response};
 use crate::headers;
 use crate::log::ExchangeLog;
@@ -21,12 +22,22 @@ use crate::upstream::UpstreamClient;
 
 pub const RESPONSES_PATH: &str = "/v1/responses";
 
+/// The credential keyward adds to forwarded requests.
+pub enum Credential {
+    /// An API key, sent in `header` (`Authorization` or Azure's `api-key`).
+    ApiKey {
+        header: HeaderName,
+        value: SecretHeader,
+    },
+    /// The ChatGPT login, sent to the Codex backend.
+    ChatGpt(Arc<Backend>),
+}
+
 /// Everything a request needs, shared by all connections.
 pub struct Proxy {
     client: UpstreamClient,
     upstream: Upstream,
-    credential_header: HeaderName,
-    credential: SecretHeader,
+    credential: Credential,
     limits: Limits,
     dumper: Option<Dumper>,
     http_shutdown: bool,
@@ -37,14 +48,13 @@ impl Proxy {
     pub fn new(
         config: &Config,
         client: UpstreamClient,
-        credential: SecretHeader,
+        credential: Credential,
         dumper: Option<Dumper>,
         shutdown: watch::Sender<bool>,
     ) -> Self {
         Self {
             client,
             upstream: config.upstream.clone(),
-            credential_header: config.auth_header.name(),
             credential,
             limits: config.limits.clone(),
             dumper,
@@ -119,66 +129,120 @@ impl Proxy {
         })
     }
 
-    async fn forward(&self, req: Request<Incoming>, mut log: ExchangeLog) -> Response<ProxyBody> {
-        let (upstream, exchange) = match self.send_upstream(req, &mut log).await {
-            Ok(sent) => sent,
-            Err(err) => {
-                match &err {
-                    ProxyError::BodyTooLarge { .. } => {
-                        tracing::info!(error = %err, "request refused")
-                    }
-                    _ => tracing::warn!(error = %ErrorChain(&err), "request failed"),
-                }
-                let response = err.into_response();
-                log.finish_local(response.status(), body_len(&response));
-                return response;
-            }
-        };
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
 
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    async fn forward(&self, req: Request<Incoming>, mut log: ExchangeLog) -> Response<ProxyBody> {
+        let (header, value) = match &self.credential {
+            Credential::ChatGpt(backend) => return backend.forward(self, req, log).await,
+            Credential::ApiKey { header, value } => (header, value),
+        };
+        let (upstream, exchange) = match self.send_upstream(req, header, value, &mut log).await {
+            Ok(sent) => sent,
+            Err(err) => return self.fail(err, log),
+        };
         let (parts, body) = upstream.into_parts();
         log.upstream_status(parts.status);
-        let is_event_stream = parts
+        let dump = exchange.and_then(|id| self.open_response_dump(id, &parts));
+        self.relay(parts, body, log, dump, false)
+    }
+
+    /// Relays an upstream response to the client. With `backend_stream`, a successful answer is
+    /// an event stream even when the upstream did not label it so (the Codex backend may not).
+    pub fn relay(
+        &self,
+        parts: http::response::Parts,
+        body: Incoming,
+        log: ExchangeLog,
+        dump: Option<DumpSink>,
+        backend_stream: bool,
+    ) -> Response<ProxyBody> {
+        let labelled = parts
             .headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
-        let sse = is_event_stream && !parts.headers.contains_key(CONTENT_LENGTH);
-        let response_dump = exchange.map(|(dumper, id)| {
-            let mut meta = Map::new();
-            meta.insert("status".into(), Value::from(parts.status.as_u16()));
-            dumper.open(id, "response", meta, &parts.headers)
-        });
-
-        let relay = RelayBody::new(body, self.limits.idle_timeout, sse, log, response_dump);
+        let unlabelled_stream = backend_stream
+            && parts.status.is_success()
+            && !parts.headers.contains_key(CONTENT_TYPE);
+        let sse = (labelled || unlabelled_stream) && !parts.headers.contains_key(CONTENT_LENGTH);
+        let relay = RelayBody::new(body, self.limits.idle_timeout, sse, log, dump);
         let mut response = Response::new(ProxyBody::relay(relay));
         *response.status_mut() = parts.status;
         *response.headers_mut() = headers::client_response_headers(&parts.headers);
+        if unlabelled_stream {
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+        }
         response
+    }
+
+    /// keyward's own answer for a request that failed, logged once.
+    pub fn fail(&self, err: ProxyError, log: ExchangeLog) -> Response<ProxyBody> {
+        match &err {
+            ProxyError::BodyTooLarge { .. } | ProxyError::BadJson(_) => {
+                tracing::info!(error = %err, "request refused")
+            }
+            _ => tracing::warn!(error = %ErrorChain(&err), "request failed"),
+        }
+        let response = err.into_response();
+        log.finish_local(response.status(), body_len(&response));
+        response
+    }
+
+    /// Starts the dump of a request: its head now, its body through the returned sink.
+    pub fn open_request_dump(
+        &self,
+        parts: &http::request::Parts,
+    ) -> Option<(ExchangeId, DumpSink)> {
+        let dumper = self.dumper.as_ref()?;
+        let id = dumper.next_exchange();
+        let mut meta = Map::new();
+        meta.insert("method".into(), Value::from(parts.method.as_str()));
+        meta.insert("path".into(), Value::from(parts.uri.path()));
+        meta.insert(
+            "upstream_url".into(),
+            Value::from(self.upstream.uri.to_string()),
+        );
+        Some((id, dumper.open(id, "request", meta, &parts.headers)))
+    }
+
+    pub fn open_response_dump(
+        &self,
+        id: ExchangeId,
+        parts: &http::response::Parts,
+    ) -> Option<DumpSink> {
+        let dumper = self.dumper.as_ref()?;
+        let mut meta = Map::new();
+        meta.insert("status".into(), Value::from(parts.status.as_u16()));
+        Some(dumper.open(id, "response", meta, &parts.headers))
     }
 
     /// Sends the request upstream with the credential and waits for the response headers.
     async fn send_upstream(
         &self,
         req: Request<Incoming>,
+        credential_header: &HeaderName,
+        credential: &SecretHeader,
         log: &mut ExchangeLog,
-    ) -> Result<(Response<Incoming>, Option<(&Dumper, ExchangeId)>), ProxyError> {
+    ) -> Result<(Response<Incoming>, Option<ExchangeId>), ProxyError> {
         let (parts, body) = req.into_parts();
         let limit = self.limits.max_body;
         if content_length(&parts.headers).is_some_and(|len| len > limit) {
             return Err(ProxyError::BodyTooLarge { limit });
         }
 
-        let exchange = self.dumper.as_ref().map(|d| (d, d.next_exchange()));
-        let request_dump = exchange.map(|(dumper, id)| {
-            let mut meta = Map::new();
-            meta.insert("method".into(), Value::from(parts.method.as_str()));
-            meta.insert("path".into(), Value::from(parts.uri.path()));
-            meta.insert(
-                "upstream_url".into(),
-                Value::from(self.upstream.uri.to_string()),
-            );
-            dumper.open(id, "request", meta, &parts.headers)
-        });
+        let (exchange, request_dump) = match self.open_request_dump(&parts) {
+            Some((id, sink)) => (Some(id), Some(sink)),
+            None => (None, None),
+        };
 
         let exceeded = Arc::new(AtomicBool::new(false));
         let body = RequestBody::new(body, limit, exceeded.clone(), log.bytes_in(), request_dump);
@@ -186,7 +250,7 @@ impl Proxy {
         *upstream_req.method_mut() = Method::POST;
         *upstream_req.uri_mut() = self.upstream.uri.clone();
         let mut headers = headers::upstream_request_headers(&parts.headers);
-        headers.insert(self.credential_header.clone(), self.credential.expose());
+        headers.insert(credential_header.clone(), credential.expose());
         *upstream_req.headers_mut() = headers;
 
         let sent = tokio::time::timeout(
@@ -246,7 +310,7 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
-fn body_len(response: &Response<ProxyBody>) -> u64 {
+pub fn body_len(response: &Response<ProxyBody>) -> u64 {
     http_body::Body::size_hint(response.body())
         .exact()
         .unwrap_or(0)

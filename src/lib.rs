@@ -4,8 +4,11 @@
 //! Responses requests to it on loopback, and keyward forwards them with the credential added.
 
 pub mod api_key;
+pub mod auth;
+pub mod backend;
 pub mod body;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod dump;
 pub mod error;
@@ -17,21 +20,39 @@ pub mod secret;
 pub mod server;
 pub mod upstream;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 
+use crate::auth::home::Home;
+use crate::auth::issuer::Issuer;
+use crate::auth::tokens::TokenManager;
+use crate::backend::Backend;
 use crate::cli::ServeArgs;
-use crate::config::Config;
+use crate::config::{Config, CredentialConfig};
+use crate::forward::Credential;
+use crate::upstream::ClientSettings;
 
-/// `keyward serve`: read the key, listen, forward until told to stop.
+/// `keyward serve`: load the credential, listen, forward until told to stop.
 pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = Config::from_args(args)?;
-    // The key is read before any thread or socket exists, so a missing key fails fast.
-    let credential = api_key::load(&config.key_source, config.auth_header)?;
+    // An API key is read before any thread or socket exists, so a missing key fails fast.
+    let api_key = match &config.credential {
+        CredentialConfig::ApiKey { source, header } => Some(Credential::ApiKey {
+            header: header.name(),
+            value: api_key::load(source, *header)?,
+        }),
+        CredentialConfig::ChatGpt(_) => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("could not start the async runtime")?;
     runtime.block_on(async {
+        let credential = match api_key {
+            Some(credential) => credential,
+            None => chatgpt_credential(&config).await?,
+        };
         let running = server::start(&config, credential).await?;
         let shutdown = running.shutdown_sender();
         tokio::spawn(async move {
@@ -42,6 +63,36 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         running.wait().await;
         Ok(())
     })
+}
+
+/// The ChatGPT credential for `serve --auth chatgpt`: the login in the home, kept fresh in the
+/// background. A missing or ended login is reported but does not stop keyward: requests get 503
+/// until `keyward login` stores a new one, which is picked up without a restart.
+pub async fn chatgpt_credential(config: &Config) -> anyhow::Result<Credential> {
+    let CredentialConfig::ChatGpt(chatgpt) = &config.credential else {
+        anyhow::bail!("not configured for --auth chatgpt");
+    };
+    let home = Home::open(&chatgpt.home)?;
+    let store = auth::store::open(chatgpt.store, &home)?;
+    let settings = ClientSettings::from_config(config);
+    let issuer = Issuer::new(&chatgpt.issuer, &settings)?;
+    let tokens = Arc::new(TokenManager::new(
+        store,
+        Some(home),
+        issuer,
+        chatgpt.refresh_margin,
+    ));
+    match tokens.session().await {
+        Ok(session) => tracing::info!(
+            store = %tokens.store_description(),
+            expires_at = session.expires_at,
+            "using the ChatGPT login"
+        ),
+        Err(err) => tracing::warn!("{err}; requests get 503 until then"),
+    }
+    tokio::spawn(tokens.clone().keep_fresh());
+    let backend = Backend::new(tokens, (**chatgpt).clone(), &settings)?;
+    Ok(Credential::ChatGpt(Arc::new(backend)))
 }
 
 async fn wait_for_signal() -> &'static str {

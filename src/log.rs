@@ -96,6 +96,11 @@ impl ExchangeLog {
         }
     }
 
+    /// For bodies keyward reads whole before forwarding.
+    pub fn add_bytes_in(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     /// The counter the request body adds to as it is forwarded.
     pub fn bytes_in(&self) -> Arc<AtomicU64> {
         self.bytes_in.clone()

@@ -1,29 +1,21 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use keyward::cli::Cli;
+use keyward::cli::{Cli, Command, LogFormat};
+use keyward::hardening::MemoryLock;
 
 fn main() -> ExitCode {
     // First, before arguments are parsed or any thread exists: no core dumps, no ptrace.
     let hardening = keyward::hardening::harden_process();
-    let args = Cli::parse().into_serve();
-    keyward::log::init(args.log_format);
+    let command = Cli::parse().into_command();
+    let log_format = match &command {
+        Command::Serve(args) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    keyward::log::init(log_format);
     for failure in &hardening.failures {
         tracing::warn!("{failure}");
     }
-    match &hardening.memory {
-        keyward::hardening::MemoryLock::All => {
-            tracing::info!(
-                "all of keyward's memory is locked: no copy of the credential can reach swap"
-            )
-        }
-        keyward::hardening::MemoryLock::SecretOnly(why) => {
-            tracing::warn!(
-                "only the credential's own buffer is locked in memory; copies in HTTP buffers could reach swap: {why}"
-            )
-        }
-    }
-
     if hardening
         .removed_env
         .iter()
@@ -33,19 +25,38 @@ fn main() -> ExitCode {
             "OPENAI_API_KEY was set in keyward's environment; it was removed and is not used. Start keyward with `env -u OPENAI_API_KEY` and pass the key on stdin"
         );
     }
-    let proxy_in_argv = std::env::args().any(|arg| arg.starts_with("--upstream-proxy"));
-    if proxy_in_argv
-        && args
-            .upstream_proxy
-            .as_deref()
-            .is_some_and(|url| url.contains('@'))
-    {
-        tracing::warn!(
-            "--upstream-proxy carries credentials on the command line, where every local user can read them; set KEYWARD_UPSTREAM_PROXY instead"
-        );
-    }
-    match keyward::serve(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+
+    let outcome = match &command {
+        Command::Serve(args) => {
+            match &hardening.memory {
+                MemoryLock::All => tracing::info!(
+                    "all of keyward's memory is locked: no copy of the credential can reach swap"
+                ),
+                MemoryLock::SecretOnly(why) => tracing::warn!(
+                    "only the credential's own buffer is locked in memory; copies in HTTP buffers could reach swap: {why}"
+                ),
+            }
+            let proxy_in_argv = std::env::args().any(|arg| arg.starts_with("--upstream-proxy"));
+            if proxy_in_argv
+                && args
+                    .net
+                    .upstream_proxy
+                    .as_deref()
+                    .is_some_and(|url| url.contains('@'))
+            {
+                tracing::warn!(
+                    "--upstream-proxy carries credentials on the command line, where every local user can read them; set KEYWARD_UPSTREAM_PROXY instead"
+                );
+            }
+            keyward::serve(args).map(|()| true)
+        }
+        Command::Login(args) => keyward::commands::login(args).map(|()| true),
+        Command::Status(args) => keyward::commands::status(args),
+        Command::Logout(args) => keyward::commands::logout(args).map(|()| true),
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(err) => {
             eprintln!("keyward: {err:#}");
             ExitCode::FAILURE

@@ -88,8 +88,85 @@ impl fmt::Debug for SecretHeader {
     }
 }
 
+/// A secret string (a token, a PKCE verifier): `Debug` and `Display` print `[redacted]`, the
+/// bytes are zeroized on drop, and it (de)serializes as a plain string for the login store.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SecretString(zeroize::Zeroizing<String>);
+
+impl SecretString {
+    pub fn new(value: String) -> Self {
+        Self(zeroize::Zeroizing::new(value))
+    }
+
+    /// The secret itself. Every use is a deliberate, greppable call.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// A short, non-reversible tag telling two secrets apart in logs and comparisons.
+    pub fn fingerprint(&self) -> String {
+        let digest = ring::digest::digest(&ring::digest::SHA256, self.0.as_bytes());
+        digest.as_ref()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl From<String> for SecretString {
+    fn from(value: String) -> Self {
+        Self::new(value)
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl serde::Serialize for SecretString {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::new)
+    }
+}
+
+/// Builds `Bearer TOKEN` in locked memory, for a header sent upstream.
+pub fn bearer_header(
+    token: &SecretString,
+) -> Result<SecretHeader, http::header::InvalidHeaderValue> {
+    let mut value = zeroize::Zeroizing::new(Vec::with_capacity(7 + token.0.len()));
+    value.extend_from_slice(b"Bearer ");
+    value.extend_from_slice(token.0.as_bytes());
+    SecretHeader::new(LockedSecret::copy_from(&value))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secret_strings_never_print() {
+        let s = super::SecretString::new("tok-canary".into());
+        assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"tok-canary\"");
+        assert_eq!(s.fingerprint().len(), 12);
+    }
+
     use super::*;
 
     #[test]

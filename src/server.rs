@@ -17,8 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::dump::{DumpError, Dumper};
-use crate::forward::Proxy;
-use crate::secret::SecretHeader;
+use crate::forward::{Credential, Proxy};
 use crate::upstream::{self, UpstreamError};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +58,7 @@ impl Running {
 }
 
 /// Binds every listener, writes `--server-info`, and starts serving.
-pub async fn start(config: &Config, credential: SecretHeader) -> Result<Running, ServeError> {
+pub async fn start(config: &Config, credential: Credential) -> Result<Running, ServeError> {
     let client = upstream::build(config)?;
     let dumper = config.dump.as_ref().map(Dumper::new).transpose()?;
 

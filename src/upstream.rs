@@ -3,7 +3,7 @@
 //! `HTTP_PROXY`/`HTTPS_PROXY` are never read.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 
 use crate::body::RequestBody;
-use crate::config::Config;
+use crate::config::{Config, UpstreamProxy};
 use crate::error::BoxError;
 
 pub type UpstreamClient = Client<HttpsConnector<Connector>, RequestBody>;
@@ -66,14 +66,44 @@ impl Service<Uri> for Connector {
     }
 }
 
+/// What every outgoing client of keyward needs, from the command line.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub connect_timeout: Duration,
+    pub proxy: Option<UpstreamProxy>,
+    pub extra_ca: Option<PathBuf>,
+}
+
+impl ClientSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            connect_timeout: config.limits.connect_timeout,
+            proxy: config.upstream_proxy.clone(),
+            extra_ca: config.upstream_ca.clone(),
+        }
+    }
+}
+
+/// The client for the upstream API.
 pub fn build(config: &Config) -> Result<UpstreamClient, UpstreamError> {
+    build_client(&ClientSettings::from_config(config))
+}
+
+/// A pooled HTTP/1.1 + HTTP/2 client over rustls with the given settings, for any body type.
+pub fn build_client<B>(
+    settings: &ClientSettings,
+) -> Result<Client<HttpsConnector<Connector>, B>, UpstreamError>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.limits.connect_timeout));
+    http.set_connect_timeout(Some(settings.connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
 
-    let connector = match &config.upstream_proxy {
+    let connector = match &settings.proxy {
         None => Connector::Direct(http),
         Some(proxy) => {
             let mut tunnel = Tunnel::new(proxy.uri.clone(), http);
@@ -86,7 +116,7 @@ pub fn build(config: &Config) -> Result<UpstreamClient, UpstreamError> {
 
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = &config.upstream_ca {
+    if let Some(path) = &settings.extra_ca {
         add_pem_roots(&mut roots, path)?;
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());

@@ -181,7 +181,7 @@ async fn an_existing_dump_dir_is_made_private_and_a_file_is_refused() {
         file.to_str().unwrap(),
     ])
     .unwrap();
-    let config = keyward::config::Config::from_args(&cli.into_serve()).unwrap();
+    let config = keyward::config::Config::from_args(&cli.into_serve().unwrap()).unwrap();
     let err = keyward::dump::Dumper::new(config.dump.as_ref().unwrap())
         .err()
         .unwrap();

@@ -7,8 +7,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
+use keyward::api_key::AuthHeader;
 use keyward::cli::Cli;
-use keyward::config::Config;
+use keyward::config::{Config, CredentialConfig};
+use keyward::forward::Credential;
 use keyward::secret::{LockedSecret, SecretHeader};
 use keyward::server::{self, Running};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -20,12 +22,20 @@ pub const TEST_KEY: &str = "sk-test-0123456789";
 /// Starts keyward in this process with `args` (as on the command line) and the test key.
 pub async fn start(args: &[&str]) -> (SocketAddr, Running) {
     let cli = Cli::try_parse_from(std::iter::once("keyward").chain(args.iter().copied())).unwrap();
-    let config = Config::from_args(&cli.into_serve()).unwrap();
-    let header = match config.auth_header {
-        keyward::api_key::AuthHeader::Bearer => format!("Bearer {TEST_KEY}"),
-        keyward::api_key::AuthHeader::ApiKey => TEST_KEY.to_owned(),
+    let config = Config::from_args(&cli.into_serve().unwrap()).unwrap();
+    let credential = match &config.credential {
+        CredentialConfig::ApiKey { header, .. } => {
+            let value = match header {
+                AuthHeader::Bearer => format!("Bearer {TEST_KEY}"),
+                AuthHeader::ApiKey => TEST_KEY.to_owned(),
+            };
+            Credential::ApiKey {
+                header: header.name(),
+                value: SecretHeader::new(LockedSecret::copy_from(value.as_bytes())).unwrap(),
+            }
+        }
+        CredentialConfig::ChatGpt(_) => keyward::chatgpt_credential(&config).await.unwrap(),
     };
-    let credential = SecretHeader::new(LockedSecret::copy_from(header.as_bytes())).unwrap();
     let running = server::start(&config, credential).await.unwrap();
     (running.addrs[0], running)
 }
