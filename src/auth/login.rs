@@ -42,7 +42,7 @@ pub enum FlowError {
         addr: SocketAddr,
         error: std::io::Error,
     },
-    #[error("no sign-in completed within {} minutes; run `keyward login` again", .0.as_secs() / 60)]
+    #[error("no sign-in completed within {}; run `keyward login` again", human(.0))]
     TimedOut(Duration),
     #[error("the sign-in service reported an error: {0}")]
     Denied(String),
@@ -60,6 +60,13 @@ pub enum FlowError {
     Random(#[from] RandomUnavailable),
     #[error("{0}")]
     Import(String),
+}
+
+fn human(d: &Duration) -> String {
+    match d.as_secs() {
+        s if s >= 60 && s % 60 == 0 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
+    }
 }
 
 /// How the browser flow runs.
@@ -368,10 +375,10 @@ pub async fn device(
     let _ = writeln!(
         out,
         "To sign in, open this address on any device:\n\n  {}/codex/device\n\nand enter the code:\n\n  {}\n\n\
-         (The code expires in {} minutes. Waiting...)",
+         (The code expires in {}. Waiting...)",
         issuer.base(),
         code.user_code,
-        timeout.as_secs() / 60
+        human(&timeout)
     );
     let _ = out.flush();
     let deadline = tokio::time::Instant::now() + timeout;

@@ -7,6 +7,7 @@
 mod support;
 
 mod canary;
+mod chatgpt;
 mod dump;
 mod e2e;
 mod forwarding;

@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod chatgpt;
 pub mod client;
 pub mod keyward;
+pub mod responses;
 pub mod upstream;
 
 use std::time::Duration;
