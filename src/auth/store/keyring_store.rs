@@ -42,9 +42,12 @@ impl LoginStore for KeyringStore {
         let json = Zeroizing::new(
             serde_json::to_string(login).map_err(|e| StoreError::Keyring(e.to_string()))?,
         );
-        self.entry
-            .set_password(&json)
-            .map_err(|e| StoreError::Keyring(e.to_string()))
+        self.entry.set_password(&json).map_err(|e| {
+            StoreError::Keyring(format!(
+                "could not store the login ({e}); on Linux the keyring needs a session keyring: \
+                     sign in on a console or over SSH, use `keyctl session`, or use --store file"
+            ))
+        })
     }
 
     fn delete(&self) -> Result<bool, StoreError> {
@@ -57,5 +60,36 @@ impl LoginStore for KeyringStore {
 
     fn describe(&self) -> String {
         format!("OS keyring (service keyward, user {})", self.user)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretString;
+
+    #[test]
+    fn a_login_round_trips_through_the_keyring() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::open(&dir.path().join("h")).unwrap();
+        let store = KeyringStore::new(&home).unwrap();
+        let token =
+            |claims: serde_json::Value| SecretString::new(crate::auth::jwt::tests::make(&claims));
+        let auth = serde_json::json!({"https://api.openai.com/auth": {"chatgpt_account_id": "acct_k"}, "exp": 2_000_000_000});
+        let login = Login::from_tokens(
+            token(auth.clone()),
+            token(auth),
+            SecretString::new("rt-k".into()),
+        )
+        .unwrap();
+        assert!(store.load().unwrap().is_none());
+        store.save(&login).unwrap();
+        let back = store.load().unwrap().unwrap();
+        assert_eq!(back.refresh_token.expose(), "rt-k");
+        assert_eq!(back.account_id, "acct_k");
+        assert!(store.describe().contains("keyring"));
+        assert!(store.delete().unwrap());
+        assert!(store.load().unwrap().is_none());
+        assert!(!store.delete().unwrap());
     }
 }
