@@ -10,11 +10,12 @@ use crate::api_key::AuthHeader;
 use crate::auth::DEFAULT_ISSUER;
 use crate::auth::store::StoreKind;
 
-/// keyward: hold an OpenAI credential so that local users and tools can use the Responses API
-/// without ever seeing it.
+/// keyward: hold an OpenAI credential (an API key, or a ChatGPT sign-in) so that local users and
+/// tools can use the Responses API without ever seeing it.
 ///
 /// With no subcommand, keyward runs `serve`, so it takes the same flags as
 /// codex-responses-api-proxy: `printenv OPENAI_API_KEY | env -u OPENAI_API_KEY keyward --port 8080`.
+/// For a ChatGPT sign-in: `keyward login`, then `keyward serve --auth chatgpt`.
 #[derive(Debug, Parser)]
 #[command(name = "keyward", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {

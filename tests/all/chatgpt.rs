@@ -814,3 +814,23 @@ async fn tokens_never_reach_logs_status_or_dumps() {
         }
     }
 }
+
+#[tokio::test]
+async fn fedramp_accounts_get_the_fedramp_header() {
+    let issuer = FakeIssuer::start().await;
+    issuer.state.lock().unwrap().fedramp = true;
+    let backend = fake_backend(issuer.state.clone()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    seed_login(tmp.path(), &issuer.mint());
+    let (addr, _keyward) = chatgpt_keyward(&issuer, &backend, tmp.path(), &[]).await;
+    assert_eq!(
+        client::post_responses(addr, r#"{"input":"hi"}"#)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        backend.next_request().await.headers["x-openai-fedramp"],
+        "true"
+    );
+}

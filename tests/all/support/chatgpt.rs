@@ -56,6 +56,8 @@ pub struct IssuerState {
     pub device_pending: usize,
     /// Delay before answering a refresh, to widen races.
     pub refresh_delay: Duration,
+    /// Whether minted tokens belong to a FedRAMP account.
+    pub fedramp: bool,
 }
 
 pub struct FakeIssuer {
@@ -75,7 +77,7 @@ impl IssuerState {
         self.serial += 1;
         let n = self.serial;
         let auth = json!({
-            "chatgpt_account_id": ACCOUNT, "chatgpt_plan_type": "plus", "chatgpt_account_is_fedramp": false
+            "chatgpt_account_id": ACCOUNT, "chatgpt_plan_type": "plus", "chatgpt_account_is_fedramp": self.fedramp
         });
         let access_token = jwt(&json!({
             "exp": now() + self.access_ttl, "jti": format!("at-{n}"), "https://api.openai.com/auth": auth
