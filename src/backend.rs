@@ -65,7 +65,7 @@ impl Backend {
                 proxy.relay(parts, body, log, dump, true)
             }
             Ok(Reply::Local(response)) => {
-                log.finish_local(response.status(), 0);
+                log.finish_local(response.status(), crate::forward::body_len(&response));
                 *response
             }
             Err(err) => proxy.fail(err, log),
@@ -124,7 +124,6 @@ impl Backend {
                 sink.set_end("completed");
             }
         }
-        log.add_bytes_out(crate::forward::body_len(&response) as usize);
         Ok(Reply::Local(Box::new(response)))
     }
 

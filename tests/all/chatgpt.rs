@@ -800,6 +800,20 @@ async fn tokens_never_reach_logs_status_or_dumps() {
         ));
     }
     assert!(places.len() >= 5, "dumps were written");
+    let line = keyward
+        .stderr()
+        .lines()
+        .find(|l| l.contains(" request ") || l.contains("request method"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        line.contains("status=200") && line.contains("upstream_status=200"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("bytes_out=0 "),
+        "the assembled answer's size is logged: {line}"
+    );
     assert!(
         keyward
             .stderr()
