@@ -390,6 +390,18 @@ async fn unsafe_or_corrupt_stores_are_refused_with_the_fix_and_left_alone() {
     assert!(stderr.contains("chmod 700"), "{stderr}");
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
 
+    if keyward::hardening::effective_uid() == 0 {
+        // Another user's home: refused, even though root could read it.
+        std::os::unix::fs::chown(&home, Some(65534), None).unwrap();
+        let (code, _, stderr) = run(&["status", "--home", home_arg]).await;
+        assert_eq!(code, Some(1));
+        assert!(
+            stderr.contains("is owned by uid 65534") && stderr.contains("chown 0"),
+            "{stderr}"
+        );
+        std::os::unix::fs::chown(&home, Some(0), None).unwrap();
+    }
+
     std::fs::write(&file, "{\"access_token\": \"tok\", ").unwrap();
     let (code, _, stderr) = run(&["status", "--home", home_arg]).await;
     assert_eq!(code, Some(1));
