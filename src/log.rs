@@ -7,16 +7,26 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use tokio::time::Instant;
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
 /// Installs the stderr logger. The level comes from `RUST_LOG`, `info` by default.
-pub fn init(format: LogFormat) {
+///
+/// Lines are written by a background thread, through a buffer it flushes whenever it has no
+/// more lines waiting: requests never wait on stderr, a busy keyward writes many lines per
+/// syscall, and a quiet one shows each line at once. No line is dropped. Keep the returned guard
+/// until the process ends: dropping it writes out what is left.
+pub fn init(format: LogFormat) -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("keyward-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = match format {
@@ -27,6 +37,7 @@ pub fn init(format: LogFormat) {
             .with_current_span(false)
             .try_init(),
     };
+    guard
 }
 
 /// How a relayed response ended.

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => args.log_format,
         _ => LogFormat::Text,
     };
-    keyward::log::init(log_format);
+    let _log = keyward::log::init(log_format);
     for failure in &hardening.failures {
         tracing::warn!("{failure}");
     }
@@ -54,6 +54,8 @@ fn main() -> ExitCode {
         Command::Status(args) => keyward::commands::status(args),
         Command::Logout(args) => keyward::commands::logout(args).map(|()| true),
     };
+    // Write out buffered log lines before anything printed below.
+    drop(_log);
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
