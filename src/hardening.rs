@@ -11,6 +11,8 @@ pub struct HardeningReport {
     pub failures: Vec<String>,
     pub removed_env: Vec<String>,
     pub memory: MemoryLock,
+    /// The open-file limit after raising it.
+    pub open_files: u64,
 }
 
 /// Whether all of keyward's memory is locked against swapping.
@@ -32,6 +34,7 @@ pub fn harden_process() -> HardeningReport {
         failures: Vec::new(),
         removed_env: Vec::new(),
         memory: lock_all_memory(),
+        open_files: raise_open_files(),
     };
 
     let no_core = libc::rlimit {
@@ -113,6 +116,32 @@ fn has_cap_ipc_lock() -> bool {
             u64::from_str_radix(&hex, 16).ok()
         })
         .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+/// Raises the open-file limit to its hard ceiling: a proxy holds two sockets per stream, and the
+/// common default of 1,024 would stop keyward at about 500 concurrent streams. Returns the
+/// limit now in force.
+pub fn raise_open_files() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes into the struct we pass, which lives for the whole call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `setrlimit` reads the struct we pass; lowering or raising the soft limit up to
+        // the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+    }
+    limit.rlim_cur
 }
 
 /// Locks the pages holding `buf` into RAM so they are never written to swap.

@@ -36,6 +36,11 @@ fn main() -> ExitCode {
                     "only the credential's own buffer is locked in memory; copies in HTTP buffers could reach swap: {why}"
                 ),
             }
+            tracing::info!(
+                open_files = hardening.open_files,
+                max_streams = hardening.open_files.saturating_sub(64) / 2,
+                "open-file limit raised to its ceiling; each stream holds two sockets"
+            );
             let proxy_in_argv = std::env::args().any(|arg| arg.starts_with("--upstream-proxy"));
             if proxy_in_argv
                 && args

@@ -364,3 +364,42 @@ async fn each_request_gets_one_log_line_with_its_figures() {
     assert!(refused["upstream_status"].is_null());
     assert!(refused["bytes_out"].as_u64().unwrap() > 0);
 }
+
+#[tokio::test]
+async fn the_open_file_limit_is_raised_to_its_ceiling() {
+    // Started with a soft limit of 256 under a higher hard limit, keyward lifts the soft one.
+    let upstream = FakeUpstream::ok_json().await;
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "ulimit -Sn 256 && exec \"$0\" \"$@\"",
+        env!("CARGO_BIN_EXE_keyward"),
+    ])
+    .args(["--upstream-url", &upstream.url()])
+    .env_remove("RUST_LOG")
+    .stdout(std::process::Stdio::null());
+    let mut child = crate::support::keyward::spawn_fed(cmd, b"sk-key\n").await;
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    within("keyward to listen", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("keyward is listening") {
+                return;
+            }
+        }
+        panic!("keyward exited");
+    })
+    .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id().unwrap())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        open_files[3], open_files[4],
+        "soft limit raised to the hard limit: {open_files:?}"
+    );
+    assert_ne!(open_files[3], "256");
+}
