@@ -138,6 +138,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Worker threads, each serving its share of the connections on a runtime of its own.
+    /// Default: one per CPU core.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
     #[command(flatten)]
     pub net: NetArgs,
 

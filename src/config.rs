@@ -128,6 +128,8 @@ pub struct Config {
     pub upstream_proxy: Option<UpstreamProxy>,
     pub upstream_ca: Option<PathBuf>,
     pub log_format: LogFormat,
+    /// Worker threads serving connections.
+    pub threads: usize,
 }
 
 impl Config {
@@ -161,6 +163,9 @@ impl Config {
         }
         if args.max_body == 0 {
             return Err(ConfigError::Zero { flag: "max-body" });
+        }
+        if args.threads == Some(0) {
+            return Err(ConfigError::Zero { flag: "threads" });
         }
 
         Ok(Self {
@@ -202,6 +207,9 @@ impl Config {
                 .transpose()?,
             upstream_ca: args.net.upstream_ca.clone(),
             log_format: args.log_format,
+            threads: args.threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
         })
     }
 }

@@ -23,6 +23,7 @@ use crate::upstream::UpstreamClient;
 pub const RESPONSES_PATH: &str = "/v1/responses";
 
 /// The credential keyward adds to forwarded requests.
+#[derive(Clone)]
 pub enum Credential {
     /// An API key, sent in `header` (`Authorization` or Azure's `api-key`).
     ApiKey {
@@ -39,7 +40,7 @@ pub struct Proxy {
     upstream: Upstream,
     credential: Credential,
     limits: Limits,
-    dumper: Option<Dumper>,
+    dumper: Option<Arc<Dumper>>,
     http_shutdown: bool,
     shutdown: watch::Sender<bool>,
 }
@@ -49,7 +50,7 @@ impl Proxy {
         config: &Config,
         client: UpstreamClient,
         credential: Credential,
-        dumper: Option<Dumper>,
+        dumper: Option<Arc<Dumper>>,
         shutdown: watch::Sender<bool>,
     ) -> Self {
         Self {

@@ -44,7 +44,9 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         }),
         CredentialConfig::ChatGpt(_) => None,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // This runtime only watches for signals and keeps a ChatGPT login fresh; connections are
+    // served by the workers `server::start` spawns.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("could not start the async runtime")?;

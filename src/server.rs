@@ -12,8 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
 use crate::dump::{DumpError, Dumper};
@@ -32,11 +31,13 @@ pub enum ServeError {
     Upstream(#[from] UpstreamError),
 }
 
-/// A started keyward: its addresses, and the means to stop it.
+/// A started keyward: its addresses, and the means to stop it. Dropping it starts the graceful
+/// shutdown.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// One per worker thread, completed when the worker has stopped.
+    stopped: Vec<oneshot::Receiver<()>>,
 }
 
 impl Running {
@@ -52,28 +53,56 @@ impl Running {
 
     /// Waits until keyward has stopped: shutdown was asked for and the in-flight requests have
     /// finished or run out of grace.
-    pub async fn wait(self) {
-        let _ = self.task.await;
+    pub async fn wait(mut self) {
+        for stopped in std::mem::take(&mut self.stopped) {
+            let _ = stopped.await;
+        }
     }
 }
 
-/// Binds every listener, writes `--server-info`, and starts serving.
-pub async fn start(config: &Config, credential: Credential) -> Result<Running, ServeError> {
-    let client = upstream::build(config)?;
-    let dumper = config.dump.as_ref().map(Dumper::new).transpose()?;
-
-    let mut listeners = Vec::with_capacity(config.listen.len());
-    for &addr in &config.listen {
-        listeners.push(bind(addr).map_err(|error| ServeError::Bind { addr, error })?);
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
     }
-    let addrs: Vec<SocketAddr> = listeners
-        .iter()
-        .map(TcpListener::local_addr)
-        .collect::<io::Result<_>>()
-        .map_err(|error| ServeError::Bind {
-            addr: config.listen[0],
+}
+
+/// Binds every listener, writes `--server-info`, and starts one worker thread per core.
+///
+/// Each worker runs a single-threaded runtime with its own listening sockets (`SO_REUSEPORT`
+/// on the same addresses; the kernel spreads connections over them, and only lets sockets of
+/// keyward's own user join) and its own upstream connection pool, so a request and its upstream
+/// connection are served on one thread, without cross-thread wake-ups.
+pub async fn start(config: &Config, credential: Credential) -> Result<Running, ServeError> {
+    let dumper = config
+        .dump
+        .as_ref()
+        .map(Dumper::new)
+        .transpose()?
+        .map(Arc::new);
+    let threads = config.threads.max(1);
+
+    // The first socket of each address fixes its port (port 0 picks one); the other workers'
+    // sockets join it.
+    let mut addrs = Vec::with_capacity(config.listen.len());
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    for &wanted in &config.listen {
+        let bind_err = |error| ServeError::Bind {
+            addr: wanted,
             error,
-        })?;
+        };
+        let first = bind(wanted).map_err(bind_err)?;
+        let actual = first.local_addr().map_err(bind_err)?;
+        addrs.push(actual);
+        per_worker[0].push(first.into_std().map_err(bind_err)?);
+        for worker in per_worker.iter_mut().skip(1) {
+            worker.push(
+                bind(actual)
+                    .and_then(TcpListener::into_std)
+                    .map_err(bind_err)?,
+            );
+        }
+    }
 
     if let Some(path) = &config.server_info {
         write_server_info(path, &addrs).map_err(|error| ServeError::ServerInfo {
@@ -83,49 +112,100 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
     }
 
     let (shutdown, _) = watch::channel(false);
-    let proxy = Arc::new(Proxy::new(
-        config,
-        client,
-        credential,
-        dumper,
-        shutdown.clone(),
-    ));
-    let graceful = Arc::new(GracefulShutdown::new());
-    let mut accept_loops = Vec::with_capacity(listeners.len());
-    for listener in listeners {
-        accept_loops.push(tokio::spawn(accept_loop(
-            listener,
-            proxy.clone(),
-            connection_builder(config),
-            graceful.clone(),
-            shutdown.subscribe(),
-        )));
+    let mut stopped = Vec::with_capacity(threads);
+    for (index, listeners) in per_worker.into_iter().enumerate() {
+        let proxy = Proxy::new(
+            config,
+            upstream::build(config)?,
+            credential.clone(),
+            dumper.clone(),
+            shutdown.clone(),
+        );
+        let (done, finished) = oneshot::channel();
+        let worker = Worker {
+            listeners,
+            proxy,
+            builder: connection_builder(config),
+            shutdown: shutdown.clone(),
+            grace: config.limits.shutdown_grace,
+        };
+        std::thread::Builder::new()
+            .name(format!("keyward-{index}"))
+            .spawn(move || {
+                worker.run();
+                let _ = done.send(());
+            })
+            .map_err(|error| ServeError::Bind {
+                addr: addrs[0],
+                error,
+            })?;
+        stopped.push(finished);
     }
 
     tracing::info!(
         listen = ?addrs,
         upstream = %config.upstream.uri,
+        threads,
         "keyward is listening; every local user who can reach these addresses can use the credential"
     );
-
-    let grace = config.limits.shutdown_grace;
-    let mut stop = shutdown.subscribe();
-    let task = tokio::spawn(async move {
-        let _ = stop.wait_for(|&stop| stop).await;
-        for accept in accept_loops {
-            let _ = accept.await;
-        }
-        drop(proxy);
-        // Every accept loop has ended, so this is the last reference.
-        if let Ok(graceful) = Arc::try_unwrap(graceful) {
-            drain(graceful, grace).await;
-        }
-    });
     Ok(Running {
         addrs,
         shutdown,
-        task,
+        stopped,
     })
+}
+
+/// One worker thread: its listeners, its copy of the proxy, and its share of the shutdown.
+struct Worker {
+    listeners: Vec<std::net::TcpListener>,
+    proxy: Proxy,
+    builder: http1::Builder,
+    shutdown: watch::Sender<bool>,
+    grace: Duration,
+}
+
+impl Worker {
+    fn run(self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                tracing::error!(error = %err, "could not start a worker's runtime");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let proxy = Arc::new(self.proxy);
+            let graceful = Arc::new(GracefulShutdown::new());
+            let mut accept_loops = Vec::with_capacity(self.listeners.len());
+            for listener in self.listeners {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => accept_loops.push(tokio::spawn(accept_loop(
+                        listener,
+                        proxy.clone(),
+                        self.builder.clone(),
+                        graceful.clone(),
+                        self.shutdown.subscribe(),
+                    ))),
+                    Err(err) => {
+                        tracing::error!(error = %err, "a worker could not use its listener")
+                    }
+                }
+            }
+            let mut stop = self.shutdown.subscribe();
+            let _ = stop.wait_for(|&stop| stop).await;
+            for accept in accept_loops {
+                let _ = accept.await;
+            }
+            drop(proxy);
+            // Every accept loop has ended, so this is the last reference.
+            if let Ok(graceful) = Arc::try_unwrap(graceful) {
+                drain(graceful, self.grace).await;
+            }
+        });
+    }
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -135,6 +215,7 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
 }
