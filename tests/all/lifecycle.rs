@@ -279,17 +279,7 @@ async fn the_process_is_not_dumpable_so_its_own_user_cannot_read_its_memory() {
     cmd.uid(65534).gid(65534);
     let mut child = crate::support::keyward::spawn_fed(cmd, b"sk-key\n").await;
 
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
-    within("keyward to listen", async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("keyward is listening") {
-                return;
-            }
-        }
-        panic!("keyward exited");
-    })
-    .await;
+    crate::support::keyward::wait_listening(&mut child).await;
     let pid = child.id().unwrap();
     for file in ["environ", "mem", "maps"] {
         let meta = std::fs::metadata(format!("/proc/{pid}/{file}")).unwrap();
@@ -379,17 +369,7 @@ async fn the_open_file_limit_is_raised_to_its_ceiling() {
     .env_remove("RUST_LOG")
     .stdout(std::process::Stdio::null());
     let mut child = crate::support::keyward::spawn_fed(cmd, b"sk-key\n").await;
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
-    within("keyward to listen", async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("keyward is listening") {
-                return;
-            }
-        }
-        panic!("keyward exited");
-    })
-    .await;
+    crate::support::keyward::wait_listening(&mut child).await;
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id().unwrap())).unwrap();
     let open_files: Vec<&str> = limits
         .lines()

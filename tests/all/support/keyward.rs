@@ -147,6 +147,20 @@ pub async fn spawn_fed(mut cmd: Command, stdin: &[u8]) -> Child {
     child
 }
 
+/// Waits until a keyward child started with [`spawn_fed`] says it is listening.
+pub async fn wait_listening(child: &mut Child) {
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    super::within("keyward to listen", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("keyward is listening") {
+                return;
+            }
+        }
+        panic!("keyward exited before listening");
+    })
+    .await;
+}
+
 fn collect(
     stream: tokio::process::ChildStderr,
     into: Arc<Mutex<String>>,
