@@ -415,7 +415,7 @@ async fn too_many_headers_get_431() {
 
 #[tokio::test]
 async fn a_client_too_slow_to_send_its_headers_is_disconnected() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let upstream = FakeUpstream::ok_json().await;
     let (addr, _keyward) = start_for(&upstream.url(), &["--header-timeout", "1s"]).await;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
