@@ -38,6 +38,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Revoke the refresh token at the sign-in service (best effort), then delete the login.
     Logout(LogoutArgs),
+    /// Manage client tokens (`serve --client-tokens`): add a named client and print its token
+    /// once, list the clients, or revoke one. A running keyward picks up changes within a second.
+    Token(TokenArgs),
 }
 
 impl Cli {
@@ -63,8 +66,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub port: Option<u16>,
 
-    /// Address to listen on, such as 127.0.0.1:8080 or [::1]:8080. Repeatable. Only loopback
-    /// addresses are accepted: keyward does not authenticate clients yet.
+    /// Address to listen on: 127.0.0.1:8080, [::1]:8080, or unix:/run/keyward/sock for a unix
+    /// socket. Repeatable. A non-loopback address needs --client-tokens and --tls-cert/--tls-key.
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<String>,
 
@@ -144,6 +147,9 @@ pub struct ServeArgs {
     pub threads: Option<usize>,
 
     #[command(flatten)]
+    pub access: AccessArgs,
+
+    #[command(flatten)]
     pub net: NetArgs,
 
     #[command(flatten)]
@@ -173,6 +179,91 @@ pub enum AuthMode {
     ApiKey,
     /// The ChatGPT login made with `keyward login`.
     Chatgpt,
+}
+
+/// Who may use keyward.
+#[derive(Debug, Clone, Args)]
+pub struct AccessArgs {
+    /// Serve only this user (a name or a uid); repeatable. The user is the one the kernel says
+    /// owns the connecting socket (SO_PEERCRED on unix sockets, sock_diag on loopback TCP). With
+    /// no --allow-user or --allow-group, every local user is served.
+    #[arg(long, value_name = "USER")]
+    pub allow_user: Vec<String>,
+
+    /// Serve the members of this group (a name or a gid; primary or supplementary, from the user
+    /// database); repeatable.
+    #[arg(long, value_name = "GROUP")]
+    pub allow_group: Vec<String>,
+
+    /// Also let this user (a name or a uid) call admin endpoints such as /shutdown, which are
+    /// otherwise served only to keyward's own user and root; repeatable.
+    #[arg(long, value_name = "USER")]
+    pub admin_user: Vec<String>,
+
+    /// Require a client token (`keyward token add`) in `Authorization: Bearer` on every
+    /// request; keyward checks it and replaces it with the real credential. FILE must be 0600
+    /// and owned by keyward's user.
+    #[arg(long, value_name = "FILE", env = "KEYWARD_CLIENT_TOKENS")]
+    pub client_tokens: Option<PathBuf>,
+
+    /// Also answer requests whose Host is NAME (besides loopback names and addresses, and the
+    /// addresses keyward listens on); repeatable. Other Host values are refused, against DNS
+    /// rebinding.
+    #[arg(long, value_name = "NAME")]
+    pub allowed_host: Vec<String>,
+
+    /// Mode of unix sockets given with --listen unix:PATH (octal).
+    #[arg(long, value_name = "MODE", default_value = "660", value_parser = parse_mode)]
+    pub socket_mode: u32,
+
+    /// Group of unix sockets given with --listen unix:PATH (a name or a gid).
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+
+    /// TLS certificate chain (PEM) for non-loopback listeners; re-read on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) for non-loopback listeners; re-read on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve non-loopback listeners over plain HTTP: client tokens, prompts and answers cross the
+    /// network readable by anyone on the path. Only for a network you trust completely.
+    #[arg(long)]
+    pub insecure_no_tls: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The client tokens file that `serve --client-tokens` reads (created 0600 if missing).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "KEYWARD_CLIENT_TOKENS",
+        global = true
+    )]
+    pub client_tokens: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub action: TokenAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenAction {
+    /// Add a client and print its new token on stdout (shown only this once).
+    Add {
+        /// The client's name: letters, digits, `.`, `_`, `-`.
+        name: String,
+    },
+    /// List the clients (names and creation times; tokens are not stored).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a client; its token stops working.
+    Revoke { name: String },
 }
 
 /// How keyward reaches the outside: the upstream, and the sign-in service.
@@ -315,6 +406,14 @@ pub struct LogoutArgs {
 
     #[command(flatten)]
     pub net: NetArgs,
+}
+
+/// An octal file mode such as `660` or `0600`.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim(), 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| format!("`{text}` is not a file mode such as 660 or 0600"))
 }
 
 /// `90`, `90s`, `1500ms`, `5m`, `1h`. A bare number is seconds.

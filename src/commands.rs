@@ -1,4 +1,4 @@
-//! `keyward login`, `status` and `logout`: what they print and how they exit.
+//! `keyward login`, `status`, `logout` and `token`: what they print and how they exit.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,7 +11,8 @@ use crate::auth::issuer::Issuer;
 use crate::auth::login::{self, BrowserOptions};
 use crate::auth::record::{Login, now};
 use crate::auth::store::{self, LoginStore};
-use crate::cli::{HomeArgs, LoginArgs, LogoutArgs, NetArgs, StatusArgs};
+use crate::cli::{HomeArgs, LoginArgs, LogoutArgs, NetArgs, StatusArgs, TokenAction, TokenArgs};
+use crate::clients::TokenFile;
 use crate::config::{Limits, UpstreamProxy};
 use crate::upstream::ClientSettings;
 
@@ -206,6 +207,53 @@ pub fn logout(args: &LogoutArgs) -> anyhow::Result<()> {
     }
     store.delete()?;
     writeln!(out, "Deleted the login from {}.", store.describe())?;
+    Ok(())
+}
+
+/// `keyward token add|list|revoke`.
+pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    let Some(path) = &args.client_tokens else {
+        anyhow::bail!(
+            "which client tokens file? Pass --client-tokens FILE or set KEYWARD_CLIENT_TOKENS \
+             (the file `serve --client-tokens` reads)"
+        );
+    };
+    let file = TokenFile::new(path.clone());
+    let mut out = std::io::stdout();
+    match &args.action {
+        TokenAction::Add { name } => {
+            let token = file.add(name)?;
+            // The token alone on stdout, so that it can be captured; the advice on stderr.
+            writeln!(out, "{}", token.expose())?;
+            eprintln!(
+                "Added client `{name}` to {}. This is the only time the token is shown: give it \
+                 to the client, which sends it as `Authorization: Bearer <token>` (for the Codex \
+                 CLI, in the environment variable its provider's env_key names).",
+                path.display()
+            );
+        }
+        TokenAction::List { json } => {
+            let clients = file.list()?;
+            if *json {
+                writeln!(out, "{}", serde_json::to_string(&clients)?)?;
+            } else if clients.is_empty() {
+                writeln!(out, "No clients in {}.", path.display())?;
+            } else {
+                writeln!(out, "{:<32} CREATED", "NAME")?;
+                for client in clients {
+                    let created = i64::try_from(client.created).unwrap_or(i64::MAX);
+                    writeln!(out, "{:<32} {}", client.name, when(created))?;
+                }
+            }
+        }
+        TokenAction::Revoke { name } => {
+            file.revoke(name)?;
+            writeln!(
+                out,
+                "Revoked client `{name}`; a running keyward refuses its token within a second."
+            )?;
+        }
+    }
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
 
+use crate::access::{HostCheck, Policy};
 use crate::api_key::{AuthHeader, KeySource};
 use crate::auth::store::StoreKind;
 use crate::cli::{AuthMode, LogFormat, ServeArgs};
@@ -22,10 +23,17 @@ pub enum ConfigError {
     BadListen(String),
     #[error(
         "refusing to listen on {0}: it is not a loopback address, so other hosts could spend the \
-         credential. keyward does not authenticate clients yet; listen on 127.0.0.1 or [::1] and \
-         reach it from elsewhere through an SSH tunnel"
+         credential. Listen on 127.0.0.1 or [::1] (and reach it from elsewhere through an SSH \
+         tunnel), or require client tokens with --client-tokens FILE"
     )]
     NotLoopback(SocketAddr),
+    #[error(
+        "refusing to listen on {0} without TLS: client tokens and prompts would cross the network \
+         in the clear. Give --tls-cert and --tls-key, or --insecure-no-tls on a network you trust"
+    )]
+    NoTls(SocketAddr),
+    #[error("{0}")]
+    Access(#[from] crate::access::AccessConfigError),
     #[error("--upstream-url `{url}` is not usable: {why}")]
     BadUpstream { url: String, why: String },
     #[error("--upstream-proxy is not usable: {0}")]
@@ -116,9 +124,37 @@ pub struct ChatGptConfig {
     pub refresh_margin: Duration,
 }
 
+/// A unix socket to listen on (`--listen unix:PATH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixListen {
+    pub path: PathBuf,
+    pub mode: u32,
+    pub group: Option<u32>,
+}
+
+/// Who may use keyward, and how they prove it.
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    pub policy: Policy,
+    pub client_tokens: Option<PathBuf>,
+    pub hosts: HostCheck,
+}
+
+/// The certificate for non-loopback listeners.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// TCP addresses; non-loopback ones only with client tokens.
     pub listen: Vec<SocketAddr>,
+    pub unix: Vec<UnixListen>,
+    pub access: AccessConfig,
+    /// TLS for the non-loopback addresses in `listen`.
+    pub tls: Option<TlsConfig>,
     pub server_info: Option<PathBuf>,
     pub http_shutdown: bool,
     pub upstream: Upstream,
@@ -138,18 +174,48 @@ impl Config {
         if let Some(port) = args.port {
             listen.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
         }
+        let access = &args.access;
+        let socket_group = access
+            .socket_group
+            .as_deref()
+            .map(crate::access::resolve_group)
+            .transpose()?;
+        let mut unix = Vec::new();
         for text in &args.listen {
+            if let Some(path) = text.strip_prefix("unix:") {
+                if path.is_empty() {
+                    return Err(ConfigError::BadListen(text.clone()));
+                }
+                unix.push(UnixListen {
+                    path: PathBuf::from(path),
+                    mode: access.socket_mode,
+                    group: socket_group,
+                });
+                continue;
+            }
             let addr: SocketAddr = text
                 .parse()
                 .map_err(|_| ConfigError::BadListen(text.clone()))?;
             if !addr.ip().is_loopback() {
-                return Err(ConfigError::NotLoopback(addr));
+                if access.client_tokens.is_none() {
+                    return Err(ConfigError::NotLoopback(addr));
+                }
+                if access.tls_cert.is_none() && !access.insecure_no_tls {
+                    return Err(ConfigError::NoTls(addr));
+                }
             }
             listen.push(addr);
         }
-        if listen.is_empty() {
+        if listen.is_empty() && unix.is_empty() {
             listen.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
         }
+        let tls = match (&access.tls_cert, &access.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
 
         for (flag, value) in [
             ("header-timeout", args.header_timeout),
@@ -169,7 +235,18 @@ impl Config {
         }
 
         Ok(Self {
+            access: AccessConfig {
+                policy: Policy::resolve(
+                    &access.allow_user,
+                    &access.allow_group,
+                    &access.admin_user,
+                )?,
+                client_tokens: access.client_tokens.clone(),
+                hosts: HostCheck::new(&access.allowed_host, &listen),
+            },
+            tls,
             listen,
+            unix,
             server_info: args.server_info.clone(),
             http_shutdown: args.http_shutdown,
             upstream: parse_upstream(args.upstream_url.as_deref().unwrap_or(match args.auth {

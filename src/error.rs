@@ -39,6 +39,16 @@ pub enum ProxyError {
     ClientBody(String),
     #[error("{0}")]
     BackendStream(String),
+    /// The access policy refused the connection's user, or could not find it.
+    #[error("{0}")]
+    AccessDenied(String),
+    /// A web page's request (Origin, Sec-Fetch-Site) or a foreign Host.
+    #[error("{0}")]
+    Browser(String),
+    #[error("{0}")]
+    NotAdmin(String),
+    #[error("{0}")]
+    ClientToken(&'static str),
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -61,6 +71,10 @@ impl ProxyError {
             ProxyError::Auth(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadJson(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BackendStream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::AccessDenied(_) | ProxyError::Browser(_) | ProxyError::NotAdmin(_) => {
+                StatusCode::FORBIDDEN
+            }
+            ProxyError::ClientToken(_) => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -81,6 +95,10 @@ impl ProxyError {
             ProxyError::BadJson(_) => "invalid_json",
             ProxyError::ClientBody(_) => "bad_request_body",
             ProxyError::BackendStream(_) => "upstream_stream_error",
+            ProxyError::AccessDenied(_) => "access_denied",
+            ProxyError::Browser(_) => "browser_request_refused",
+            ProxyError::NotAdmin(_) => "admin_only",
+            ProxyError::ClientToken(_) => "invalid_client_token",
         }
     }
 
@@ -119,6 +137,10 @@ impl ProxyError {
             ProxyError::BadJson(why) => why.clone(),
             ProxyError::ClientBody(_) => "the request body could not be read".into(),
             ProxyError::BackendStream(why) => why.clone(),
+            ProxyError::AccessDenied(why)
+            | ProxyError::Browser(why)
+            | ProxyError::NotAdmin(why) => why.clone(),
+            ProxyError::ClientToken(why) => (*why).into(),
         }
     }
 
@@ -138,10 +160,19 @@ impl ProxyError {
             self.code(),
             &self.client_message(),
         );
-        if let ProxyError::MethodNotAllowed { .. } = self {
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        match self {
+            ProxyError::MethodNotAllowed { .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            ProxyError::ClientToken(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"keyward\""),
+                );
+            }
+            _ => {}
         }
         response
     }

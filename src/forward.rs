@@ -1,7 +1,7 @@
 //! The request handler: which requests are forwarded, and how.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
@@ -10,8 +10,10 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::access::{Gate, HostCheck, Peer};
 use crate::backend::Backend;
 use crate::body::{ProxyBody, RelayBody, RequestBody};
+use crate::clients::ClientTokens;
 use crate::config::{Config, Limits, Upstream};
 use crate::dump::{DumpSink, Dumper, ExchangeId};
 use crate::error::{ProxyError, classify_upstream, json_response};
@@ -43,6 +45,10 @@ pub struct Proxy {
     dumper: Option<Arc<Dumper>>,
     http_shutdown: bool,
     shutdown: watch::Sender<bool>,
+    /// This worker's access decisions (its netlink socket and group cache).
+    gate: Mutex<Gate>,
+    tokens: Option<Arc<ClientTokens>>,
+    hosts: HostCheck,
 }
 
 impl Proxy {
@@ -51,6 +57,7 @@ impl Proxy {
         client: UpstreamClient,
         credential: Credential,
         dumper: Option<Arc<Dumper>>,
+        tokens: Option<Arc<ClientTokens>>,
         shutdown: watch::Sender<bool>,
     ) -> Self {
         Self {
@@ -61,28 +68,57 @@ impl Proxy {
             dumper,
             http_shutdown: config.http_shutdown,
             shutdown,
+            gate: Mutex::new(Gate::new(config.access.policy.clone())),
+            tokens,
+            hosts: config.access.hosts.clone(),
         }
     }
 
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// Runs `f` with this worker's access gate.
+    pub fn with_gate<T>(&self, f: impl FnOnce(&mut Gate) -> T) -> T {
+        match self.gate.lock() {
+            Ok(mut gate) => f(&mut gate),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Arc<Peer>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let log = ExchangeLog::new(
+        let mut log = ExchangeLog::new(
             req.method().clone(),
             req.uri().path(),
             started,
             Arc::default(),
         );
-        let outcome = match self.route(&req) {
-            Route::Forward => return self.forward(req, log).await,
-            Route::Shutdown => {
-                tracing::info!("shutdown requested over HTTP");
-                self.shutdown.send_replace(true);
-                Ok(json_response(
-                    StatusCode::OK,
-                    &serde_json::json!({ "status": "shutting down" }),
-                ))
-            }
-            Route::Refuse(err) => Err(err),
+        log.identify(peer.uid(), None);
+        let outcome = match self.hosts.check(req.headers()) {
+            Err(why) => Err(ProxyError::Browser(why)),
+            Ok(()) => match self.route(&req) {
+                Route::Forward => match self.admit(&req, &peer, &mut log) {
+                    Ok(()) => return self.forward(req, log).await,
+                    Err(err) => Err(err),
+                },
+                // Admin endpoints go by uid alone, whatever the access policy.
+                Route::Shutdown => self.with_gate(|gate| gate.check_admin(&peer)).map_or_else(
+                    |why| Err(ProxyError::NotAdmin(why)),
+                    |uid| {
+                        tracing::info!(uid, "shutdown requested over HTTP");
+                        self.shutdown.send_replace(true);
+                        Ok(json_response(
+                            StatusCode::OK,
+                            &serde_json::json!({ "status": "shutting down" }),
+                        ))
+                    },
+                ),
+                Route::Refuse(err) => Err(match &peer.refusal {
+                    Some(refusal) => ProxyError::AccessDenied(refusal.message.clone()),
+                    None => err,
+                }),
+            },
         };
         let response = outcome.unwrap_or_else(|err| {
             tracing::debug!(error = %err, "request refused");
@@ -90,6 +126,36 @@ impl Proxy {
         });
         log.finish_local(response.status(), body_len(&response));
         response
+    }
+
+    /// What a request to be forwarded must pass: a connection the policy allows, and a valid
+    /// client token when tokens are required.
+    fn admit(
+        &self,
+        req: &Request<Incoming>,
+        peer: &Peer,
+        log: &mut ExchangeLog,
+    ) -> Result<(), ProxyError> {
+        if let Some(refusal) = &peer.refusal {
+            return Err(ProxyError::AccessDenied(refusal.message.clone()));
+        }
+        let Some(tokens) = &self.tokens else {
+            return Ok(());
+        };
+        let presented = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .ok_or(ProxyError::ClientToken(
+                "keyward requires a client token: send `Authorization: Bearer <token>` with a \
+                 token from `keyward token add`",
+            ))?;
+        let client = tokens.verify(presented.trim_ascii()).ok_or(ProxyError::ClientToken(
+            "the client token is not valid (unknown or revoked); ask keyward's administrator for \
+             one made with `keyward token add`",
+        ))?;
+        log.identify(peer.uid(), Some(client));
+        Ok(())
     }
 
     fn route(&self, req: &Request<Incoming>) -> Route {

@@ -3,11 +3,13 @@
 //! A privileged user runs keyward with the credential; local users and tools send their
 //! Responses requests to it on loopback, and keyward forwards them with the credential added.
 
+pub mod access;
 pub mod api_key;
 pub mod auth;
 pub mod backend;
 pub mod body;
 pub mod cli;
+pub mod clients;
 pub mod commands;
 pub mod config;
 pub mod dump;
@@ -16,8 +18,10 @@ pub mod forward;
 pub mod hardening;
 pub mod headers;
 pub mod log;
+pub mod peer;
 pub mod secret;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -57,6 +61,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         };
         let running = server::start(&config, credential).await?;
         let shutdown = running.shutdown_sender();
+        tokio::spawn(reload_on_sighup(running.reloader()));
         tokio::spawn(async move {
             let signal = wait_for_signal().await;
             tracing::info!(signal, "shutting down on signal");
@@ -95,6 +100,20 @@ pub async fn chatgpt_credential(config: &Config) -> anyhow::Result<Credential> {
     tokio::spawn(tokens.clone().keep_fresh());
     let backend = Backend::new(tokens, (**chatgpt).clone(), &settings)?;
     Ok(Credential::ChatGpt(Arc::new(backend)))
+}
+
+async fn reload_on_sighup(reloader: server::Reloader) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!(
+            "could not install the SIGHUP handler; restart keyward to re-read its TLS files"
+        );
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: re-reading the TLS certificate and key");
+        reloader.reload();
+    }
 }
 
 async fn wait_for_signal() -> &'static str {

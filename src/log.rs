@@ -90,6 +90,10 @@ pub struct ExchangeLog {
     bytes_out: u64,
     first_byte: Option<Duration>,
     end: Option<End>,
+    /// The connection's owner, when the kernel was asked.
+    uid: Option<u32>,
+    /// The client token's name, with --client-tokens.
+    client: Option<Arc<str>>,
 }
 
 impl ExchangeLog {
@@ -104,6 +108,16 @@ impl ExchangeLog {
             bytes_out: 0,
             first_byte: None,
             end: None,
+            uid: None,
+            client: None,
+        }
+    }
+
+    /// Who sent the request: the connection's uid and the client token's name, as known.
+    pub fn identify(&mut self, uid: Option<u32>, client: Option<Arc<str>>) {
+        self.uid = uid;
+        if client.is_some() {
+            self.client = client;
         }
     }
 
@@ -150,6 +164,8 @@ impl Drop for ExchangeLog {
         tracing::info!(
             method = %self.method,
             path = %self.path.escape_debug(),
+            uid = self.uid,
+            client = self.client.as_deref(),
             status = self.status.as_u16(),
             upstream_status = self.upstream_status.map(|s| s.as_u16()),
             bytes_in = self.bytes_in.load(Ordering::Relaxed),

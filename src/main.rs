@@ -58,6 +58,7 @@ fn main() -> ExitCode {
         Command::Login(args) => keyward::commands::login(args).map(|()| true),
         Command::Status(args) => keyward::commands::status(args),
         Command::Logout(args) => keyward::commands::logout(args).map(|()| true),
+        Command::Token(args) => keyward::commands::token(args).map(|()| true),
     };
     // Write out buffered log lines before anything printed below.
     drop(_log);

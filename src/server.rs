@@ -1,9 +1,13 @@
 //! Listeners, connections, and graceful shutdown.
 
 use std::convert::Infallible;
+use std::fs;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,20 +15,30 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio::sync::{oneshot, watch};
 
-use crate::config::Config;
+use crate::access::Peer;
+use crate::clients::{ClientTokens, ClientsError};
+use crate::config::{Config, UnixListen};
 use crate::dump::{DumpError, Dumper};
 use crate::forward::{Credential, Proxy};
+use crate::tls::{Tls, TlsError};
 use crate::upstream::{self, UpstreamError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("could not listen on {addr}: {error}")]
     Bind { addr: SocketAddr, error: io::Error },
+    #[error("could not listen on unix:{path}: {error}")]
+    BindUnix { path: PathBuf, error: io::Error },
     #[error("could not write --server-info {path}: {error}")]
     ServerInfo { path: String, error: io::Error },
+    #[error("--client-tokens: {0}")]
+    Clients(#[from] ClientsError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error(transparent)]
     Dump(#[from] DumpError),
     #[error(transparent)]
@@ -35,6 +49,9 @@ pub enum ServeError {
 /// shutdown.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
+    /// The unix sockets, removed when keyward stops.
+    pub unix: Vec<SocketFile>,
+    tls: Option<Tls>,
     shutdown: watch::Sender<bool>,
     /// One per worker thread, completed when the worker has stopped.
     stopped: Vec<oneshot::Receiver<()>>,
@@ -44,6 +61,13 @@ impl Running {
     /// Starts a graceful shutdown, as SIGTERM or `GET /shutdown` do.
     pub fn shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// What SIGHUP re-reads.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            tls: self.tls.clone(),
+        }
     }
 
     /// A handle that can start the shutdown from elsewhere (signal handlers).
@@ -56,6 +80,27 @@ impl Running {
     pub async fn wait(mut self) {
         for stopped in std::mem::take(&mut self.stopped) {
             let _ = stopped.await;
+        }
+    }
+}
+
+/// Re-reads, on SIGHUP, the settings that can change while keyward runs.
+#[derive(Clone)]
+pub struct Reloader {
+    tls: Option<Tls>,
+}
+
+impl Reloader {
+    /// Re-reads the TLS certificate and key. On error the old ones stay in use.
+    pub fn reload(&self) {
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate and key re-read"),
+                Err(err) => tracing::error!(
+                    error = %err,
+                    "TLS certificate or key not usable; the ones read before stay in use"
+                ),
+            }
         }
     }
 }
@@ -80,32 +125,56 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         .transpose()?
         .map(Arc::new);
     let threads = config.threads.max(1);
+    let tokens = config
+        .access
+        .client_tokens
+        .as_deref()
+        .map(ClientTokens::open)
+        .transpose()?
+        .map(Arc::new);
+    let tls = config.tls.as_ref().map(Tls::new).transpose()?;
 
     // The first socket of each address fixes its port (port 0 picks one); the other workers'
     // sockets join it.
     let mut addrs = Vec::with_capacity(config.listen.len());
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
-        (0..threads).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<StdListener>> = (0..threads).map(|_| Vec::new()).collect();
     for &wanted in &config.listen {
         let bind_err = |error| ServeError::Bind {
             addr: wanted,
             error,
         };
+        // Loopback listeners serve plain HTTP; others TLS unless --insecure-no-tls.
+        let tls = tls.clone().filter(|_| !wanted.ip().is_loopback());
         let first = bind(wanted).map_err(bind_err)?;
         let actual = first.local_addr().map_err(bind_err)?;
         addrs.push(actual);
-        per_worker[0].push(first.into_std().map_err(bind_err)?);
+        per_worker[0].push(StdListener::Tcp(
+            first.into_std().map_err(bind_err)?,
+            tls.clone(),
+        ));
         for worker in per_worker.iter_mut().skip(1) {
-            worker.push(
-                bind(actual)
-                    .and_then(TcpListener::into_std)
-                    .map_err(bind_err)?,
-            );
+            let listener = bind(actual)
+                .and_then(TcpListener::into_std)
+                .map_err(bind_err)?;
+            worker.push(StdListener::Tcp(listener, tls.clone()));
         }
+    }
+    let mut unix = Vec::with_capacity(config.unix.len());
+    for spec in &config.unix {
+        let bind_err = |error| ServeError::BindUnix {
+            path: spec.path.clone(),
+            error,
+        };
+        let (listener, file) = bind_unix(spec).map_err(bind_err)?;
+        // Every worker accepts on the same socket.
+        for worker in per_worker.iter_mut() {
+            worker.push(StdListener::Unix(listener.try_clone().map_err(bind_err)?));
+        }
+        unix.push(file);
     }
 
     if let Some(path) = &config.server_info {
-        write_server_info(path, &addrs).map_err(|error| ServeError::ServerInfo {
+        write_server_info(path, &addrs, &unix).map_err(|error| ServeError::ServerInfo {
             path: path.display().to_string(),
             error,
         })?;
@@ -119,6 +188,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
             upstream::build(config)?,
             credential.clone(),
             dumper.clone(),
+            tokens.clone(),
             shutdown.clone(),
         );
         let (done, finished) = oneshot::channel();
@@ -128,6 +198,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
             builder: connection_builder(config),
             shutdown: shutdown.clone(),
             grace: config.limits.shutdown_grace,
+            tls_timeout: config.limits.header_timeout,
         };
         std::thread::Builder::new()
             .name(format!("keyward-{index}"))
@@ -136,32 +207,72 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
                 let _ = done.send(());
             })
             .map_err(|error| ServeError::Bind {
-                addr: addrs[0],
+                addr: addrs
+                    .first()
+                    .copied()
+                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
                 error,
             })?;
         stopped.push(finished);
     }
 
+    let sockets: Vec<String> = unix.iter().map(|f| f.path.display().to_string()).collect();
     tracing::info!(
         listen = ?addrs,
+        unix = ?sockets,
         upstream = %config.upstream.uri,
         threads,
-        "keyward is listening; every local user who can reach these addresses can use the credential"
+        "keyward is listening"
     );
+    tracing::info!("{}", config.access.policy.describe());
+    if let Some(tokens) = &tokens {
+        tracing::info!(
+            clients = tokens.len(),
+            "client tokens required: each request must carry one from --client-tokens"
+        );
+    }
     Ok(Running {
         addrs,
+        unix,
+        tls,
         shutdown,
         stopped,
     })
 }
 
+/// A listening socket as bound, before a worker's runtime takes it.
+enum StdListener {
+    Tcp(std::net::TcpListener, Option<Tls>),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// A listening socket in a worker's runtime.
+enum Listener {
+    Tcp(TcpListener, Option<Tls>),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    fn from_std(listener: StdListener) -> io::Result<Self> {
+        Ok(match listener {
+            StdListener::Tcp(listener, tls) => Listener::Tcp(TcpListener::from_std(listener)?, tls),
+            StdListener::Unix(listener) => {
+                listener.set_nonblocking(true)?;
+                Listener::Unix(UnixListener::from_std(listener)?)
+            }
+        })
+    }
+}
+
 /// One worker thread: its listeners, its copy of the proxy, and its share of the shutdown.
 struct Worker {
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<StdListener>,
     proxy: Proxy,
     builder: http1::Builder,
     shutdown: watch::Sender<bool>,
     grace: Duration,
+    /// How long a TLS client may take over its handshake.
+    tls_timeout: Duration,
 }
 
 impl Worker {
@@ -181,13 +292,14 @@ impl Worker {
             let graceful = Arc::new(GracefulShutdown::new());
             let mut accept_loops = Vec::with_capacity(self.listeners.len());
             for listener in self.listeners {
-                match TcpListener::from_std(listener) {
+                match Listener::from_std(listener) {
                     Ok(listener) => accept_loops.push(tokio::spawn(accept_loop(
                         listener,
                         proxy.clone(),
                         self.builder.clone(),
                         graceful.clone(),
                         self.shutdown.subscribe(),
+                        self.tls_timeout,
                     ))),
                     Err(err) => {
                         tracing::error!(error = %err, "a worker could not use its listener")
@@ -233,18 +345,19 @@ fn connection_builder(config: &Config) -> http1::Builder {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
     proxy: Arc<Proxy>,
     builder: http1::Builder,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
+    tls_timeout: Duration,
 ) {
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = accept(&listener, &proxy) => accepted,
             _ = stop.wait_for(|&stop| stop) => return,
         };
-        let (stream, peer) = match accepted {
+        let (connection, peer) = match accepted {
             Ok(pair) => pair,
             Err(err) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -253,19 +366,152 @@ async fn accept_loop(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req).await) }
-        });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
+        let peer = Arc::new(peer);
+        match connection {
+            Accepted::Tcp(stream, None) => {
+                tokio::spawn(serve(stream, peer, &proxy, &builder, &graceful));
             }
-        });
+            Accepted::Tcp(stream, Some(tls)) => {
+                let acceptor = tls.acceptor().clone();
+                let (proxy, builder, graceful) = (proxy.clone(), builder.clone(), graceful.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(tls_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve(stream, peer, &proxy, &builder, &graceful).await,
+                        Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                });
+            }
+            Accepted::Unix(stream) => {
+                tokio::spawn(serve(stream, peer, &proxy, &builder, &graceful));
+            }
+        }
     }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, Option<Tls>),
+    Unix(tokio::net::UnixStream),
+}
+
+/// Accepts one connection and decides, from what the kernel says about its peer, whether it may
+/// use keyward.
+async fn accept(listener: &Listener, proxy: &Proxy) -> io::Result<(Accepted, Peer)> {
+    match listener {
+        Listener::Tcp(listener, tls) => {
+            let (stream, remote) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr()?;
+            let peer = proxy.with_gate(|gate| gate.admit_tcp(local, remote));
+            Ok((Accepted::Tcp(stream, tls.clone()), peer))
+        }
+        Listener::Unix(listener) => {
+            let (stream, _) = listener.accept().await?;
+            let uid = stream.peer_cred().map(|cred| cred.uid());
+            let peer = proxy.with_gate(|gate| gate.admit_unix(uid));
+            Ok((Accepted::Unix(stream), peer))
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until it closes.
+fn serve<I>(
+    io: I,
+    peer: Arc<Peer>,
+    proxy: &Arc<Proxy>,
+    builder: &http1::Builder,
+    graceful: &GracefulShutdown,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let proxy = proxy.clone();
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+    });
+    let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
+    async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "connection ended with an error");
+        }
+    }
+}
+
+/// A unix socket keyward created; removed when keyward stops, if it is still keyward's.
+pub struct SocketFile {
+    pub path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Ok(meta) = fs::symlink_metadata(&self.path)
+            && meta.dev() == self.dev
+            && meta.ino() == self.ino
+        {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates a unix socket at `spec.path` with its mode and group set before it appears there: it
+/// is bound inside a private (0700) directory, then renamed into place. A stale socket (nobody
+/// listening) is replaced; a live one, or anything that is not a socket, is an error.
+fn bind_unix(spec: &UnixListen) -> io::Result<(std::os::unix::net::UnixListener, SocketFile)> {
+    let path = &spec.path;
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match StdUnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is listening on this socket (is keyward already running?)",
+                ));
+            }
+            Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+                tracing::info!(path = %path.display(), "replacing a stale socket nobody listens on");
+            }
+            Err(err) => return Err(err),
+        },
+        Ok(meta) => {
+            let what = if meta.file_type().is_symlink() {
+                "a symbolic link"
+            } else {
+                "not a socket"
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("the path exists and is {what}; keyward replaces only a stale socket"),
+            ));
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let private = tempfile::Builder::new()
+        .prefix(".keyward-socket-")
+        .tempdir_in(dir)?;
+    let staged = private.path().join("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&staged)?;
+    fs::set_permissions(&staged, fs::Permissions::from_mode(spec.mode))?;
+    if let Some(gid) = spec.group {
+        std::os::unix::fs::lchown(&staged, None, Some(gid))?;
+    }
+    fs::rename(&staged, path)?;
+    let meta = fs::symlink_metadata(path)?;
+    Ok((
+        listener,
+        SocketFile {
+            path: path.clone(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        },
+    ))
 }
 
 /// Lets in-flight requests finish, up to `grace`.
@@ -286,16 +532,20 @@ async fn drain(graceful: GracefulShutdown, grace: Duration) {
     }
 }
 
-/// `{"port":..,"pid":..,"listen":[..]}` and a newline, replacing `path` atomically: written to a
+/// `{"port":..,"pid":..,"listen":[..]}` (unix sockets as `unix:PATH`) and a newline, replacing `path` atomically: written to a
 /// temporary file beside it, then renamed over it (a symlink at `path` is replaced, not followed).
-pub fn write_server_info(path: &Path, addrs: &[SocketAddr]) -> io::Result<()> {
+pub fn write_server_info(path: &Path, addrs: &[SocketAddr], unix: &[SocketFile]) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
 
     let info = serde_json::json!({
         "port": addrs.first().map(SocketAddr::port),
         "pid": std::process::id(),
-        "listen": addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "listen": addrs
+            .iter()
+            .map(ToString::to_string)
+            .chain(unix.iter().map(|f| format!("unix:{}", f.path.display())))
+            .collect::<Vec<_>>(),
     });
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,

@@ -34,7 +34,7 @@ async fn exercise(addr: std::net::SocketAddr) -> String {
     let (_, text) = client::raw(
         addr,
         format!(
-            "POST /v1/responses HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+            "POST /v1/responses HTTP/1.1\r\nhost: localhost\r\nx-big: {}\r\n\r\n",
             "h".repeat(20_000)
         )
         .as_bytes(),

@@ -16,7 +16,7 @@ async fn credential_and_host_are_replaced_and_identity_headers_pass() {
     let (addr, _keyward) = start_for(&upstream.url(), &[]).await;
 
     let req = Request::post("/v1/responses")
-        .header("host", "evil.example")
+        .header("host", "localhost:1")
         .header("authorization", "Bearer client-supplied")
         .header("api-key", "client-supplied")
         .header("connection", "keep-alive, x-hop")
@@ -182,7 +182,7 @@ async fn a_declared_oversize_body_gets_413_before_it_is_sent() {
     let (addr, _keyward) = start_for(&upstream.url(), &["--max-body", "1KiB"]).await;
 
     // Only the head is written: keyward must answer without waiting for the body.
-    let head = "POST /v1/responses HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n\r\n";
+    let head = "POST /v1/responses HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n\r\n";
     let (status, text) = client::raw(addr, head.as_bytes()).await;
     assert_eq!(status, 413, "{text}");
     assert!(
@@ -202,7 +202,8 @@ async fn a_chunked_body_that_grows_past_the_limit_is_cut_with_413() {
     let (addr, _keyward) = start_for(&upstream.url(), &["--max-body", "1KiB"]).await;
 
     let mut request =
-        b"POST /v1/responses HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        b"POST /v1/responses HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec();
     for _ in 0..4 {
         request.extend_from_slice(format!("{:x}\r\n{}\r\n", 512, "a".repeat(512)).as_bytes());
     }
@@ -219,7 +220,7 @@ async fn oversized_headers_get_431() {
 
     let big = "a".repeat(10 * 1024);
     let request = format!(
-        "POST /v1/responses HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\ncontent-length: 2\r\n\r\n{{}}"
+        "POST /v1/responses HTTP/1.1\r\nhost: localhost\r\nx-big: {big}\r\ncontent-length: 2\r\n\r\n{{}}"
     );
     let (status, text) = client::raw(addr, request.as_bytes()).await;
     assert_eq!(status, 431, "{text}");
@@ -230,7 +231,8 @@ async fn oversized_headers_get_431() {
 
     // Far beyond the limit, the HTTP parser itself refuses the head.
     let huge = "a".repeat(64 * 1024);
-    let request = format!("POST /v1/responses HTTP/1.1\r\nhost: x\r\nx-big: {huge}\r\n\r\n");
+    let request =
+        format!("POST /v1/responses HTTP/1.1\r\nhost: localhost\r\nx-big: {huge}\r\n\r\n");
     let (status, _) = client::raw(addr, request.as_bytes()).await;
     assert_eq!(status, 431);
     assert!(upstream.requests().is_empty());
@@ -383,7 +385,7 @@ async fn a_client_that_goes_away_before_the_answer_cancels_the_upstream_request(
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     use tokio::io::AsyncWriteExt;
     stream
-        .write_all(b"POST /v1/responses HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+        .write_all(b"POST /v1/responses HTTP/1.1\r\nhost: localhost\r\ncontent-length: 2\r\n\r\n{}")
         .await
         .unwrap();
     upstream.next_request().await;
@@ -406,8 +408,9 @@ async fn too_many_headers_get_431() {
     let upstream = FakeUpstream::ok_json().await;
     let (addr, _keyward) = start_for(&upstream.url(), &[]).await;
     let headers: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
-    let request =
-        format!("POST /v1/responses HTTP/1.1\r\nhost: x\r\n{headers}content-length: 2\r\n\r\n{{}}");
+    let request = format!(
+        "POST /v1/responses HTTP/1.1\r\nhost: localhost\r\n{headers}content-length: 2\r\n\r\n{{}}"
+    );
     let (status, _) = client::raw(addr, request.as_bytes()).await;
     assert_eq!(status, 431);
     assert!(upstream.requests().is_empty());
@@ -420,7 +423,7 @@ async fn a_client_too_slow_to_send_its_headers_is_disconnected() {
     let (addr, _keyward) = start_for(&upstream.url(), &["--header-timeout", "1s"]).await;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(b"POST /v1/responses HTTP/1.1\r\nhost: x\r\n")
+        .write_all(b"POST /v1/responses HTTP/1.1\r\nhost: localhost\r\n")
         .await
         .unwrap();
     // ...and never the rest. keyward closes the connection (hyper may first say 408).
@@ -470,7 +473,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     let (addr, _keyward) = start_for(&upstream.url(), &["--header-timeout", "1s"]).await;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(b"POST /v1/responses HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+        .write_all(b"POST /v1/responses HTTP/1.1\r\nhost: localhost\r\ncontent-length: 2\r\n\r\n{}")
         .await
         .unwrap();
     let mut first = vec![0u8; 4096];

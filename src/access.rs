@@ -1,0 +1,468 @@
+//! Who may use keyward: the per-user policy, admin endpoints, and the browser defence.
+//!
+//! The decision rests on what the kernel says about the peer ([`crate::peer`]), never on anything
+//! the client claims. A connection's owner is looked up once, when it is accepted.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+use http::header::{HOST, ORIGIN};
+
+use crate::peer::{OwnerError, OwnerLookup};
+
+/// How long a user's group memberships are trusted before the user database is asked again.
+const GROUP_CACHE_TTL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessConfigError {
+    #[error("there is no user named `{0}` on this host (--{1})")]
+    NoSuchUser(String, &'static str),
+    #[error("there is no group named `{0}` on this host (--allow-group)")]
+    NoSuchGroup(String),
+    #[error("the user database could not be read: {0}")]
+    Database(String),
+}
+
+/// The uid and gid policy, resolved to numbers at start.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    users: BTreeSet<u32>,
+    groups: BTreeSet<u32>,
+    /// Users who may call admin endpoints besides keyward's own user and root.
+    admins: BTreeSet<u32>,
+}
+
+impl Policy {
+    /// `users` and `groups` as given to `--allow-user` / `--allow-group`: names or numbers.
+    pub fn resolve(
+        users: &[String],
+        groups: &[String],
+        admins: &[String],
+    ) -> Result<Self, AccessConfigError> {
+        Ok(Self {
+            users: users
+                .iter()
+                .map(|u| resolve_user(u, "allow-user"))
+                .collect::<Result<_, _>>()?,
+            groups: groups
+                .iter()
+                .map(|g| resolve_group(g))
+                .collect::<Result<_, _>>()?,
+            admins: admins
+                .iter()
+                .map(|u| resolve_user(u, "admin-user"))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Whether a policy restricts users at all. Without one, every local user is served.
+    pub fn restricts_users(&self) -> bool {
+        !self.users.is_empty() || !self.groups.is_empty()
+    }
+
+    pub fn is_admin(&self, uid: u32) -> bool {
+        uid == 0 || uid == crate::hardening::effective_uid() || self.admins.contains(&uid)
+    }
+
+    /// One line for the startup log: who may use the credential.
+    pub fn describe(&self) -> String {
+        if !self.restricts_users() {
+            return "no access policy: every local user who can reach keyward's addresses can use \
+                    the credential (restrict it with --allow-user / --allow-group)"
+                .into();
+        }
+        let users: Vec<String> = self.users.iter().map(|&u| user_label(u)).collect();
+        let groups: Vec<String> = self.groups.iter().map(|&g| group_label(g)).collect();
+        format!(
+            "access policy: users [{}], groups [{}]",
+            users.join(", "),
+            groups.join(", ")
+        )
+    }
+}
+
+/// A connection's peer as the kernel reports it.
+#[derive(Debug, Clone, Copy)]
+pub enum PeerAddr {
+    Tcp {
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
+    Unix,
+}
+
+/// A connection's peer: where it is, who owns it when that was asked, and whether it may use
+/// keyward.
+#[derive(Debug)]
+pub struct Peer {
+    pub addr: PeerAddr,
+    /// The uid the kernel reports, asked once at accept when a policy needs it (always for unix
+    /// sockets, where it is free).
+    pub owner: Option<Result<u32, String>>,
+    pub refusal: Option<Refusal>,
+}
+
+impl Peer {
+    /// The uid to log with the connection's requests.
+    pub fn uid(&self) -> Option<u32> {
+        self.owner.as_ref().and_then(|o| o.as_ref().ok().copied())
+    }
+}
+
+/// Why a connection may not use keyward; answered with 403 on each of its requests.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// What the client is told.
+    pub message: String,
+    pub uid: Option<u32>,
+}
+
+/// Decides connections for one worker thread: its netlink socket and its group cache.
+pub struct Gate {
+    policy: Policy,
+    lookup: Option<OwnerLookup>,
+    groups: HashMap<u32, (Instant, bool)>,
+}
+
+impl Gate {
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            lookup: None,
+            groups: HashMap::new(),
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The uid that owns the client end of a TCP connection, asked of the kernel.
+    pub fn tcp_owner(&mut self, local: SocketAddr, remote: SocketAddr) -> Result<u32, OwnerError> {
+        let lookup = match &mut self.lookup {
+            Some(lookup) => lookup,
+            None => self.lookup.insert(OwnerLookup::new()?),
+        };
+        let owner = lookup.tcp_owner(local, remote);
+        if let Err(OwnerError::Lookup(_)) = owner {
+            // A broken netlink socket is replaced on the next query.
+            self.lookup = None;
+        }
+        owner
+    }
+
+    /// Looks up who owns a TCP connection (when the policy needs to know) and decides it.
+    pub fn admit_tcp(&mut self, local: SocketAddr, remote: SocketAddr) -> Peer {
+        let addr = PeerAddr::Tcp { local, remote };
+        if !self.policy.restricts_users() {
+            return Peer {
+                addr,
+                owner: None,
+                refusal: None,
+            };
+        }
+        let owner = self.tcp_owner(local, remote);
+        self.admit(addr, owner)
+    }
+
+    /// Decides a unix socket connection from its `SO_PEERCRED` uid.
+    pub fn admit_unix(&mut self, uid: std::io::Result<u32>) -> Peer {
+        self.admit(PeerAddr::Unix, uid.map_err(OwnerError::PeerCred))
+    }
+
+    fn admit(&mut self, addr: PeerAddr, owner: Result<u32, OwnerError>) -> Peer {
+        let refusal = self.decide(&owner).err();
+        if refusal.is_some() {
+            match (&owner, &addr) {
+                (Ok(uid), _) => tracing::warn!(uid, "connection refused: the user is not allowed"),
+                (Err(err), PeerAddr::Tcp { remote, .. }) => tracing::warn!(
+                    peer = %remote,
+                    error = %err,
+                    "connection refused: its owner could not be found"
+                ),
+                (Err(err), PeerAddr::Unix) => tracing::warn!(
+                    error = %err,
+                    "connection refused: its owner could not be found"
+                ),
+            }
+        }
+        Peer {
+            addr,
+            owner: Some(owner.map_err(|e| e.to_string())),
+            refusal,
+        }
+    }
+
+    /// Whether `peer` may call admin endpoints: keyward's own user, root, or an --admin-user.
+    /// Its owner is looked up now if the accept did not.
+    pub fn check_admin(&mut self, peer: &Peer) -> Result<u32, String> {
+        let owner = match (&peer.owner, peer.addr) {
+            (Some(owner), _) => owner.clone(),
+            (None, PeerAddr::Tcp { local, remote }) => {
+                self.tcp_owner(local, remote).map_err(|e| e.to_string())
+            }
+            (None, PeerAddr::Unix) => Err("the peer's credentials are unknown".into()),
+        };
+        let uid = owner.map_err(|why| {
+            format!("admin endpoints need to know who is asking, and keyward could not: {why}")
+        })?;
+        if self.policy.is_admin(uid) {
+            Ok(uid)
+        } else {
+            Err(format!(
+                "uid {uid} may not use admin endpoints: they are served to keyward's own user, \
+                 root, and users given with --admin-user"
+            ))
+        }
+    }
+
+    /// Whether a connection owned by `owner` may use keyward under the policy.
+    pub fn decide(&mut self, owner: &Result<u32, OwnerError>) -> Result<(), Refusal> {
+        if !self.policy.restricts_users() {
+            return Ok(());
+        }
+        let uid = match owner {
+            Ok(uid) => *uid,
+            Err(err) => {
+                return Err(Refusal {
+                    message: format!(
+                        "keyward could not find out which user is connecting, so it refused the \
+                         connection: {err}"
+                    ),
+                    uid: None,
+                });
+            }
+        };
+        if self.policy.users.contains(&uid) || self.in_allowed_group(uid) {
+            return Ok(());
+        }
+        let name = user_name(uid);
+        let who = name
+            .as_deref()
+            .map_or(uid.to_string(), |n| format!("{uid} ({n})"));
+        let allow = name.unwrap_or_else(|| uid.to_string());
+        Err(Refusal {
+            message: format!(
+                "keyward refused uid {who}: it is not an allowed user. An administrator can allow \
+                 it with --allow-user {allow}, or by adding it to one of the groups given with \
+                 --allow-group"
+            ),
+            uid: Some(uid),
+        })
+    }
+
+    fn in_allowed_group(&mut self, uid: u32) -> bool {
+        if self.policy.groups.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        if let Some(&(at, member)) = self.groups.get(&uid)
+            && now.duration_since(at) < GROUP_CACHE_TTL
+        {
+            return member;
+        }
+        let member = groups_of(uid)
+            .iter()
+            .any(|gid| self.policy.groups.contains(gid));
+        if self.groups.len() > 4096 {
+            self.groups.clear();
+        }
+        self.groups.insert(uid, (now, member));
+        member
+    }
+}
+
+/// The primary and supplementary groups of `uid` in the user database (empty when it has no
+/// entry).
+fn groups_of(uid: u32) -> Vec<u32> {
+    use nix::unistd::{User, getgrouplist};
+    let Ok(Some(user)) = User::from_uid(uid.into()) else {
+        return Vec::new();
+    };
+    let Ok(name) = std::ffi::CString::new(user.name.as_bytes()) else {
+        return vec![user.gid.as_raw()];
+    };
+    match getgrouplist(&name, user.gid) {
+        Ok(groups) => groups.into_iter().map(|g| g.as_raw()).collect(),
+        Err(_) => vec![user.gid.as_raw()],
+    }
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+}
+
+fn user_label(uid: u32) -> String {
+    user_name(uid).map_or(uid.to_string(), |n| format!("{n} ({uid})"))
+}
+
+fn group_label(gid: u32) -> String {
+    nix::unistd::Group::from_gid(gid.into())
+        .ok()
+        .flatten()
+        .map_or(gid.to_string(), |g| format!("{} ({gid})", g.name))
+}
+
+fn resolve_user(text: &str, flag: &'static str) -> Result<u32, AccessConfigError> {
+    if let Ok(uid) = text.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(text) {
+        Ok(Some(user)) => Ok(user.uid.as_raw()),
+        Ok(None) => Err(AccessConfigError::NoSuchUser(text.to_owned(), flag)),
+        Err(err) => Err(AccessConfigError::Database(err.to_string())),
+    }
+}
+
+pub fn resolve_group(text: &str) -> Result<u32, AccessConfigError> {
+    if let Ok(gid) = text.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(text) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(AccessConfigError::NoSuchGroup(text.to_owned())),
+        Err(err) => Err(AccessConfigError::Database(err.to_string())),
+    }
+}
+
+/// Which `Host` values keyward answers to: loopback names and addresses, the addresses it listens
+/// on, and those named with `--allowed-host`. Anything else may be a DNS-rebinding attack from a
+/// web page.
+#[derive(Debug, Clone, Default)]
+pub struct HostCheck {
+    allowed: Vec<String>,
+}
+
+impl HostCheck {
+    pub fn new(allowed_hosts: &[String], listen: &[SocketAddr]) -> Self {
+        let mut allowed: Vec<String> = allowed_hosts
+            .iter()
+            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        allowed.extend(listen.iter().map(|a| a.ip().to_string()));
+        Self { allowed }
+    }
+
+    /// Refuses requests a web browser sent: a cross-site `fetch` carries `Origin` or
+    /// `Sec-Fetch-Site`, and a DNS-rebound one carries the attacker's host name in `Host`.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), String> {
+        if headers.contains_key(ORIGIN) {
+            return Err(
+                "keyward does not serve requests from web pages (the request has an Origin header)"
+                    .into(),
+            );
+        }
+        if let Some(site) = headers.get("sec-fetch-site")
+            && site.as_bytes() != b"none"
+        {
+            return Err(
+                "keyward does not serve requests from web pages (Sec-Fetch-Site is not `none`)"
+                    .into(),
+            );
+        }
+        let Some(host) = headers.get(HOST) else {
+            return Ok(());
+        };
+        let host = host.to_str().unwrap_or("");
+        let name = host_name(host).to_ascii_lowercase();
+        let name = name.trim_end_matches('.');
+        if is_loopback_name(name) || self.allowed.iter().any(|a| a == name) {
+            return Ok(());
+        }
+        Err(format!(
+            "keyward does not answer to Host `{}`: it is not a loopback name or address. If this \
+             name is meant to reach keyward, start it with --allowed-host {}",
+            host.escape_debug(),
+            name.escape_debug()
+        ))
+    }
+}
+
+/// `example.com:8080` → `example.com`, `[::1]:80` → `::1`.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+fn is_loopback_name(name: &str) -> bool {
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    #[test]
+    fn browsers_and_foreign_hosts_are_refused() {
+        let check = HostCheck::new(&["Proxy.Example.".into()], &[]);
+        for ok in [
+            &[][..],
+            &[("host", "127.0.0.1:8080")],
+            &[("host", "localhost")],
+            &[("host", "[::1]:9")],
+            &[("host", "proxy.example:443")],
+            &[("host", "127.0.0.1"), ("sec-fetch-site", "none")],
+        ] {
+            assert!(check.check(&headers(ok)).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            &[("host", "evil.example")][..],
+            &[("host", "localhost.evil.example:8080")],
+            &[("host", "127.0.0.1"), ("origin", "null")],
+            &[("host", "127.0.0.1"), ("sec-fetch-site", "cross-site")],
+            &[("host", "127.0.0.1"), ("sec-fetch-site", "same-origin")],
+        ] {
+            assert!(check.check(&headers(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_and_numbers_resolve_and_unknown_names_are_errors() {
+        let policy = Policy::resolve(&["root".into(), "4242".into()], &["0".into()], &[]).unwrap();
+        assert_eq!(policy.users, BTreeSet::from([0, 4242]));
+        assert!(policy.restricts_users());
+        let err = Policy::resolve(&["no-such-user-kw".into()], &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("no user named `no-such-user-kw`"));
+        let err = Policy::resolve(&[], &["no-such-group-kw".into()], &[]).unwrap_err();
+        assert!(err.to_string().contains("no group named"));
+        assert!(!Policy::default().restricts_users());
+    }
+
+    #[test]
+    fn an_unknown_owner_is_refused_when_a_policy_exists() {
+        let mut gate = Gate::new(Policy::resolve(&["0".into()], &[], &[]).unwrap());
+        let unknown = Err(OwnerError::NotFound {
+            peer: "127.0.0.1:9".parse().unwrap(),
+        });
+        let refusal = gate.decide(&unknown).unwrap_err();
+        assert!(refusal.message.contains("could not find out which user"));
+        assert!(gate.decide(&Ok(0)).is_ok());
+        let refusal = gate.decide(&Ok(4242)).unwrap_err();
+        assert!(
+            refusal.message.contains("refused uid 4242"),
+            "{}",
+            refusal.message
+        );
+        assert!(refusal.message.contains("--allow-user 4242"));
+        // No policy: everyone, even an unknown owner.
+        assert!(Gate::new(Policy::default()).decide(&unknown).is_ok());
+    }
+}
