@@ -1,17 +1,25 @@
 """Drives keyward with the OpenAI Python SDK, as an unmodified user script would.
 
-Usage: sdk_check.py BASE_URL EXPECTED_TEXT
+Usage: sdk_check.py BASE_URL EXPECTED_TEXT [UNIX_SOCKET]
+With UNIX_SOCKET, the SDK talks to keyward over that unix socket (the `uds` transport of httpx2, the SDK's HTTP library);
+BASE_URL then only gives the path and the Host header.
 Prints one JSON line describing what the SDK saw; exits non-zero on any surprise.
 """
 
 import json
 import sys
 
+import httpx2
 import openai
 
 base_url, expected = sys.argv[1], sys.argv[2]
+http_client = None
+if len(sys.argv) > 3:
+    http_client = openai.DefaultHttpxClient(transport=httpx2.HTTPTransport(uds=sys.argv[3]))
 # The SDK insists on a key; keyward replaces it with the real one.
-client = openai.OpenAI(base_url=base_url, api_key="sk-client-placeholder", max_retries=0)
+client = openai.OpenAI(
+    base_url=base_url, api_key="sk-client-placeholder", max_retries=0, http_client=http_client
+)
 
 plain = client.responses.create(model="gpt-5", input="Say hello")
 assert plain.output_text == expected, plain.output_text

@@ -38,15 +38,16 @@ pub const CREDENTIALS: [HeaderName; 6] = [
 /// The headers sent upstream for a client's request: everything the client sent except
 /// hop-by-hop headers (including those its `Connection` header names) and the replaced ones.
 pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
-    filter(client, &REPLACED)
+    filter(client, &REPLACED, None)
 }
 
-/// The headers sent to the client for the upstream's response: everything but hop-by-hop ones.
+/// The headers sent to the client for the upstream's response: everything but hop-by-hop ones
+/// and CORS headers (keyward never lets a web page read its answers).
 pub fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
-    filter(upstream, &[])
+    filter(upstream, &[], Some("access-control-"))
 }
 
-fn filter(from: &HeaderMap, also_drop: &[HeaderName]) -> HeaderMap {
+fn filter(from: &HeaderMap, also_drop: &[HeaderName], drop_prefix: Option<&str>) -> HeaderMap {
     let named_by_connection: Vec<HeaderName> = from
         .get_all(header::CONNECTION)
         .iter()
@@ -59,6 +60,7 @@ fn filter(from: &HeaderMap, also_drop: &[HeaderName]) -> HeaderMap {
         if HOP_BY_HOP.contains(name)
             || also_drop.contains(name)
             || named_by_connection.contains(name)
+            || drop_prefix.is_some_and(|prefix| name.as_str().starts_with(prefix))
         {
             continue;
         }
@@ -119,9 +121,11 @@ mod tests {
     }
 
     #[test]
-    fn response_drops_only_hop_by_hop() {
+    fn response_drops_hop_by_hop_and_cors_headers() {
         let upstream = map(&[
             ("content-type", "text/event-stream"),
+            ("access-control-allow-origin", "*"),
+            ("access-control-allow-headers", "authorization"),
             ("connection", "close"),
             ("transfer-encoding", "chunked"),
             ("x-request-id", "req_1"),

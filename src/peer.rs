@@ -120,7 +120,7 @@ impl OwnerLookup {
                     match message.payload {
                         NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
                             let header = &response.header;
-                            // The kernel falls back to a listening socket when no connection
+                            // Some kernels fall back to a listening socket when no connection
                             // matches; only the exact connection counts.
                             if header.socket_id.source_port != wanted.source_port
                                 || header.socket_id.destination_port != wanted.destination_port
@@ -196,6 +196,12 @@ mod tests {
         // A port nobody connected from: the kernel's fallback to the listener must not count.
         let err = lookup
             .tcp_owner(local, "127.0.0.1:9".parse().unwrap())
+            .unwrap_err();
+        assert!(matches!(err, OwnerError::NotFound { .. }), "{err}");
+        // A "client" at the listener's own address: kernels whose exact lookup falls back to
+        // listening sockets answer with the listener, which owns no connection.
+        let err = lookup
+            .tcp_owner("127.0.0.1:9".parse().unwrap(), local)
             .unwrap_err();
         assert!(matches!(err, OwnerError::NotFound { .. }), "{err}");
     }

@@ -60,14 +60,53 @@ async fn keyward_for(upstream: &FakeUpstream, extra: &[&str]) -> Process {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_sdk_works_through_keyward() {
-    let python = tool(".venv/bin/python");
     let upstream = responses_upstream().await;
     let keyward = keyward_for(&upstream, &["--max-body", "64KiB"]).await;
+    sdk_check(
+        &upstream,
+        &keyward,
+        &format!("http://{}/v1", keyward.addr),
+        None,
+    )
+    .await;
+}
 
-    let output = tokio::process::Command::new(python)
-        .arg(tool("sdk_check.py"))
-        .arg(format!("http://{}/v1", keyward.addr))
-        .arg(TEXT)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_sdk_works_over_a_unix_socket() {
+    let upstream = responses_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("keyward.sock");
+    let listen = format!("unix:{}", sock.display());
+    let keyward = keyward_for(
+        &upstream,
+        &[
+            "--max-body",
+            "64KiB",
+            "--listen",
+            &listen,
+            "--socket-mode",
+            "600",
+        ],
+    )
+    .await;
+    sdk_check(&upstream, &keyward, "http://localhost/v1", Some(&sock)).await;
+}
+
+/// Runs e2e/sdk_check.py against keyward at `base_url` (through `socket` when given) and checks
+/// what the SDK saw and what reached the upstream.
+async fn sdk_check(
+    upstream: &FakeUpstream,
+    keyward: &Process,
+    base_url: &str,
+    socket: Option<&std::path::Path>,
+) {
+    let python = tool(".venv/bin/python");
+    let mut command = tokio::process::Command::new(python);
+    command.arg(tool("sdk_check.py")).arg(base_url).arg(TEXT);
+    if let Some(socket) = socket {
+        command.arg(socket);
+    }
+    let output = command
         .env_remove("OPENAI_API_KEY")
         .env_remove("OPENAI_BASE_URL")
         .output()
@@ -104,19 +143,25 @@ async fn the_openai_python_sdk_works_through_keyward() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_codex_cli_works_through_keyward() {
+/// Runs `codex exec "Say hello"` with a provider for keyward; `provider_extra` is added to the
+/// provider's table, `env` to codex's environment.
+async fn run_codex(
+    keyward: &Process,
+    provider_extra: &str,
+    env: &[(&str, &str)],
+) -> std::process::Output {
     let codex = tool("node_modules/.bin/codex");
-    let upstream = responses_upstream().await;
-    let keyward = keyward_for(&upstream, &[]).await;
     let home = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let provider = format!(
-        r#"model_providers.keyward={{name="keyward",base_url="http://{}/v1",wire_api="responses"}}"#,
+        r#"model_providers.keyward={{name="keyward",base_url="http://{}/v1",wire_api="responses"{provider_extra}}}"#,
         keyward.addr
     );
-
-    let run = tokio::process::Command::new(codex)
+    let mut command = tokio::process::Command::new(codex);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let run = command
         .args([
             "exec",
             "--skip-git-repo-check",
@@ -135,10 +180,17 @@ async fn the_codex_cli_works_through_keyward() {
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(Duration::from_secs(120), run)
+    tokio::time::timeout(Duration::from_secs(120), run)
         .await
         .expect("codex finished")
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codex_cli_works_through_keyward() {
+    let upstream = responses_upstream().await;
+    let keyward = keyward_for(&upstream, &[]).await;
+    let output = run_codex(&keyward, "", &[]).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -176,4 +228,68 @@ async fn the_codex_cli_works_through_keyward() {
     let body: Value = serde_json::from_slice(&request.body).unwrap();
     assert_eq!(body["stream"], true);
     assert_eq!(body["model"], "gpt-5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codex_cli_sends_its_client_token_and_a_wrong_one_is_refused() {
+    let upstream = responses_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clients.json");
+    let added = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["token", "add", "codex", "--client-tokens"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert!(added.status.success());
+    let token = String::from_utf8(added.stdout).unwrap().trim().to_owned();
+    let me = keyward::hardening::effective_uid().to_string();
+    let keyward = keyward_for(
+        &upstream,
+        &[
+            "--client-tokens",
+            file.to_str().unwrap(),
+            "--allow-user",
+            &me,
+        ],
+    )
+    .await;
+    // The provider's env_key names the variable holding the token; codex sends it as Bearer.
+    let provider = r#",env_key="KEYWARD_TOKEN",request_max_retries=0,stream_max_retries=0"#;
+
+    let output = run_codex(&keyward, provider, &[("KEYWARD_TOKEN", &token)]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(TEXT),
+        "codex exec with its token failed:\n{stdout}\n{}\nkeyward: {}",
+        String::from_utf8_lossy(&output.stderr),
+        keyward.stderr()
+    );
+    let requests = upstream.requests();
+    assert!(!requests.is_empty());
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.headers["authorization"] == format!("Bearer {KEY}").as_str()),
+        "the token was swapped for the key"
+    );
+    assert!(
+        keyward.stderr().contains("client=\"codex\"") || keyward.stderr().contains("client=codex"),
+        "the request is logged with the client's name: {}",
+        keyward.stderr()
+    );
+
+    let before = upstream.requests().len();
+    let output = run_codex(&keyward, provider, &[("KEYWARD_TOKEN", "kw-wrong")]).await;
+    assert!(
+        !output.status.success(),
+        "codex with a wrong token must fail: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(upstream.requests().len(), before, "nothing was forwarded");
+    assert!(
+        keyward.stderr().contains("status=401"),
+        "{}",
+        keyward.stderr()
+    );
 }

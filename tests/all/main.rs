@@ -6,6 +6,7 @@
 
 mod support;
 
+mod access;
 mod canary;
 mod chatgpt;
 mod dump;

@@ -37,7 +37,13 @@ pub async fn start(args: &[&str]) -> (SocketAddr, Running) {
         CredentialConfig::ChatGpt(_) => keyward::chatgpt_credential(&config).await.unwrap(),
     };
     let running = server::start(&config, credential).await.unwrap();
-    (running.addrs[0], running)
+    // With only unix sockets there is no TCP address: 0.0.0.0:0 stands in.
+    let addr = running
+        .addrs
+        .first()
+        .copied()
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    (addr, running)
 }
 
 /// Starts keyward in-process in front of `upstream_url`.
@@ -76,7 +82,9 @@ impl Process {
         }
         let info: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&server_info).unwrap()).unwrap();
-        let port = u16::try_from(info["port"].as_u64().unwrap()).unwrap();
+        let port = info["port"]
+            .as_u64()
+            .map_or(0, |p| u16::try_from(p).unwrap());
         Process {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),

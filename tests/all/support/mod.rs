@@ -8,6 +8,7 @@ pub mod client;
 pub mod keyward;
 pub mod responses;
 pub mod upstream;
+pub mod users;
 
 use std::time::Duration;
 
