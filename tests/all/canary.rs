@@ -237,3 +237,78 @@ async fn every_copy_of_the_key_in_memory_is_in_locked_pages() {
         );
     }
 }
+
+/// A client token is a secret too: it must reach neither the upstream nor any log, dump, reply
+/// or the tokens file.
+#[tokio::test]
+async fn a_client_token_appears_nowhere_and_never_reaches_the_upstream() {
+    let upstream = FakeUpstream::ok_json().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clients.json");
+    let added = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["token", "add", "canary", "--client-tokens"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    let token = String::from_utf8(added.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("kw-"));
+    let dumps = tempfile::tempdir().unwrap();
+    let mut keyward = Process::spawn(
+        &[
+            "--upstream-url",
+            &upstream.url(),
+            "--client-tokens",
+            file.to_str().unwrap(),
+            "--dump-dir",
+            dumps.path().to_str().unwrap(),
+            "--http-shutdown",
+        ],
+        format!("{CANARY}\n").as_bytes(),
+        &[("RUST_LOG", "trace")],
+    )
+    .await;
+    let mut replies = String::new();
+    for presented in [token.clone(), format!("{token}x"), token[..20].to_owned()] {
+        let req = Request::post("/v1/responses")
+            .header("host", "localhost")
+            .header("authorization", format!("Bearer {presented}"))
+            .body(Full::new(Bytes::from_static(br#"{"kind":"json"}"#)))
+            .unwrap();
+        let reply = client::read(client::send(keyward.addr, req).await).await;
+        replies.push_str(&format!("{:?} {}", reply.headers, reply.text()));
+    }
+    assert_eq!(
+        client::get(keyward.addr, "/shutdown").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(keyward.exit_code().await, Some(0));
+
+    let leaked = |haystack: &[u8]| haystack.windows(token.len()).any(|w| w == token.as_bytes());
+    let stderr = keyward.stderr();
+    assert!(
+        stderr.contains("client=canary") || stderr.contains("client=\"canary\""),
+        "{stderr}"
+    );
+    assert!(!leaked(stderr.as_bytes()), "the token leaked into the log");
+    assert!(!leaked(replies.as_bytes()), "the token leaked into a reply");
+    assert!(
+        !leaked(&std::fs::read(&file).unwrap()),
+        "the tokens file holds the token"
+    );
+    for (path, contents) in files_under(dumps.path()) {
+        assert!(
+            !leaked(&contents),
+            "the token leaked into {}",
+            path.display()
+        );
+    }
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 1, "only the right token was forwarded");
+    assert!(
+        !requests
+            .iter()
+            .any(|r| leaked(format!("{:?}", r.headers).as_bytes()) || leaked(&r.body)),
+        "the token reached the upstream"
+    );
+}
