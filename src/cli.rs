@@ -76,7 +76,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub server_info: Option<PathBuf>,
 
-    /// Serve GET /shutdown: answer 200, then shut down gracefully.
+    /// Serve GET /shutdown: answer 200, then shut down gracefully. Only keyward's own user,
+    /// root and --admin-user may call it.
     #[arg(long)]
     pub http_shutdown: bool,
 
