@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
@@ -101,6 +102,8 @@ pub struct Peer {
     /// The uid the kernel reports, asked once at accept when a policy needs it (always for unix
     /// sockets, where it is free).
     pub owner: Option<Result<u32, String>>,
+    /// The owner's user name, for counting its requests.
+    pub name: Option<Arc<str>>,
     pub refusal: Option<Refusal>,
 }
 
@@ -122,17 +125,38 @@ pub struct Refusal {
 /// Decides connections for one worker thread: its netlink socket and its group cache.
 pub struct Gate {
     policy: Policy,
+    /// Look up every connection's owner, policy or not, to count requests per user.
+    identify: bool,
     lookup: Option<OwnerLookup>,
     groups: HashMap<u32, (Instant, bool)>,
+    names: HashMap<u32, (Instant, Arc<str>)>,
 }
 
 impl Gate {
-    pub fn new(policy: Policy) -> Self {
+    pub fn new(policy: Policy, identify: bool) -> Self {
         Self {
             policy,
+            identify,
             lookup: None,
             groups: HashMap::new(),
+            names: HashMap::new(),
         }
+    }
+
+    /// The user's name (`uid:N` without one), cached like the groups.
+    fn name_of(&mut self, uid: u32) -> Arc<str> {
+        let now = Instant::now();
+        if let Some((at, name)) = self.names.get(&uid)
+            && now.duration_since(*at) < GROUP_CACHE_TTL
+        {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(user_name(uid).unwrap_or_else(|| format!("uid:{uid}")));
+        if self.names.len() > 4096 {
+            self.names.clear();
+        }
+        self.names.insert(uid, (now, name.clone()));
+        name
     }
 
     pub fn policy(&self) -> &Policy {
@@ -156,10 +180,11 @@ impl Gate {
     /// Looks up who owns a TCP connection (when the policy needs to know) and decides it.
     pub fn admit_tcp(&mut self, local: SocketAddr, remote: SocketAddr) -> Peer {
         let addr = PeerAddr::Tcp { local, remote };
-        if !self.policy.restricts_users() {
+        if !self.policy.restricts_users() && !self.identify {
             return Peer {
                 addr,
                 owner: None,
+                name: None,
                 refusal: None,
             };
         }
@@ -188,9 +213,11 @@ impl Gate {
                 ),
             }
         }
+        let name = owner.as_ref().ok().map(|&uid| self.name_of(uid));
         Peer {
             addr,
             owner: Some(owner.map_err(|e| e.to_string())),
+            name,
             refusal,
         }
     }
@@ -448,7 +475,7 @@ mod tests {
 
     #[test]
     fn an_unknown_owner_is_refused_when_a_policy_exists() {
-        let mut gate = Gate::new(Policy::resolve(&["0".into()], &[], &[]).unwrap());
+        let mut gate = Gate::new(Policy::resolve(&["0".into()], &[], &[]).unwrap(), false);
         let unknown = Err(OwnerError::NotFound {
             peer: "127.0.0.1:9".parse().unwrap(),
         });
@@ -463,6 +490,6 @@ mod tests {
         );
         assert!(refusal.message.contains("--allow-user 4242"));
         // No policy: everyone, even an unknown owner.
-        assert!(Gate::new(Policy::default()).decide(&unknown).is_ok());
+        assert!(Gate::new(Policy::default(), false).decide(&unknown).is_ok());
     }
 }

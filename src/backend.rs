@@ -91,6 +91,7 @@ impl Backend {
         });
 
         let session = self.tokens.session().await.map_err(ProxyError::Auth)?;
+        log.sending();
         let mut response = self.send(proxy, &parts.headers, &payload, &session).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             // The token may have been replaced or revoked: reload, refresh if it is still the
@@ -103,7 +104,7 @@ impl Backend {
                 .map_err(ProxyError::Auth)?;
             response = self.send(proxy, &parts.headers, &payload, &fresh).await?;
         }
-        log.upstream_status(response.status());
+        log.upstream_head(response.status(), response.headers());
 
         if wants_stream || !response.status().is_success() {
             let (parts, body) = response.into_parts();
@@ -111,6 +112,9 @@ impl Backend {
         }
         let idle = proxy.limits().idle_timeout;
         let (status, json) = assemble(response.into_body(), idle).await?;
+        if status.is_success() {
+            log.saw_response(&json);
+        }
         let response = json_response(status, &json);
         if let Some(id) = exchange {
             let (parts, ()) = Response::builder()

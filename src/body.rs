@@ -199,6 +199,7 @@ impl Body for RelayBody {
                         n => *this.tail = [data[n - 2], data[n - 1]],
                     }
                     this.log.add_bytes_out(data.len());
+                    this.log.scan(data);
                     if let Some(dump) = this.dump.as_mut() {
                         dump.append(data);
                     }

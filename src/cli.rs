@@ -41,6 +41,8 @@ pub enum Command {
     /// Manage client tokens (`serve --client-tokens`): add a named client and print its token
     /// once, list the clients, or revoke one. A running keyward picks up changes within a second.
     Token(TokenArgs),
+    /// Summarise the usage ledger (`serve --usage-log`): requests and tokens by client or model.
+    Usage(UsageArgs),
 }
 
 impl Cli {
@@ -151,6 +153,9 @@ pub struct ServeArgs {
     pub access: AccessArgs,
 
     #[command(flatten)]
+    pub operations: OperationsArgs,
+
+    #[command(flatten)]
     pub net: NetArgs,
 
     #[command(flatten)]
@@ -233,6 +238,59 @@ pub struct AccessArgs {
     /// network readable by anyone on the path. Only for a network you trust completely.
     #[arg(long)]
     pub insecure_no_tls: bool,
+}
+
+/// What keyward reports about its use, and how it limits it.
+#[derive(Debug, Clone, Args)]
+pub struct OperationsArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics (a listener of its own; give a loopback
+    /// address unless the metrics may be read from elsewhere).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+
+    /// Append one JSON line per request to FILE (created 0600): time, client, model, status, how
+    /// the stream ended, tokens, duration. Default with --auth chatgpt: usage.jsonl in the home.
+    #[arg(long, value_name = "FILE")]
+    pub usage_log: Option<PathBuf>,
+
+    /// Keep no usage ledger, not even the default one.
+    #[arg(long, conflicts_with = "usage_log")]
+    pub no_usage_log: bool,
+
+    /// A quota: `CLIENT:KEY=N[,KEY=N]`, CLIENT a client (token name or user name) or `default`
+    /// for every client; KEY `concurrent` (streams at once), `requests-per-minute`, or
+    /// `tokens-per-day` (input + output tokens in a rolling 24 hours). Repeatable. Over a quota,
+    /// requests get 429 with Retry-After; running streams are never cut.
+    #[arg(long, value_name = "SPEC")]
+    pub quota: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UsageArgs {
+    /// The ledger to read. Default: usage.jsonl in the home (--home, $KEYWARD_HOME, ~/.keyward).
+    #[arg(long, value_name = "FILE")]
+    pub usage_log: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub home: HomeArgs,
+
+    /// Only requests in this last span of time (e.g. 1h, 24h, 7d). Default: all.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<Duration>,
+
+    /// Group by `client` or `model`.
+    #[arg(long, value_name = "KEY", value_enum, default_value_t = UsageBy::Client)]
+    pub by: UsageBy,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UsageBy {
+    Client,
+    Model,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -417,7 +475,7 @@ pub fn parse_mode(text: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("`{text}` is not a file mode such as 660 or 0600"))
 }
 
-/// `90`, `90s`, `1500ms`, `5m`, `1h`. A bare number is seconds.
+/// `90`, `90s`, `1500ms`, `5m`, `1h`, `7d`. A bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -432,9 +490,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         other => {
             return Err(format!(
-                "unknown unit `{other}` in `{text}`: use ms, s, m or h"
+                "unknown unit `{other}` in `{text}`: use ms, s, m, h or d"
             ));
         }
     };

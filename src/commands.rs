@@ -11,7 +11,10 @@ use crate::auth::issuer::Issuer;
 use crate::auth::login::{self, BrowserOptions};
 use crate::auth::record::{Login, now};
 use crate::auth::store::{self, LoginStore};
-use crate::cli::{HomeArgs, LoginArgs, LogoutArgs, NetArgs, StatusArgs, TokenAction, TokenArgs};
+use crate::cli::{
+    HomeArgs, LoginArgs, LogoutArgs, NetArgs, StatusArgs, TokenAction, TokenArgs, UsageArgs,
+    UsageBy,
+};
 use crate::clients::TokenFile;
 use crate::config::{Limits, UpstreamProxy};
 use crate::upstream::ClientSettings;
@@ -253,6 +256,81 @@ pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
                 "Revoked client `{name}`; a running keyward refuses its token within a second."
             )?;
         }
+    }
+    Ok(())
+}
+
+/// One row of `keyward usage`.
+#[derive(Debug, Default, serde::Serialize)]
+struct UsageRow {
+    key: String,
+    requests: u64,
+    errors: u64,
+    input_tokens: u64,
+    cached_input_tokens: u64,
+    output_tokens: u64,
+    reasoning_tokens: u64,
+}
+
+/// `keyward usage`.
+pub fn usage(args: &UsageArgs) -> anyhow::Result<()> {
+    let path = match &args.usage_log {
+        Some(path) => path.clone(),
+        None => Home::resolve(args.home.home.as_deref())?.join("usage.jsonl"),
+    };
+    let since = args.since.map_or(0.0, |span| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+            - span.as_secs_f64()
+    });
+    let mut rows: std::collections::BTreeMap<String, UsageRow> = Default::default();
+    crate::ledger::read_since(&path, since, |entry| {
+        let key = match args.by {
+            UsageBy::Client => entry.client,
+            UsageBy::Model => entry.model.unwrap_or_else(|| "-".into()),
+        };
+        let row = rows.entry(key.clone()).or_insert_with(|| UsageRow {
+            key,
+            ..UsageRow::default()
+        });
+        row.requests += 1;
+        row.errors += u64::from(entry.status >= 400 || entry.end != "completed");
+        row.input_tokens += entry.input_tokens;
+        row.cached_input_tokens += entry.cached_input_tokens;
+        row.output_tokens += entry.output_tokens;
+        row.reasoning_tokens += entry.reasoning_tokens;
+    })?;
+    let mut out = std::io::stdout();
+    let rows: Vec<UsageRow> = rows.into_values().collect();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&rows)?)?;
+        return Ok(());
+    }
+    let by = match args.by {
+        UsageBy::Client => "CLIENT",
+        UsageBy::Model => "MODEL",
+    };
+    writeln!(
+        out,
+        "{by:<24} {:>9} {:>7} {:>13} {:>13} {:>13} {:>13}",
+        "REQUESTS", "ERRORS", "INPUT", "CACHED", "OUTPUT", "REASONING"
+    )?;
+    for row in &rows {
+        writeln!(
+            out,
+            "{:<24} {:>9} {:>7} {:>13} {:>13} {:>13} {:>13}",
+            row.key,
+            row.requests,
+            row.errors,
+            row.input_tokens,
+            row.cached_input_tokens,
+            row.output_tokens,
+            row.reasoning_tokens
+        )?;
+    }
+    if rows.is_empty() {
+        writeln!(out, "(no requests in {})", path.display())?;
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use crate::access::{HostCheck, Policy};
 use crate::api_key::{AuthHeader, KeySource};
 use crate::auth::store::StoreKind;
 use crate::cli::{AuthMode, LogFormat, ServeArgs};
+use crate::quota::QuotaConfig;
 
 pub const OPENAI_UPSTREAM: &str = "https://api.openai.com/v1/responses";
 pub const CHATGPT_UPSTREAM: &str = "https://chatgpt.com/backend-api/codex/responses";
@@ -34,6 +35,8 @@ pub enum ConfigError {
     NoTls(SocketAddr),
     #[error("{0}")]
     Access(#[from] crate::access::AccessConfigError),
+    #[error("{0}")]
+    Quota(String),
     #[error("--upstream-url `{url}` is not usable: {why}")]
     BadUpstream { url: String, why: String },
     #[error("--upstream-proxy is not usable: {0}")]
@@ -155,6 +158,9 @@ pub struct Config {
     pub access: AccessConfig,
     /// TLS for the non-loopback addresses in `listen`.
     pub tls: Option<TlsConfig>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub usage_log: Option<PathBuf>,
+    pub quotas: QuotaConfig,
     pub server_info: Option<PathBuf>,
     pub http_shutdown: bool,
     pub upstream: Upstream,
@@ -234,7 +240,40 @@ impl Config {
             return Err(ConfigError::Zero { flag: "threads" });
         }
 
+        let ops = &args.operations;
+        let metrics_listen = ops
+            .metrics_listen
+            .as_deref()
+            .map(|text| {
+                text.parse::<SocketAddr>()
+                    .map_err(|_| ConfigError::BadListen(text.to_owned()))
+            })
+            .transpose()?;
+        let mut quotas = QuotaConfig::default();
+        for spec in &ops.quota {
+            quotas.add_spec(spec).map_err(ConfigError::Quota)?;
+        }
+        let credential = match args.auth {
+            AuthMode::ApiKey => CredentialConfig::ApiKey {
+                source: match &args.api_key_file {
+                    Some(path) => KeySource::File(path.clone()),
+                    None => KeySource::Stdin,
+                },
+                header: args.auth_header,
+            },
+            AuthMode::Chatgpt => CredentialConfig::ChatGpt(Box::new(chatgpt_config(args)?)),
+        };
+        let usage_log = match (&ops.usage_log, &credential) {
+            _ if ops.no_usage_log => None,
+            (Some(path), _) => Some(path.clone()),
+            (None, CredentialConfig::ChatGpt(chatgpt)) => Some(chatgpt.home.join("usage.jsonl")),
+            (None, CredentialConfig::ApiKey { .. }) => None,
+        };
+
         Ok(Self {
+            metrics_listen,
+            usage_log,
+            quotas,
             access: AccessConfig {
                 policy: Policy::resolve(
                     &access.allow_user,
@@ -253,16 +292,7 @@ impl Config {
                 AuthMode::ApiKey => OPENAI_UPSTREAM,
                 AuthMode::Chatgpt => CHATGPT_UPSTREAM,
             }))?,
-            credential: match args.auth {
-                AuthMode::ApiKey => CredentialConfig::ApiKey {
-                    source: match &args.api_key_file {
-                        Some(path) => KeySource::File(path.clone()),
-                        None => KeySource::Stdin,
-                    },
-                    header: args.auth_header,
-                },
-                AuthMode::Chatgpt => CredentialConfig::ChatGpt(Box::new(chatgpt_config(args)?)),
-            },
+            credential,
             dump: args.dump_dir.as_ref().map(|dir| DumpConfig {
                 dir: dir.clone(),
                 max_body: args.dump_max_body,

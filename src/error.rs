@@ -49,6 +49,11 @@ pub enum ProxyError {
     NotAdmin(String),
     #[error("{0}")]
     ClientToken(&'static str),
+    #[error("client {client} is over its {} quota", exceeded.quota)]
+    QuotaExceeded {
+        client: String,
+        exceeded: crate::quota::Exceeded,
+    },
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -75,6 +80,7 @@ impl ProxyError {
                 StatusCode::FORBIDDEN
             }
             ProxyError::ClientToken(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -99,6 +105,7 @@ impl ProxyError {
             ProxyError::Browser(_) => "browser_request_refused",
             ProxyError::NotAdmin(_) => "admin_only",
             ProxyError::ClientToken(_) => "invalid_client_token",
+            ProxyError::QuotaExceeded { .. } => "rate_limit_exceeded",
         }
     }
 
@@ -141,6 +148,18 @@ impl ProxyError {
             | ProxyError::Browser(why)
             | ProxyError::NotAdmin(why) => why.clone(),
             ProxyError::ClientToken(why) => (*why).into(),
+            ProxyError::QuotaExceeded { client, exceeded } => {
+                let what = match exceeded.quota {
+                    "concurrent" => "streams at once",
+                    "requests_per_minute" => "requests per minute",
+                    _ => "tokens in 24 hours",
+                };
+                format!(
+                    "keyward quota reached for client `{client}`: at most {} {what}; retry in {}s",
+                    exceeded.limit,
+                    retry_after_secs(&exceeded.retry_after)
+                )
+            }
         }
     }
 
@@ -172,10 +191,21 @@ impl ProxyError {
                     HeaderValue::from_static("Bearer realm=\"keyward\""),
                 );
             }
+            ProxyError::QuotaExceeded { exceeded, .. } => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(&exceeded.retry_after)),
+                );
+            }
             _ => {}
         }
         response
     }
+}
+
+/// Whole seconds, rounded up, at least 1.
+fn retry_after_secs(after: &Duration) -> u64 {
+    (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1)
 }
 
 /// A JSON error in OpenAI's shape: `{"error":{"message","type","code","param"}}`.

@@ -20,6 +20,7 @@ use crate::error::{ProxyError, classify_upstream, json_response};
 use crate::headers;
 use crate::log::ExchangeLog;
 use crate::secret::SecretHeader;
+use crate::telemetry::Telemetry;
 use crate::upstream::UpstreamClient;
 
 pub const RESPONSES_PATH: &str = "/v1/responses";
@@ -36,6 +37,16 @@ pub enum Credential {
     ChatGpt(Arc<Backend>),
 }
 
+impl Credential {
+    /// `api_key` or `chatgpt`, for health reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::ApiKey { .. } => "api_key",
+            Credential::ChatGpt(_) => "chatgpt",
+        }
+    }
+}
+
 /// Everything a request needs, shared by all connections.
 pub struct Proxy {
     client: UpstreamClient,
@@ -49,6 +60,8 @@ pub struct Proxy {
     gate: Mutex<Gate>,
     tokens: Option<Arc<ClientTokens>>,
     hosts: HostCheck,
+    /// Metrics, ledger and quotas, when any of them is on.
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Proxy {
@@ -58,6 +71,7 @@ impl Proxy {
         credential: Credential,
         dumper: Option<Arc<Dumper>>,
         tokens: Option<Arc<ClientTokens>>,
+        telemetry: Option<Arc<Telemetry>>,
         shutdown: watch::Sender<bool>,
     ) -> Self {
         Self {
@@ -68,9 +82,10 @@ impl Proxy {
             dumper,
             http_shutdown: config.http_shutdown,
             shutdown,
-            gate: Mutex::new(Gate::new(config.access.policy.clone())),
+            gate: Mutex::new(Gate::new(config.access.policy.clone(), telemetry.is_some())),
             tokens,
             hosts: config.access.hosts.clone(),
+            telemetry,
         }
     }
 
@@ -102,6 +117,7 @@ impl Proxy {
                     Ok(()) => return self.forward(req, log).await,
                     Err(err) => Err(err),
                 },
+                Route::Health => Ok(self.health(req.uri().path())),
                 // Admin endpoints go by uid alone, whatever the access policy.
                 Route::Shutdown => self.with_gate(|gate| gate.check_admin(&peer)).map_or_else(
                     |why| Err(ProxyError::NotAdmin(why)),
@@ -128,8 +144,33 @@ impl Proxy {
         response
     }
 
-    /// What a request to be forwarded must pass: a connection the policy allows, and a valid
-    /// client token when tokens are required.
+    /// `GET /healthz` (alive) and `GET /readyz` (a credential is loaded and usable).
+    fn health(&self, path: &str) -> Response<ProxyBody> {
+        if path == "/healthz" {
+            return json_response(StatusCode::OK, &serde_json::json!({ "status": "alive" }));
+        }
+        let ready = match &self.credential {
+            Credential::ApiKey { .. } => Ok(()),
+            Credential::ChatGpt(backend) => backend.tokens.readiness(),
+        };
+        match ready {
+            Ok(()) => json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "status": "ready", "credential": self.credential.kind() }),
+            ),
+            Err(reason) => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({
+                    "status": "not_ready",
+                    "credential": self.credential.kind(),
+                    "reason": reason,
+                }),
+            ),
+        }
+    }
+
+    /// What a request to be forwarded must pass: a connection the policy allows, a valid client
+    /// token when tokens are required, and the client's quotas.
     fn admit(
         &self,
         req: &Request<Incoming>,
@@ -139,8 +180,31 @@ impl Proxy {
         if let Some(refusal) = &peer.refusal {
             return Err(ProxyError::AccessDenied(refusal.message.clone()));
         }
+        let token_client = self.check_token(req)?;
+        let client = token_client.or_else(|| peer.name.clone());
+        log.identify(peer.uid(), client.clone());
+        if let Some(telemetry) = &self.telemetry {
+            let client = client.unwrap_or_else(|| Arc::from("unknown"));
+            match telemetry.quotas.admit(&client) {
+                Ok(permit) => log.track(telemetry.clone(), permit),
+                Err(exceeded) => {
+                    telemetry.quota_refused(&client, exceeded.quota);
+                    // Counted as a request too, with the 429 it gets.
+                    log.track(telemetry.clone(), None);
+                    return Err(ProxyError::QuotaExceeded {
+                        client: client.to_string(),
+                        exceeded,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The client token's name, when tokens are required and the request has a valid one.
+    fn check_token(&self, req: &Request<Incoming>) -> Result<Option<Arc<str>>, ProxyError> {
         let Some(tokens) = &self.tokens else {
-            return Ok(());
+            return Ok(None);
         };
         let presented = req
             .headers()
@@ -154,8 +218,7 @@ impl Proxy {
             "the client token is not valid (unknown or revoked); ask keyward's administrator for \
              one made with `keyward token add`",
         ))?;
-        log.identify(peer.uid(), Some(client));
-        Ok(())
+        Ok(Some(client))
     }
 
     fn route(&self, req: &Request<Incoming>) -> Route {
@@ -184,6 +247,9 @@ impl Proxy {
         }
         if path == "/shutdown" && self.http_shutdown && method == Method::GET {
             return Route::Shutdown;
+        }
+        if (path == "/healthz" || path == "/readyz") && method == Method::GET {
+            return Route::Health;
         }
         if path.starts_with("/v1/") {
             return Route::Refuse(ProxyError::Forbidden {
@@ -214,7 +280,7 @@ impl Proxy {
             Err(err) => return self.fail(err, log),
         };
         let (parts, body) = upstream.into_parts();
-        log.upstream_status(parts.status);
+        log.upstream_head(parts.status, &parts.headers);
         let dump = exchange.and_then(|id| self.open_response_dump(id, &parts));
         self.relay(parts, body, log, dump, false)
     }
@@ -238,6 +304,8 @@ impl Proxy {
             && parts.status.is_success()
             && !parts.headers.contains_key(CONTENT_TYPE);
         let sse = (labelled || unlabelled_stream) && !parts.headers.contains_key(CONTENT_LENGTH);
+        let mut log = log;
+        log.relaying(sse);
         let relay = RelayBody::new(body, self.limits.idle_timeout, sse, log, dump);
         let mut response = Response::new(ProxyBody::relay(relay));
         *response.status_mut() = parts.status;
@@ -320,6 +388,7 @@ impl Proxy {
         headers.insert(credential_header.clone(), credential.expose());
         *upstream_req.headers_mut() = headers;
 
+        log.sending();
         let sent = tokio::time::timeout(
             self.limits.response_timeout,
             self.client.request(upstream_req),
@@ -339,6 +408,7 @@ impl Proxy {
 enum Route {
     Forward,
     Shutdown,
+    Health,
     Refuse(ProxyError),
 }
 

@@ -17,12 +17,16 @@ pub mod error;
 pub mod forward;
 pub mod hardening;
 pub mod headers;
+pub mod ledger;
 pub mod log;
 pub mod peer;
+pub mod quota;
 pub mod secret;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod usage;
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::{Method, StatusCode};
 use tokio::time::Instant;
@@ -11,6 +11,9 @@ use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
+use crate::quota::Permit;
+use crate::telemetry::{Record, StreamGuard, Telemetry};
+use crate::usage::{Scanner, Seen};
 
 /// Installs the stderr logger. The level comes from `RUST_LOG`, `info` by default.
 ///
@@ -51,6 +54,9 @@ pub enum End {
     IdleTimeout,
     /// The upstream connection broke mid-body.
     UpstreamError,
+    /// An event stream ended cleanly but without `response.completed` (or `.incomplete` /
+    /// `.failed`): the client did not get a whole response.
+    NoCompletedEvent,
 }
 
 impl End {
@@ -60,6 +66,7 @@ impl End {
             End::ClientGone => "client_gone",
             End::IdleTimeout => "stream_idle_timeout",
             End::UpstreamError => "upstream_stream_error",
+            End::NoCompletedEvent => "no_completed_event",
         }
     }
 
@@ -73,17 +80,18 @@ impl End {
             End::UpstreamError => {
                 "the connection to the upstream API broke in the middle of the response".into()
             }
-            End::Completed | End::ClientGone => String::new(),
+            End::Completed | End::ClientGone | End::NoCompletedEvent => String::new(),
         }
     }
 }
 
-/// Collects one forwarded request's figures and writes its log line when dropped, that is when
-/// the response body is finished or abandoned.
+/// Collects one request's figures and, when dropped (the response body finished or was
+/// abandoned), writes its log line and hands them to the metrics, the ledger and the quotas.
 pub struct ExchangeLog {
     method: Method,
     path: String,
     started: Instant,
+    at: SystemTime,
     status: StatusCode,
     upstream_status: Option<StatusCode>,
     bytes_in: Arc<AtomicU64>,
@@ -92,8 +100,20 @@ pub struct ExchangeLog {
     end: Option<End>,
     /// The connection's owner, when the kernel was asked.
     uid: Option<u32>,
-    /// The client token's name, with --client-tokens.
+    /// Who the request is counted for: the client token's name, else the user's name.
     client: Option<Arc<str>>,
+    telemetry: Option<Arc<Telemetry>>,
+    /// Reads the usage from the response as it passes (only when telemetry wants it).
+    scanner: Option<Scanner>,
+    seen: Seen,
+    request_id: Option<String>,
+    /// When the request went upstream, and how long its response head took.
+    sent: Option<Instant>,
+    upstream_wait: Option<Duration>,
+    overhead: Option<Duration>,
+    /// The concurrent-stream quota slot and the active-stream count, held to the end.
+    permit: Option<Permit>,
+    stream: Option<StreamGuard>,
 }
 
 impl ExchangeLog {
@@ -102,6 +122,7 @@ impl ExchangeLog {
             method,
             path: path.to_owned(),
             started,
+            at: SystemTime::now(),
             status: StatusCode::OK,
             upstream_status: None,
             bytes_in,
@@ -110,10 +131,19 @@ impl ExchangeLog {
             end: None,
             uid: None,
             client: None,
+            telemetry: None,
+            scanner: None,
+            seen: Seen::default(),
+            request_id: None,
+            sent: None,
+            upstream_wait: None,
+            overhead: None,
+            permit: None,
+            stream: None,
         }
     }
 
-    /// Who sent the request: the connection's uid and the client token's name, as known.
+    /// Who sent the request: the connection's uid and the client's name, as known.
     pub fn identify(&mut self, uid: Option<u32>, client: Option<Arc<str>>) {
         self.uid = uid;
         if client.is_some() {
@@ -121,6 +151,50 @@ impl ExchangeLog {
         }
     }
 
+    /// Counts this request in the metrics, the ledger and the quotas when it ends.
+    pub fn track(&mut self, telemetry: Arc<Telemetry>, permit: Option<Permit>) {
+        self.telemetry = Some(telemetry);
+        self.permit = permit;
+    }
+
+    /// The request is being sent upstream now.
+    pub fn sending(&mut self) {
+        self.sent = Some(Instant::now());
+    }
+
+    /// The upstream's response head arrived.
+    pub fn upstream_head(&mut self, status: StatusCode, headers: &http::HeaderMap) {
+        self.upstream_status(status);
+        self.upstream_wait = self.sent.map(|sent| sent.elapsed());
+        self.request_id = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+    }
+
+    /// The response head is handed to the client and its body starts relaying.
+    pub fn relaying(&mut self, sse: bool) {
+        if let Some(wait) = self.upstream_wait {
+            self.overhead = Some(self.started.elapsed().saturating_sub(wait));
+        }
+        if let Some(telemetry) = &self.telemetry {
+            self.stream = Some(telemetry.stream_started());
+            self.scanner = Some(Scanner::new(sse));
+        }
+    }
+
+    /// A chunk of the upstream's body, on its way to the client.
+    pub fn scan(&mut self, data: &[u8]) {
+        if let Some(scanner) = &mut self.scanner {
+            scanner.feed(data);
+        }
+    }
+
+    /// A whole response object keyward assembled itself (the ChatGPT backend, for a client that
+    /// did not ask for a stream).
+    pub fn saw_response(&mut self, response: &serde_json::Value) {
+        self.seen = Seen::from_response(response);
+    }
     /// For bodies keyward reads whole before forwarding.
     pub fn add_bytes_in(&self, n: usize) {
         self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
@@ -157,9 +231,22 @@ impl ExchangeLog {
 
 impl Drop for ExchangeLog {
     fn drop(&mut self) {
-        let end = self.end.unwrap_or(End::ClientGone);
+        let mut end = self.end.unwrap_or(End::ClientGone);
+        if let Some(scanner) = &mut self.scanner {
+            let sse = matches!(scanner, Scanner::Sse { .. });
+            self.seen = scanner.finish();
+            if sse
+                && end == End::Completed
+                && self.status.is_success()
+                && self.seen.status.is_none()
+            {
+                end = End::NoCompletedEvent;
+            }
+        }
+        let tokens = self.seen.tokens;
         // Milliseconds with microsecond precision.
         let millis = |d: Duration| d.as_micros() as f64 / 1000.0;
+        let duration = self.started.elapsed();
 
         tracing::info!(
             method = %self.method,
@@ -168,12 +255,37 @@ impl Drop for ExchangeLog {
             client = self.client.as_deref(),
             status = self.status.as_u16(),
             upstream_status = self.upstream_status.map(|s| s.as_u16()),
+            model = self.seen.model.as_deref(),
+            input_tokens = tokens.map(|t| t.input),
+            output_tokens = tokens.map(|t| t.output),
             bytes_in = self.bytes_in.load(Ordering::Relaxed),
             bytes_out = self.bytes_out,
             ttfb_ms = self.first_byte.map(millis),
-            duration_ms = millis(self.started.elapsed()),
+            duration_ms = millis(duration),
             end = end.as_str(),
             "request"
         );
+
+        if let Some(telemetry) = &self.telemetry {
+            telemetry.record(&Record {
+                at: self.at,
+                client: self.client.clone().unwrap_or_else(|| Arc::from("unknown")),
+                model: self.seen.model.take(),
+                status: self.status.as_u16(),
+                upstream_status: self.upstream_status.map(|s| s.as_u16()),
+                end,
+                tokens,
+                duration,
+                ttfb: self.first_byte,
+                upstream_ttfb: self
+                    .sent
+                    .zip(self.upstream_wait)
+                    .map(|(sent, wait)| sent.duration_since(self.started) + wait),
+                overhead: self.overhead,
+                bytes_in: self.bytes_in.load(Ordering::Relaxed),
+                bytes_out: self.bytes_out,
+                request_id: self.request_id.take(),
+            });
+        }
     }
 }

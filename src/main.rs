@@ -59,6 +59,7 @@ fn main() -> ExitCode {
         Command::Status(args) => keyward::commands::status(args),
         Command::Logout(args) => keyward::commands::logout(args).map(|()| true),
         Command::Token(args) => keyward::commands::token(args).map(|()| true),
+        Command::Usage(args) => keyward::commands::usage(args).map(|()| true),
     };
     // Write out buffered log lines before anything printed below.
     drop(_log);

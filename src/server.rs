@@ -24,6 +24,9 @@ use crate::clients::{ClientTokens, ClientsError};
 use crate::config::{Config, UnixListen};
 use crate::dump::{DumpError, Dumper};
 use crate::forward::{Credential, Proxy};
+use crate::ledger::{Ledger, LedgerError};
+use crate::quota::Quotas;
+use crate::telemetry::Telemetry;
 use crate::tls::{Tls, TlsError};
 use crate::upstream::{self, UpstreamError};
 
@@ -40,6 +43,10 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("could not listen on --metrics-listen {addr}: {error}")]
+    Metrics { addr: SocketAddr, error: io::Error },
+    #[error(transparent)]
     Dump(#[from] DumpError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -49,6 +56,8 @@ pub enum ServeError {
 /// shutdown.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
+    /// Where the Prometheus metrics are served, with --metrics-listen.
+    pub metrics: Option<SocketAddr>,
     /// The unix sockets, removed when keyward stops.
     pub unix: Vec<SocketFile>,
     tls: Option<Tls>,
@@ -133,6 +142,17 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         .transpose()?
         .map(Arc::new);
     let tls = config.tls.as_ref().map(Tls::new).transpose()?;
+    let telemetry = telemetry(config, &credential)?;
+    let metrics = match (config.metrics_listen, &telemetry) {
+        (Some(addr), Some(telemetry)) => {
+            let metrics_err = |error| ServeError::Metrics { addr, error };
+            let listener = bind(addr).map_err(metrics_err)?;
+            let actual = listener.local_addr().map_err(metrics_err)?;
+            Some((actual, listener, telemetry.clone()))
+        }
+        _ => None,
+    };
+    let metrics_addr = metrics.as_ref().map(|(addr, ..)| *addr);
 
     // The first socket of each address fixes its port (port 0 picks one); the other workers'
     // sockets join it.
@@ -174,13 +194,19 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
     }
 
     if let Some(path) = &config.server_info {
-        write_server_info(path, &addrs, &unix).map_err(|error| ServeError::ServerInfo {
-            path: path.display().to_string(),
-            error,
+        write_server_info(path, &addrs, &unix, metrics_addr).map_err(|error| {
+            ServeError::ServerInfo {
+                path: path.display().to_string(),
+                error,
+            }
         })?;
     }
 
     let (shutdown, _) = watch::channel(false);
+    if let Some((addr, listener, telemetry)) = metrics {
+        tokio::spawn(serve_metrics(listener, telemetry, shutdown.subscribe()));
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     let mut stopped = Vec::with_capacity(threads);
     for (index, listeners) in per_worker.into_iter().enumerate() {
         let proxy = Proxy::new(
@@ -189,6 +215,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
             credential.clone(),
             dumper.clone(),
             tokens.clone(),
+            telemetry.clone(),
             shutdown.clone(),
         );
         let (done, finished) = oneshot::channel();
@@ -233,6 +260,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
     }
     Ok(Running {
         addrs,
+        metrics: metrics_addr,
         unix,
         tls,
         shutdown,
@@ -514,6 +542,101 @@ fn bind_unix(spec: &UnixListen) -> io::Result<(std::os::unix::net::UnixListener,
     ))
 }
 
+/// The metrics, the ledger and the quotas, when any of them is configured. Token counts for the
+/// quotas are rebuilt from the last 24 hours of the ledger.
+fn telemetry(
+    config: &Config,
+    credential: &Credential,
+) -> Result<Option<Arc<Telemetry>>, ServeError> {
+    if config.metrics_listen.is_none() && config.usage_log.is_none() && config.quotas.is_empty() {
+        return Ok(None);
+    }
+    let quotas = Arc::new(Quotas::new(config.quotas.clone()));
+    let ledger = match &config.usage_log {
+        Some(path) => {
+            crate::ledger::check_path(path)?;
+            let ledger = Ledger::open(path)?;
+            let started = std::time::Instant::now();
+            let since = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+                - 86_400.0;
+            let mut entries = 0u64;
+            let stats = crate::ledger::read_since(path, since, |entry| {
+                entries += 1;
+                let at = std::time::UNIX_EPOCH + Duration::from_secs_f64(entry.ts.max(0.0));
+                quotas.add_tokens(
+                    &entry.client,
+                    at,
+                    entry.input_tokens.saturating_add(entry.output_tokens),
+                );
+            })?;
+            tracing::info!(
+                path = %path.display(),
+                entries,
+                lines_read = stats.lines,
+                ms = started.elapsed().as_millis() as u64,
+                "usage ledger: token counts of the last 24 hours rebuilt"
+            );
+            Some(ledger)
+        }
+        None => None,
+    };
+    let chatgpt = match credential {
+        Credential::ChatGpt(backend) => Some(backend.tokens.clone()),
+        Credential::ApiKey { .. } => None,
+    };
+    Ok(Some(Arc::new(Telemetry::new(ledger, quotas, chatgpt))))
+}
+
+/// Serves `GET /metrics` until shutdown.
+async fn serve_metrics(
+    listener: TcpListener,
+    telemetry: Arc<Telemetry>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|&stop| stop) => return,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let telemetry = telemetry.clone();
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let telemetry = telemetry.clone();
+            async move {
+                let response =
+                    if req.uri().path() == "/metrics" && req.method() == http::Method::GET {
+                        let mut response = http::Response::new(crate::body::ProxyBody::full(
+                            bytes::Bytes::from(telemetry.encode()),
+                        ));
+                        response.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static(
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            ),
+                        );
+                        response
+                    } else {
+                        crate::error::ProxyError::NotFound {
+                            path: req.uri().path().to_owned(),
+                        }
+                        .into_response()
+                    };
+                Ok::<_, Infallible>(response)
+            }
+        });
+        tokio::spawn(async move {
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
 /// Lets in-flight requests finish, up to `grace`.
 async fn drain(graceful: GracefulShutdown, grace: Duration) {
     let open = graceful.count();
@@ -534,7 +657,12 @@ async fn drain(graceful: GracefulShutdown, grace: Duration) {
 
 /// `{"port":..,"pid":..,"listen":[..]}` (unix sockets as `unix:PATH`) and a newline, replacing `path` atomically: written to a
 /// temporary file beside it, then renamed over it (a symlink at `path` is replaced, not followed).
-pub fn write_server_info(path: &Path, addrs: &[SocketAddr], unix: &[SocketFile]) -> io::Result<()> {
+pub fn write_server_info(
+    path: &Path,
+    addrs: &[SocketAddr],
+    unix: &[SocketFile],
+    metrics: Option<SocketAddr>,
+) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
 
@@ -546,6 +674,7 @@ pub fn write_server_info(path: &Path, addrs: &[SocketAddr], unix: &[SocketFile])
             .map(ToString::to_string)
             .chain(unix.iter().map(|f| format!("unix:{}", f.path.display())))
             .collect::<Vec<_>>(),
+        "metrics": metrics.map(|addr| addr.to_string()),
     });
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,

@@ -52,6 +52,8 @@ pub struct RefreshStats {
     pub attempts: AtomicU64,
     pub successes: AtomicU64,
     pub failures: AtomicU64,
+    /// Whether the latest refresh attempt failed.
+    pub last_failed: std::sync::atomic::AtomicBool,
 }
 
 struct Gate {
@@ -125,6 +127,32 @@ impl TokenManager {
     /// refresh (here or in another process) has already replaced that token.
     pub async fn after_unauthorized(&self, failed: &Session) -> Result<Arc<Session>, AuthError> {
         self.refresh(Some(failed.fingerprint.clone()), true).await
+    }
+
+    /// Whether requests can be served now: signed in, the login not ended, and the access token
+    /// not expiring while refreshes fail. `Err` says why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if let Some(reason) = self.dead_reason() {
+            return Err(format!(
+                "the ChatGPT login has ended ({reason}): run `keyward login`"
+            ));
+        }
+        let Some(session) = self.current() else {
+            return Err("not signed in to ChatGPT: run `keyward login`".into());
+        };
+        let failing = self.stats.last_failed.load(Ordering::Relaxed);
+        match session.expires_at {
+            Some(exp) if exp <= now() => Err("the access token has expired".into()),
+            Some(_) if failing && self.expiring(&session) => {
+                Err("the access token expires soon and refreshing it keeps failing".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Seconds until the current access token expires, if known.
+    pub fn expires_in(&self) -> Option<i64> {
+        self.current()?.expires_at.map(|exp| exp - now())
     }
 
     /// The reason the login is dead, if it is.
@@ -214,6 +242,7 @@ impl TokenManager {
         match self.issuer.refresh(&login.refresh_token).await {
             Ok(tokens) => {
                 self.stats.successes.fetch_add(1, Ordering::Relaxed);
+                self.stats.last_failed.store(false, Ordering::Relaxed);
                 let Some(access_token) = tokens.access_token else {
                     return Err(AuthError::RefreshFailed(
                         "the sign-in service returned no access token".into(),
@@ -255,6 +284,7 @@ impl TokenManager {
             }
             Err(err) if err.is_permanent() => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                self.stats.last_failed.store(true, Ordering::Relaxed);
                 let reason = err.code().unwrap_or("invalid_grant").to_owned();
                 tracing::error!(
                     reason,
@@ -272,6 +302,7 @@ impl TokenManager {
             }
             Err(err) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                self.stats.last_failed.store(true, Ordering::Relaxed);
                 tracing::warn!(error = %err, "refreshing the ChatGPT access token failed; will retry");
                 // Within the margin the old token still works: keep serving with it.
                 if !force && login.expires_at.is_some_and(|exp| exp > now()) {

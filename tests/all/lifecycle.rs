@@ -161,7 +161,8 @@ async fn server_info_replaces_a_planted_symlink_instead_of_following_it() {
     let info = dir.path().join("info.json");
     std::os::unix::fs::symlink(&victim, &info).unwrap();
 
-    keyward::server::write_server_info(&info, &["127.0.0.1:4242".parse().unwrap()], &[]).unwrap();
+    keyward::server::write_server_info(&info, &["127.0.0.1:4242".parse().unwrap()], &[], None)
+        .unwrap();
     assert_eq!(
         std::fs::read_to_string(&victim).unwrap(),
         "precious",
