@@ -13,4 +13,5 @@ mod dump;
 mod e2e;
 mod forwarding;
 mod lifecycle;
+mod operations;
 mod upstream;
