@@ -84,6 +84,24 @@ impl Policy {
     }
 }
 
+/// The policy in force, replaced whole when the configuration is re-read (SIGHUP).
+#[derive(Debug, Default)]
+pub struct SharedPolicy(std::sync::RwLock<Arc<Policy>>);
+
+impl SharedPolicy {
+    pub fn new(policy: Policy) -> Self {
+        Self(std::sync::RwLock::new(Arc::new(policy)))
+    }
+
+    pub fn current(&self) -> Arc<Policy> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, policy: Policy) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+}
+
 /// A connection's peer as the kernel reports it.
 #[derive(Debug, Clone, Copy)]
 pub enum PeerAddr {
@@ -124,16 +142,17 @@ pub struct Refusal {
 
 /// Decides connections for one worker thread: its netlink socket and its group cache.
 pub struct Gate {
-    policy: Policy,
+    policy: Arc<SharedPolicy>,
     /// Look up every connection's owner, policy or not, to count requests per user.
     identify: bool,
     lookup: Option<OwnerLookup>,
-    groups: HashMap<u32, (Instant, bool)>,
+    /// Each user's groups, from the user database.
+    groups: HashMap<u32, (Instant, Arc<[u32]>)>,
     names: HashMap<u32, (Instant, Arc<str>)>,
 }
 
 impl Gate {
-    pub fn new(policy: Policy, identify: bool) -> Self {
+    pub fn new(policy: Arc<SharedPolicy>, identify: bool) -> Self {
         Self {
             policy,
             identify,
@@ -159,10 +178,6 @@ impl Gate {
         name
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
     /// The uid that owns the client end of a TCP connection, asked of the kernel.
     pub fn tcp_owner(&mut self, local: SocketAddr, remote: SocketAddr) -> Result<u32, OwnerError> {
         let lookup = match &mut self.lookup {
@@ -180,7 +195,7 @@ impl Gate {
     /// Looks up who owns a TCP connection (when the policy needs to know) and decides it.
     pub fn admit_tcp(&mut self, local: SocketAddr, remote: SocketAddr) -> Peer {
         let addr = PeerAddr::Tcp { local, remote };
-        if !self.policy.restricts_users() && !self.identify {
+        if !self.policy.current().restricts_users() && !self.identify {
             return Peer {
                 addr,
                 owner: None,
@@ -235,7 +250,7 @@ impl Gate {
         let uid = owner.map_err(|why| {
             format!("admin endpoints need to know who is asking, and keyward could not: {why}")
         })?;
-        if self.policy.is_admin(uid) {
+        if self.policy.current().is_admin(uid) {
             Ok(uid)
         } else {
             Err(format!(
@@ -247,7 +262,8 @@ impl Gate {
 
     /// Whether a connection owned by `owner` may use keyward under the policy.
     pub fn decide(&mut self, owner: &Result<u32, OwnerError>) -> Result<(), Refusal> {
-        if !self.policy.restricts_users() {
+        let policy = self.policy.current();
+        if !policy.restricts_users() {
             return Ok(());
         }
         let uid = match owner {
@@ -262,7 +278,7 @@ impl Gate {
                 });
             }
         };
-        if self.policy.users.contains(&uid) || self.in_allowed_group(uid) {
+        if policy.users.contains(&uid) || self.in_allowed_group(&policy, uid) {
             return Ok(());
         }
         let name = user_name(uid);
@@ -280,24 +296,23 @@ impl Gate {
         })
     }
 
-    fn in_allowed_group(&mut self, uid: u32) -> bool {
-        if self.policy.groups.is_empty() {
+    fn in_allowed_group(&mut self, policy: &Policy, uid: u32) -> bool {
+        if policy.groups.is_empty() {
             return false;
         }
         let now = Instant::now();
-        if let Some(&(at, member)) = self.groups.get(&uid)
-            && now.duration_since(at) < GROUP_CACHE_TTL
-        {
-            return member;
-        }
-        let member = groups_of(uid)
-            .iter()
-            .any(|gid| self.policy.groups.contains(gid));
-        if self.groups.len() > 4096 {
-            self.groups.clear();
-        }
-        self.groups.insert(uid, (now, member));
-        member
+        let groups = match self.groups.get(&uid) {
+            Some((at, groups)) if now.duration_since(*at) < GROUP_CACHE_TTL => groups.clone(),
+            _ => {
+                let groups: Arc<[u32]> = groups_of(uid).into();
+                if self.groups.len() > 4096 {
+                    self.groups.clear();
+                }
+                self.groups.insert(uid, (now, groups.clone()));
+                groups
+            }
+        };
+        groups.iter().any(|gid| policy.groups.contains(gid))
     }
 }
 
@@ -475,7 +490,8 @@ mod tests {
 
     #[test]
     fn an_unknown_owner_is_refused_when_a_policy_exists() {
-        let mut gate = Gate::new(Policy::resolve(&["0".into()], &[], &[]).unwrap(), false);
+        let policy = Policy::resolve(&["0".into()], &[], &[]).unwrap();
+        let mut gate = Gate::new(Arc::new(SharedPolicy::new(policy)), false);
         let unknown = Err(OwnerError::NotFound {
             peer: "127.0.0.1:9".parse().unwrap(),
         });
@@ -490,6 +506,7 @@ mod tests {
         );
         assert!(refusal.message.contains("--allow-user 4242"));
         // No policy: everyone, even an unknown owner.
-        assert!(Gate::new(Policy::default(), false).decide(&unknown).is_ok());
+        let mut open = Gate::new(Arc::default(), false);
+        assert!(open.decide(&unknown).is_ok());
     }
 }

@@ -41,6 +41,11 @@ pub enum Command {
     /// Manage client tokens (`serve --client-tokens`): add a named client and print its token
     /// once, list the clients, or revoke one. A running keyward picks up changes within a second.
     Token(TokenArgs),
+    /// Check a --config file: print the effective settings, or what is wrong (exit 1).
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
     /// Summarise the usage ledger (`serve --usage-log`): requests and tokens by client or model.
     Usage(UsageArgs),
 }
@@ -63,6 +68,13 @@ impl Cli {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file: `serve` flags by name without the dashes
+    /// (`listen = ["127.0.0.1:8080"]`, `allow-group = ["codex"]`, `[quota] default =
+    /// "requests-per-minute=60"`). Flags on the command line win. SIGHUP re-reads it (the
+    /// access policy, quotas and TLS files change at once; an invalid file is refused).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Port to listen on at 127.0.0.1. Without --port or --listen, an ephemeral port is chosen
     /// (see --server-info).
     #[arg(long, value_name = "N")]

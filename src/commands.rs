@@ -260,6 +260,26 @@ pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `keyward check-config FILE`.
+pub fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let source = crate::config_file::ConfigSource {
+        path: file.to_owned(),
+        argv: vec!["keyward".into(), "serve".into()],
+    };
+    let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(source.merged()?)
+        .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim()))?;
+    let args = cli
+        .into_serve()
+        .context("the file does not describe `keyward serve`")?;
+    let config = crate::config::Config::from_args(&args)?;
+    writeln!(std::io::stdout(), "{config:#?}")?;
+    eprintln!(
+        "{} is valid; the effective settings are above.",
+        file.display()
+    );
+    Ok(())
+}
+
 /// One row of `keyward usage`.
 #[derive(Debug, Default, serde::Serialize)]
 struct UsageRow {

@@ -161,6 +161,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub usage_log: Option<PathBuf>,
     pub quotas: QuotaConfig,
+    /// The --config file the settings came from, if any.
+    pub config_file: Option<PathBuf>,
     pub server_info: Option<PathBuf>,
     pub http_shutdown: bool,
     pub upstream: Upstream,
@@ -271,6 +273,7 @@ impl Config {
         };
 
         Ok(Self {
+            config_file: args.config.clone(),
             metrics_listen,
             usage_log,
             quotas,

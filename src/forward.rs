@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::access::{Gate, HostCheck, Peer};
+use crate::access::{Gate, HostCheck, Peer, SharedPolicy};
 use crate::backend::Backend;
 use crate::body::{ProxyBody, RelayBody, RequestBody};
 use crate::clients::ClientTokens;
@@ -64,28 +64,32 @@ pub struct Proxy {
     telemetry: Option<Arc<Telemetry>>,
 }
 
+/// What every worker's [`Proxy`] shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub credential: Credential,
+    pub dumper: Option<Arc<Dumper>>,
+    pub policy: Arc<SharedPolicy>,
+    pub tokens: Option<Arc<ClientTokens>>,
+    pub telemetry: Option<Arc<Telemetry>>,
+    pub shutdown: watch::Sender<bool>,
+}
+
 impl Proxy {
-    pub fn new(
-        config: &Config,
-        client: UpstreamClient,
-        credential: Credential,
-        dumper: Option<Arc<Dumper>>,
-        tokens: Option<Arc<ClientTokens>>,
-        telemetry: Option<Arc<Telemetry>>,
-        shutdown: watch::Sender<bool>,
-    ) -> Self {
+    /// One worker's proxy, with its own upstream `client`.
+    pub fn new(config: &Config, client: UpstreamClient, shared: Shared) -> Self {
         Self {
             client,
             upstream: config.upstream.clone(),
-            credential,
+            credential: shared.credential,
             limits: config.limits.clone(),
-            dumper,
+            dumper: shared.dumper,
             http_shutdown: config.http_shutdown,
-            shutdown,
-            gate: Mutex::new(Gate::new(config.access.policy.clone(), telemetry.is_some())),
-            tokens,
+            shutdown: shared.shutdown,
+            gate: Mutex::new(Gate::new(shared.policy, shared.telemetry.is_some())),
+            tokens: shared.tokens,
             hosts: config.access.hosts.clone(),
-            telemetry,
+            telemetry: shared.telemetry,
         }
     }
 

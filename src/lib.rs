@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clients;
 pub mod commands;
 pub mod config;
+pub mod config_file;
 pub mod dump;
 pub mod error;
 pub mod forward;
@@ -38,11 +39,12 @@ use crate::auth::tokens::TokenManager;
 use crate::backend::Backend;
 use crate::cli::ServeArgs;
 use crate::config::{Config, CredentialConfig};
+use crate::config_file::ConfigSource;
 use crate::forward::Credential;
 use crate::upstream::ClientSettings;
 
 /// `keyward serve`: load the credential, listen, forward until told to stop.
-pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+pub fn serve(args: &ServeArgs, source: Option<ConfigSource>) -> anyhow::Result<()> {
     let config = Config::from_args(args)?;
     // An API key is read before any thread or socket exists, so a missing key fails fast.
     let api_key = match &config.credential {
@@ -65,7 +67,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         };
         let running = server::start(&config, credential).await?;
         let shutdown = running.shutdown_sender();
-        tokio::spawn(reload_on_sighup(running.reloader()));
+        tokio::spawn(reload_on_sighup(running.reloader(), source, config.clone()));
         tokio::spawn(async move {
             let signal = wait_for_signal().await;
             tracing::info!(signal, "shutting down on signal");
@@ -106,18 +108,46 @@ pub async fn chatgpt_credential(config: &Config) -> anyhow::Result<Credential> {
     Ok(Credential::ChatGpt(Arc::new(backend)))
 }
 
-async fn reload_on_sighup(reloader: server::Reloader) {
+/// On SIGHUP: re-reads the TLS files and, with --config, the file. An invalid file changes
+/// nothing.
+async fn reload_on_sighup(
+    reloader: server::Reloader,
+    source: Option<ConfigSource>,
+    mut in_force: Config,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
         tracing::warn!(
-            "could not install the SIGHUP handler; restart keyward to re-read its TLS files"
+            "could not install the SIGHUP handler; restart keyward to re-read its settings"
         );
         return;
     };
     while hangup.recv().await.is_some() {
-        tracing::info!("SIGHUP: re-reading the TLS certificate and key");
+        tracing::info!("SIGHUP: re-reading the settings");
+        if let Some(source) = &source {
+            match reread(source) {
+                Ok(config) => {
+                    reloader.apply(&in_force, &config);
+                    tracing::info!(file = %source.path.display(), "configuration re-read");
+                    in_force = config;
+                }
+                Err(err) => tracing::error!(
+                    file = %source.path.display(),
+                    "the configuration file was refused, the settings in force stay: {err:#}"
+                ),
+            }
+        }
         reloader.reload();
     }
+}
+
+fn reread(source: &ConfigSource) -> anyhow::Result<Config> {
+    let cli = <cli::Cli as clap::Parser>::try_parse_from(source.merged()?)
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
+    let args = cli
+        .into_serve()
+        .context("the file does not describe `keyward serve`")?;
+    Ok(Config::from_args(&args)?)
 }
 
 async fn wait_for_signal() -> &'static str {

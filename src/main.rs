@@ -8,6 +8,27 @@ fn main() -> ExitCode {
     // First, before arguments are parsed or any thread exists: no core dumps, no ptrace.
     let hardening = keyward::hardening::harden_process();
     let command = Cli::parse().into_command();
+    // With --config, serve runs with the file's settings followed by the command line's.
+    let (command, config_source) = match command {
+        Command::Serve(args) if args.config.is_some() => {
+            let source = keyward::config_file::ConfigSource {
+                path: args.config.clone().unwrap_or_default(),
+                argv: std::env::args_os().collect(),
+            };
+            let merged = match source.merged() {
+                Ok(merged) => merged,
+                Err(err) => {
+                    eprintln!("keyward: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match Cli::try_parse_from(merged) {
+                Ok(cli) => (cli.into_command(), Some(source)),
+                Err(err) => err.exit(),
+            }
+        }
+        other => (other, None),
+    };
     let log_format = match &command {
         Command::Serve(args) => args.log_format,
         _ => LogFormat::Text,
@@ -53,13 +74,14 @@ fn main() -> ExitCode {
                     "--upstream-proxy carries credentials on the command line, where every local user can read them; set KEYWARD_UPSTREAM_PROXY instead"
                 );
             }
-            keyward::serve(args).map(|()| true)
+            keyward::serve(args, config_source.clone()).map(|()| true)
         }
         Command::Login(args) => keyward::commands::login(args).map(|()| true),
         Command::Status(args) => keyward::commands::status(args),
         Command::Logout(args) => keyward::commands::logout(args).map(|()| true),
         Command::Token(args) => keyward::commands::token(args).map(|()| true),
         Command::Usage(args) => keyward::commands::usage(args).map(|()| true),
+        Command::CheckConfig { file } => keyward::commands::check_config(file).map(|()| true),
     };
     // Write out buffered log lines before anything printed below.
     drop(_log);

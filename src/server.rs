@@ -19,11 +19,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio::sync::{oneshot, watch};
 
-use crate::access::Peer;
+use crate::access::{Peer, SharedPolicy};
 use crate::clients::{ClientTokens, ClientsError};
 use crate::config::{Config, UnixListen};
 use crate::dump::{DumpError, Dumper};
-use crate::forward::{Credential, Proxy};
+use crate::forward::{Credential, Proxy, Shared};
 use crate::ledger::{Ledger, LedgerError};
 use crate::quota::Quotas;
 use crate::telemetry::Telemetry;
@@ -61,6 +61,8 @@ pub struct Running {
     /// The unix sockets, removed when keyward stops.
     pub unix: Vec<SocketFile>,
     tls: Option<Tls>,
+    policy: Arc<SharedPolicy>,
+    telemetry: Option<Arc<Telemetry>>,
     shutdown: watch::Sender<bool>,
     /// One per worker thread, completed when the worker has stopped.
     stopped: Vec<oneshot::Receiver<()>>,
@@ -76,6 +78,8 @@ impl Running {
     pub fn reloader(&self) -> Reloader {
         Reloader {
             tls: self.tls.clone(),
+            policy: self.policy.clone(),
+            quotas: self.telemetry.as_ref().map(|t| t.quotas.clone()),
         }
     }
 
@@ -97,9 +101,48 @@ impl Running {
 #[derive(Clone)]
 pub struct Reloader {
     tls: Option<Tls>,
+    policy: Arc<SharedPolicy>,
+    quotas: Option<Arc<Quotas>>,
 }
 
 impl Reloader {
+    /// Puts a re-read configuration's access policy and quotas in force; connections and
+    /// streams carry on. Settings that only take effect at start are reported.
+    pub fn apply(&self, old: &Config, new: &Config) {
+        self.policy.set(new.access.policy.clone());
+        tracing::info!("{}", new.access.policy.describe());
+        match &self.quotas {
+            Some(quotas) => quotas.set_config(new.quotas.clone()),
+            None if !new.quotas.is_empty() => tracing::warn!(
+                "quotas take effect after a restart: keyward started without metrics, ledger or quotas"
+            ),
+            None => {}
+        }
+        let restart_only = [
+            ("listen", old.listen != new.listen || old.unix != new.unix),
+            ("upstream-url", old.upstream.uri != new.upstream.uri),
+            (
+                "client-tokens",
+                old.access.client_tokens != new.access.client_tokens,
+            ),
+            ("usage-log", old.usage_log != new.usage_log),
+            ("metrics-listen", old.metrics_listen != new.metrics_listen),
+            (
+                "tls-cert",
+                old.tls.as_ref().map(|t| (&t.cert, &t.key))
+                    != new.tls.as_ref().map(|t| (&t.cert, &t.key)),
+            ),
+        ];
+        for (setting, changed) in restart_only {
+            if changed {
+                tracing::warn!(
+                    setting,
+                    "this setting changed; it takes effect at the next start"
+                );
+            }
+        }
+    }
+
     /// Re-reads the TLS certificate and key. On error the old ones stay in use.
     pub fn reload(&self) {
         if let Some(tls) = &self.tls {
@@ -143,6 +186,8 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         .map(Arc::new);
     let tls = config.tls.as_ref().map(Tls::new).transpose()?;
     let telemetry = telemetry(config, &credential)?;
+    let policy = Arc::new(SharedPolicy::new(config.access.policy.clone()));
+    let telemetry_handle = telemetry.clone();
     let metrics = match (config.metrics_listen, &telemetry) {
         (Some(addr), Some(telemetry)) => {
             let metrics_err = |error| ServeError::Metrics { addr, error };
@@ -212,11 +257,14 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         let proxy = Proxy::new(
             config,
             upstream::build(config)?,
-            credential.clone(),
-            dumper.clone(),
-            tokens.clone(),
-            telemetry.clone(),
-            shutdown.clone(),
+            Shared {
+                credential: credential.clone(),
+                dumper: dumper.clone(),
+                policy: policy.clone(),
+                tokens: tokens.clone(),
+                telemetry: telemetry.clone(),
+                shutdown: shutdown.clone(),
+            },
         );
         let (done, finished) = oneshot::channel();
         let worker = Worker {
@@ -263,6 +311,8 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         metrics: metrics_addr,
         unix,
         tls,
+        policy,
+        telemetry: telemetry_handle,
         shutdown,
         stopped,
     })
@@ -548,7 +598,11 @@ fn telemetry(
     config: &Config,
     credential: &Credential,
 ) -> Result<Option<Arc<Telemetry>>, ServeError> {
-    if config.metrics_listen.is_none() && config.usage_log.is_none() && config.quotas.is_empty() {
+    if config.metrics_listen.is_none()
+        && config.usage_log.is_none()
+        && config.quotas.is_empty()
+        && config.config_file.is_none()
+    {
         return Ok(None);
     }
     let quotas = Arc::new(Quotas::new(config.quotas.clone()));

@@ -860,3 +860,66 @@ async fn fedramp_accounts_get_the_fedramp_header() {
         "true"
     );
 }
+
+#[tokio::test]
+async fn metrics_readiness_and_the_default_ledger_cover_the_chatgpt_login() {
+    let issuer = FakeIssuer::start().await;
+    // The stored access token has expired: the first request refreshes it.
+    issuer.state.lock().unwrap().access_ttl = -10;
+    let minted = issuer.mint();
+    issuer.state.lock().unwrap().access_ttl = 3600;
+    let backend = fake_backend(issuer.state.clone()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    seed_login(tmp.path(), &minted);
+    let (addr, keyward) = chatgpt_keyward(
+        &issuer,
+        &backend,
+        tmp.path(),
+        &["--metrics-listen", "127.0.0.1:0"],
+    )
+    .await;
+    let reply = client::post_responses(addr, r#"{"model":"gpt-5","input":"hi"}"#).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let ready = client::get(addr, "/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.json()["credential"], "chatgpt");
+
+    // The ledger is kept in the home by default; its line has the assembled answer's usage.
+    let ledger = tmp.path().join("usage.jsonl");
+    let line: Value = within("the ledger line", async {
+        loop {
+            if let Some(line) = std::fs::read_to_string(&ledger)
+                .ok()
+                .and_then(|t| t.lines().next().map(str::to_owned))
+            {
+                return serde_json::from_str(&line).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(line["input_tokens"], 12);
+    assert_eq!(line["output_tokens"], 7);
+    assert_eq!(line["model"], "gpt-5");
+
+    let text = client::get(keyward.metrics.unwrap(), "/metrics")
+        .await
+        .text();
+    let value = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+    };
+    assert_eq!(
+        value("keyward_chatgpt_refreshes_total{result=\"success\"}"),
+        1.0
+    );
+    let expires_in = value("keyward_chatgpt_access_token_expires_in_seconds");
+    assert!((3000.0..=3600.0).contains(&expires_in), "{expires_in}");
+    assert!(
+        !text.contains(&minted.access_token) && !text.contains(&minted.refresh_token),
+        "no token in the metrics"
+    );
+}

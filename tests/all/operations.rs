@@ -503,3 +503,139 @@ async fn sse_usage_is_read_even_when_events_arrive_split_across_chunks() {
     assert_eq!(line["input_tokens"], 12);
     assert_eq!(line["end"], "completed");
 }
+
+#[tokio::test]
+async fn check_config_prints_the_settings_or_says_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keyward.toml");
+    let check = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = check(
+        "port = 8080\nallow-user = [\"root\"]\nidle-timeout = \"90s\"\n[quota]\nci = \"tokens-per-day=5000\"\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("127.0.0.1:8080") && out.contains("90s"),
+        "{out}"
+    );
+    assert!(out.contains("5000"), "{out}");
+    assert!(err.contains("is valid"));
+
+    let (code, _, err) = check("prot = 8080\n");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unknown setting `prot`"), "{err}");
+    let (code, _, err) = check("listen = [\"0.0.0.0:80\"]\n");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not a loopback address"), "{err}");
+    let (code, _, err) = check("idle-timeout = \"soon\"\n");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("soon"), "{err}");
+}
+
+#[tokio::test]
+async fn sighup_applies_a_good_file_and_refuses_a_bad_one_while_a_stream_runs() {
+    let (upstream, mut streams) = FakeUpstream::driven().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keyward.toml");
+    let write = |policy: &str, rpm: u32| {
+        std::fs::write(
+            &file,
+            format!(
+                "upstream-url = \"{}\"\nallow-user = [\"{policy}\"]\n[quota]\ndefault = \"requests-per-minute={rpm}\"\n",
+                upstream.url()
+            ),
+        )
+        .unwrap();
+    };
+    write("root", 1000);
+    let keyward = Process::spawn(
+        &["--config", file.to_str().unwrap()],
+        TEST_KEY.as_bytes(),
+        &[],
+    )
+    .await;
+    let reloads = |n: usize| {
+        let keyward = &keyward;
+        async move {
+            within("the reload", async {
+                while keyward.stderr().matches("configuration re-read").count() < n {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+        }
+    };
+
+    // A stream runs through every reload.
+    let req = Request::post("/v1/responses")
+        .body(Full::new(Bytes::from(body("sse"))))
+        .unwrap();
+    let mut stream = client::send(keyward.addr, req).await.into_body();
+    let events = response_events();
+    let tx = within("the stream", streams.recv()).await.unwrap();
+    tx.send(events[0].clone()).await.unwrap();
+    next_chunk(&mut stream).await.unwrap();
+
+    // One request a minute: the running stream was it.
+    write("root", 1);
+    keyward.signal(libc::SIGHUP);
+    reloads(1).await;
+    let reply = client::post_responses(keyward.addr, &body("sse")).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        reply.text()
+    );
+
+    // Another user only: this one is refused.
+    write("4242", 1000);
+    keyward.signal(libc::SIGHUP);
+    reloads(2).await;
+    let reply = client::post_responses(keyward.addr, &body("sse")).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+
+    // A broken file changes nothing.
+    std::fs::write(&file, "allow-user = [\n").unwrap();
+    keyward.signal(libc::SIGHUP);
+    within("the refusal", async {
+        while !keyward
+            .stderr()
+            .contains("the configuration file was refused")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let reply = client::post_responses(keyward.addr, &body("sse")).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::FORBIDDEN,
+        "the policy in force stays"
+    );
+
+    for event in &events[1..] {
+        tx.send(event.clone()).await.unwrap();
+    }
+    drop(tx);
+    let mut rest = Vec::new();
+    while let Some(chunk) = next_chunk(&mut stream).await {
+        rest.extend_from_slice(&chunk);
+    }
+    assert!(
+        String::from_utf8_lossy(&rest).contains("response.completed"),
+        "the stream outlived three reloads"
+    );
+    assert_eq!(upstream.requests().len(), 1);
+}
