@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -45,15 +45,16 @@ pub struct Record {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    client: String,
-    status: String,
-    upstream_status: String,
+    client: Arc<str>,
+    status: u16,
+    /// Empty when keyward answered itself.
+    upstream_status: Option<u16>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenLabels {
-    client: String,
-    model: String,
+    client: Arc<str>,
+    model: Arc<str>,
     kind: &'static str,
 }
 
@@ -69,7 +70,7 @@ struct DirectionLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QuotaLabels {
-    pub client: String,
+    pub client: Arc<str>,
     pub quota: &'static str,
 }
 
@@ -110,7 +111,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
-            "Requests to /v1/responses by client, keyward's status and the upstream's status (none when keyward answered itself)",
+            "Requests to /v1/responses by client, keyward's status and the upstream's status (empty when keyward answered itself)",
             requests.clone(),
         );
         let upstream_ttfb = latency_histogram();
@@ -192,30 +193,42 @@ impl Metrics {
     }
 }
 
-/// A bounded set of label values: the first `cap` distinct ones keep their name.
+/// A bounded set of label values: the first `cap` distinct ones keep their name, later ones are
+/// `other`.
 struct Capped {
     cap: usize,
-    known: Mutex<HashSet<String>>,
+    known: RwLock<HashSet<Arc<str>>>,
+    other: Arc<str>,
 }
 
 impl Capped {
     fn new(cap: usize) -> Self {
         Self {
             cap,
-            known: Mutex::new(HashSet::new()),
+            known: RwLock::new(HashSet::new()),
+            other: Arc::from("other"),
         }
     }
 
-    fn label(&self, value: &str) -> String {
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        if known.contains(value) {
-            return value.to_owned();
+    fn label(&self, value: &str) -> Arc<str> {
+        if let Some(known) = self
+            .known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(value)
+        {
+            return known.clone();
+        }
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(label) = known.get(value) {
+            return label.clone();
         }
         if known.len() < self.cap {
-            known.insert(value.to_owned());
-            return value.to_owned();
+            let label: Arc<str> = Arc::from(value);
+            known.insert(label.clone());
+            return label;
         }
-        "other".to_owned()
+        self.other.clone()
     }
 }
 
@@ -271,10 +284,8 @@ impl Telemetry {
         m.requests
             .get_or_create(&RequestLabels {
                 client: client.clone(),
-                status: record.status.to_string(),
-                upstream_status: record
-                    .upstream_status
-                    .map_or_else(|| "none".to_owned(), |s| s.to_string()),
+                status: record.status,
+                upstream_status: record.upstream_status,
             })
             .inc();
         m.duration.observe(record.duration.as_secs_f64());

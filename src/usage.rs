@@ -17,6 +17,60 @@ pub struct Tokens {
     pub reasoning: u64,
 }
 
+/// The parts of a response object read here; the rest is skipped without being built.
+#[derive(Deserialize)]
+struct ResponseParts {
+    model: Option<String>,
+    status: Option<String>,
+    usage: Option<UsageParts>,
+}
+
+#[derive(Deserialize)]
+struct UsageParts {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    input_tokens_details: Option<Details>,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    output_tokens_details: Option<Details>,
+}
+
+#[derive(Deserialize)]
+struct Details {
+    #[serde(default)]
+    cached_tokens: u64,
+    #[serde(default)]
+    reasoning_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct EventParts {
+    response: Option<ResponseParts>,
+}
+
+impl From<ResponseParts> for Seen {
+    fn from(parts: ResponseParts) -> Self {
+        Seen {
+            model: parts.model,
+            status: parts.status,
+            tokens: parts.usage.map(|u| Tokens {
+                input: u.input_tokens,
+                cached_input: u
+                    .input_tokens_details
+                    .as_ref()
+                    .map_or(0, |d| d.cached_tokens),
+                output: u.output_tokens,
+                reasoning: u
+                    .output_tokens_details
+                    .as_ref()
+                    .map_or(0, |d| d.reasoning_tokens),
+            }),
+        }
+    }
+}
+
 impl Tokens {
     /// Input and output: what a token quota counts (cached and reasoning tokens are parts of
     /// them).
@@ -133,8 +187,8 @@ impl Scanner {
                 if *overflow {
                     return Seen::default();
                 }
-                serde_json::from_slice::<Value>(kept)
-                    .map(|v| Seen::from_response(&v))
+                serde_json::from_slice::<ResponseParts>(kept)
+                    .map(Seen::from)
                     .unwrap_or_default()
             }
         }
@@ -155,9 +209,11 @@ fn sse_line(line: &[u8], final_event: &mut bool, seen: &mut Seen) {
                 .iter()
                 .any(|name| data.get(9..9 + name.len()) == Some(*name));
         if (*final_event || typed_final)
-            && let Ok(event) = serde_json::from_slice::<Value>(data)
+            && let Ok(EventParts {
+                response: Some(response),
+            }) = serde_json::from_slice::<EventParts>(data)
         {
-            *seen = Seen::from_response(&event["response"]);
+            *seen = Seen::from(response);
         }
     }
 }
