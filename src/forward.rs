@@ -181,20 +181,23 @@ impl Proxy {
         peer: &Peer,
         log: &mut ExchangeLog,
     ) -> Result<(), ProxyError> {
+        // Refused requests are counted too, as the connecting user's.
+        log.identify(peer.uid(), peer.name.clone());
+        if let Some(telemetry) = &self.telemetry {
+            log.track(telemetry.clone());
+        }
         if let Some(refusal) = &peer.refusal {
             return Err(ProxyError::AccessDenied(refusal.message.clone()));
         }
-        let token_client = self.check_token(req)?;
-        let client = token_client.or_else(|| peer.name.clone());
+        let client = self.check_token(req)?.or_else(|| peer.name.clone());
         log.identify(peer.uid(), client.clone());
         if let Some(telemetry) = &self.telemetry {
+            // An owner the kernel could not name shares the `unknown` client's quotas.
             let client = client.unwrap_or_else(|| Arc::from("unknown"));
             match telemetry.quotas.admit(&client) {
-                Ok(permit) => log.track(telemetry.clone(), permit),
+                Ok(permit) => log.hold(permit),
                 Err(exceeded) => {
                     telemetry.quota_refused(&client, exceeded.quota);
-                    // Counted as a request too, with the 429 it gets.
-                    log.track(telemetry.clone(), None);
                     return Err(ProxyError::QuotaExceeded {
                         client: client.to_string(),
                         exceeded,

@@ -152,8 +152,12 @@ impl ExchangeLog {
     }
 
     /// Counts this request in the metrics, the ledger and the quotas when it ends.
-    pub fn track(&mut self, telemetry: Arc<Telemetry>, permit: Option<Permit>) {
+    pub fn track(&mut self, telemetry: Arc<Telemetry>) {
         self.telemetry = Some(telemetry);
+    }
+
+    /// Holds a concurrent-stream quota slot until the response ends.
+    pub fn hold(&mut self, permit: Option<Permit>) {
         self.permit = permit;
     }
 

@@ -639,3 +639,40 @@ async fn sighup_applies_a_good_file_and_refuses_a_bad_one_while_a_stream_runs() 
     );
     assert_eq!(upstream.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn refused_requests_are_counted_and_logged_for_the_user_who_sent_them() {
+    let upstream = responses_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("usage.jsonl");
+    let (addr, keyward) = start_for(
+        &upstream.url(),
+        &[
+            "--allow-user",
+            "4242",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--usage-log",
+            ledger.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let reply = client::post_responses(addr, &body("json")).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    wait_metric(
+        keyward.metrics.unwrap(),
+        "keyward_requests_total",
+        &[
+            ("client", "root"),
+            ("status", "403"),
+            ("upstream_status", ""),
+        ],
+        1.0,
+    )
+    .await;
+    let line = &wait_lines(&ledger, 1).await[0];
+    assert_eq!(line["client"], "root");
+    assert_eq!(line["status"], 403);
+    assert_eq!(line["upstream_status"], Value::Null);
+    assert!(upstream.requests().is_empty());
+}
