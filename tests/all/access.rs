@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::client;
-use crate::support::keyward::{Process, TEST_KEY, run_to_exit, start_for};
+use crate::support::keyward::{Process, TEST_KEY, add_client_token, run_to_exit, start_for};
 use crate::support::upstream::{self as fake, FakeUpstream};
 use crate::support::users::{ALICE, BOB, GROUP, client_as, count, users};
 
@@ -311,7 +311,7 @@ async fn tokens_and_the_user_policy_must_both_pass() {
     let upstream = FakeUpstream::ok_json().await;
     let dir = shared_dir();
     let file = dir.path().join("clients.json");
-    let (_, token, _) = token_cli(&file, &["add", "ci"]).await;
+    let token = add_client_token(&file, "ci").await;
     let (addr, _keyward) = start_for(
         &upstream.url(),
         &[
@@ -324,7 +324,7 @@ async fn tokens_and_the_user_policy_must_both_pass() {
     .await;
     let with_token = json!({
         "target": format!("tcp:{addr}"),
-        "headers": { "Authorization": format!("Bearer {}", token.trim()) },
+        "headers": { "Authorization": format!("Bearer {token}") },
     });
     let alice = client_as(Some(users.alice), with_token.clone()).await;
     assert_eq!(count(&alice, 200), 1, "{alice}");
@@ -430,8 +430,7 @@ async fn an_https_client_is_served_on_a_non_loopback_listener_and_sighup_reloads
     );
     let ca = TestCa::new();
     let first = ca.write_leaf(&cert, &key);
-    let (_, token, _) = token_cli(&file, &["add", "remote"]).await;
-    let token = token.trim().to_owned();
+    let token = add_client_token(&file, "remote").await;
     let keyward = Process::spawn(
         &[
             "--upstream-url",

@@ -7,7 +7,7 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::support::client::{self, next_chunk};
-use crate::support::keyward::{Process, files_under};
+use crate::support::keyward::{Process, add_client_token, files_under};
 use crate::support::upstream::{self, FakeUpstream, sse_event};
 
 const CANARY: &str = "sk-CANARY-7d1e9b2c4a";
@@ -245,14 +245,7 @@ async fn a_client_token_appears_nowhere_and_never_reaches_the_upstream() {
     let upstream = FakeUpstream::ok_json().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("clients.json");
-    let added = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["token", "add", "canary", "--client-tokens"])
-        .arg(&file)
-        .output()
-        .await
-        .unwrap();
-    let token = String::from_utf8(added.stdout).unwrap().trim().to_owned();
-    assert!(token.starts_with("kw-"));
+    let token = add_client_token(&file, "canary").await;
     let dumps = tempfile::tempdir().unwrap();
     let mut keyward = Process::spawn(
         &[

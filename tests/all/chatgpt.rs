@@ -546,9 +546,7 @@ async fn a_non_streaming_client_gets_the_assembled_response_and_the_backend_gets
 async fn concurrent_requests_at_expiry_share_one_refresh() {
     // The token manager itself: 50 callers find the access token expired at once.
     let issuer = FakeIssuer::start().await;
-    issuer.state.lock().unwrap().access_ttl = -10;
-    let minted = issuer.mint();
-    issuer.state.lock().unwrap().access_ttl = 3600;
+    let minted = issuer.mint_expired();
     issuer.state.lock().unwrap().refresh_delay = Duration::from_millis(200);
     let tmp = tempfile::tempdir().unwrap();
     seed_login(tmp.path(), &minted);
@@ -669,8 +667,7 @@ async fn two_keyward_processes_on_one_home_never_use_a_refresh_token_twice() {
 #[tokio::test]
 async fn a_login_refused_for_good_gets_503_and_status_says_sign_in_again() {
     let issuer = FakeIssuer::start().await;
-    issuer.state.lock().unwrap().access_ttl = -10;
-    let minted = issuer.mint();
+    let minted = issuer.mint_expired();
     issuer.state.lock().unwrap().fail_refresh_with = Some("refresh_token_invalidated".into());
     let backend = fake_backend(issuer.state.clone()).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -756,9 +753,7 @@ async fn the_background_refresher_keeps_an_idle_login_fresh() {
 #[tokio::test]
 async fn tokens_never_reach_logs_status_or_dumps() {
     let issuer = FakeIssuer::start().await;
-    issuer.state.lock().unwrap().access_ttl = -10;
-    let minted = issuer.mint();
-    issuer.state.lock().unwrap().access_ttl = 3600;
+    let minted = issuer.mint_expired();
     let backend = fake_backend(issuer.state.clone()).await;
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("h");
@@ -865,9 +860,7 @@ async fn fedramp_accounts_get_the_fedramp_header() {
 async fn metrics_readiness_and_the_default_ledger_cover_the_chatgpt_login() {
     let issuer = FakeIssuer::start().await;
     // The stored access token has expired: the first request refreshes it.
-    issuer.state.lock().unwrap().access_ttl = -10;
-    let minted = issuer.mint();
-    issuer.state.lock().unwrap().access_ttl = 3600;
+    let minted = issuer.mint_expired();
     let backend = fake_backend(issuer.state.clone()).await;
     let tmp = tempfile::tempdir().unwrap();
     seed_login(tmp.path(), &minted);

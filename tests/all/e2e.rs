@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::Value;
 
-use crate::support::keyward::Process;
+use crate::support::keyward::{Process, add_client_token};
 use crate::support::responses::{TEXT, response_events, response_object};
 use crate::support::upstream::{self, FakeUpstream, Seen};
 
@@ -235,14 +235,7 @@ async fn the_codex_cli_sends_its_client_token_and_a_wrong_one_is_refused() {
     let upstream = responses_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("clients.json");
-    let added = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["token", "add", "codex", "--client-tokens"])
-        .arg(&file)
-        .output()
-        .await
-        .unwrap();
-    assert!(added.status.success());
-    let token = String::from_utf8(added.stdout).unwrap().trim().to_owned();
+    let token = add_client_token(&file, "codex").await;
     let me = keyward::hardening::effective_uid().to_string();
     let keyward = keyward_for(
         &upstream,

@@ -120,6 +120,16 @@ impl FakeIssuer {
         self.state.lock().unwrap().mint()
     }
 
+    /// A login whose access token expired ten seconds ago (the issuer mints fresh ones after).
+    pub fn mint_expired(&self) -> Minted {
+        let mut state = self.state.lock().unwrap();
+        let ttl = state.access_ttl;
+        state.access_ttl = -10;
+        let minted = state.mint();
+        state.access_ttl = ttl;
+        minted
+    }
+
     /// The user approves a browser sign-in: returns the code the issuer redirects with.
     pub fn approve(&self, code_challenge: &str) -> String {
         let mut state = self.state.lock().unwrap();

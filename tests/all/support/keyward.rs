@@ -190,6 +190,24 @@ fn collect(
     });
 }
 
+/// Adds a client with `keyward token add` to the tokens `file`; returns its token.
+pub async fn add_client_token(file: &Path, name: &str) -> String {
+    let added = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["token", "add", name, "--client-tokens"])
+        .arg(file)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "keyward token add: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let token = String::from_utf8(added.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("kw-"), "{token}");
+    token
+}
+
 /// Every file under `dir`, with its contents.
 pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
