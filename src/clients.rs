@@ -130,20 +130,7 @@ impl TokenFile {
         let mut path = self.path.clone().into_os_string();
         path.push(".lock");
         let path = PathBuf::from(path);
-        let io_err = |error| ClientsError::Io {
-            path: path.clone(),
-            error,
-        };
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(io_err)?;
-        file.lock().map_err(io_err)?;
-        Ok(file)
+        crate::auth::home::lock_file(&path).map_err(|error| ClientsError::Io { path, error })
     }
 
     /// Replaces the file atomically, 0600.

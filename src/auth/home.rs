@@ -91,19 +91,7 @@ impl Home {
     /// Takes the home's lock, waiting for another keyward process to release it.
     pub fn lock(&self) -> Result<HomeLock, HomeError> {
         let path = self.dir.join("lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|error| HomeError::Io {
-                path: path.clone(),
-                error,
-            })?;
-        file.lock().map_err(|error| HomeError::Io { path, error })?;
+        let file = lock_file(&path).map_err(|error| HomeError::Io { path, error })?;
         Ok(HomeLock { file })
     }
 
@@ -117,6 +105,21 @@ impl Home {
                 error: io::Error::other(e),
             })?
     }
+}
+
+/// Opens (creating, 0600, never through a symlink) and exclusively locks the file at `path`,
+/// waiting for another process to release it. The lock lasts as long as the returned file.
+pub fn lock_file(path: &Path) -> io::Result<fs::File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.lock()?;
+    Ok(file)
 }
 
 /// Refuses `path` if it is not owned by keyward's user or if group or others have any access.
