@@ -113,7 +113,9 @@ impl ProxyError {
     pub fn client_message(&self) -> String {
         match self {
             ProxyError::NotFound { .. } => {
-                "keyward serves only POST /v1/responses (and GET /shutdown when enabled)".into()
+                "keyward serves POST /v1/responses, GET /healthz and GET /readyz (and GET /shutdown \
+                 when enabled)"
+                    .into()
             }
             ProxyError::Forbidden { why, .. } => (*why).into(),
             ProxyError::MethodNotAllowed { .. } => "use POST for /v1/responses".into(),
