@@ -479,7 +479,12 @@ async fn accept(listener: &Listener, proxy: &Proxy) -> io::Result<(Accepted, Pee
         Listener::Tcp(listener, tls) => {
             let (stream, remote) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
-            let local = stream.local_addr()?;
+            // A connection reset at once may not say its address; the listener's is the same
+            // unless it listens on a wildcard address.
+            let local = match stream.local_addr() {
+                Ok(local) => local,
+                Err(_) => listener.local_addr()?,
+            };
             let peer = proxy.with_gate(|gate| gate.admit_tcp(local, remote));
             Ok((Accepted::Tcp(stream, tls.clone()), peer))
         }
