@@ -105,7 +105,7 @@ async fn many_connections_from_two_users_on_the_same_ports_are_never_confused() 
     // Both users connect from the same 16 local ports (below the ephemeral range), so each port
     // carries connections of both, one after the other.
     let ports: Vec<u16> = (23_400..23_416).collect();
-    let per_user = 300;
+    let per_user = 1000;
     let config = json!({
         "target": format!("tcp:{addr}"),
         "requests": per_user,
@@ -116,7 +116,13 @@ async fn many_connections_from_two_users_on_the_same_ports_are_never_confused() 
         client_as(Some(users.alice), config.clone()),
         client_as(Some(users.bob), config)
     );
-    assert_eq!(count(&alice, 200), per_user, "{}", alice["statuses"]);
+    assert_eq!(
+        count(&alice, 200),
+        per_user,
+        "{} {}",
+        alice["statuses"],
+        alice["errors"]
+    );
     assert_eq!(count(&bob, 403), per_user, "{}", bob["statuses"]);
     assert!(
         alice["errors"].as_array().unwrap().is_empty()
@@ -162,6 +168,24 @@ async fn a_connection_whose_owner_cannot_be_found_is_refused() {
     // socket: when keyward accepts the connection, the client end belongs to no process any
     // more (the kernel reports it with uid 0, which must not count as root).
     keyward.signal(libc::SIGSTOP);
+    // kill returns before the process has stopped; wait until it has (state T).
+    let pid = keyward.pid();
+    crate::support::within("keyward to stop", async {
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            if stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .trim_start()
+                .starts_with('T')
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     let mut stream = tokio::net::TcpStream::connect(keyward.addr).await.unwrap();
     stream
         .write_all(b"POST /v1/responses HTTP/1.1\r\nhost: localhost\r\ncontent-length: 2\r\n\r\n{}")

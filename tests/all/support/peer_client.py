@@ -11,6 +11,7 @@ import json
 import socket
 import sys
 import threading
+import time
 
 cfg = json.loads(sys.argv[1])
 kind, _, rest = cfg["target"].partition(":")
@@ -32,7 +33,11 @@ def connect(i):
     host = host.strip("[]")
     family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
     last = None
-    for attempt in range(len(ports) or 1):
+    # A shared port may be busy (in use, or its 4-tuple in TIME_WAIT): try the others, for a
+    # few rounds.
+    for attempt in range(len(ports) * 50 or 1):
+        if ports and attempt and attempt % len(ports) == 0:
+            time.sleep(0.01)
         s = socket.socket(family, socket.SOCK_STREAM)
         local = None
         if ports:
