@@ -304,6 +304,13 @@ pub fn usage(args: &UsageArgs) -> anyhow::Result<()> {
             .map_or(0.0, |d| d.as_secs_f64())
             - span.as_secs_f64()
     });
+    if !path.exists() {
+        anyhow::bail!(
+            "there is no usage ledger at {}: keyward serve writes one with --usage-log FILE (and \
+             by default in the home with --auth chatgpt)",
+            path.display()
+        );
+    }
     let mut rows: std::collections::BTreeMap<String, UsageRow> = Default::default();
     crate::ledger::read_since(&path, since, |entry| {
         let key = match args.by {

@@ -20,8 +20,10 @@ pub const CHATGPT_UPSTREAM: &str = "https://chatgpt.com/backend-api/codex/respon
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("`{0}` is not an address such as 127.0.0.1:8080 or [::1]:8080")]
+    #[error("`{0}` is not an address such as 127.0.0.1:8080, [::1]:8080 or unix:/run/keyward.sock")]
     BadListen(String),
+    #[error("--metrics-listen `{0}` is not an address such as 127.0.0.1:9464")]
+    BadMetricsListen(String),
     #[error(
         "refusing to listen on {0}: it is not a loopback address, so other hosts could spend the \
          credential. Listen on 127.0.0.1 or [::1] (and reach it from elsewhere through an SSH \
@@ -248,7 +250,7 @@ impl Config {
             .as_deref()
             .map(|text| {
                 text.parse::<SocketAddr>()
-                    .map_err(|_| ConfigError::BadListen(text.to_owned()))
+                    .map_err(|_| ConfigError::BadMetricsListen(text.to_owned()))
             })
             .transpose()?;
         let mut quotas = QuotaConfig::default();
