@@ -81,6 +81,12 @@ impl Ledger {
     /// Opens (or creates, 0600) the ledger. An existing file must be keyward's user's own and
     /// private; a symlink is refused.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        if fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_symlink()) {
+            return Err(LedgerError::Unsafe {
+                path: path.to_owned(),
+                why: "is a symbolic link; keyward writes only to a real file".into(),
+            });
+        }
         let io_err = |error| LedgerError::Io {
             path: path.to_owned(),
             error,
@@ -266,17 +272,6 @@ pub fn rfc3339(at: SystemTime) -> String {
     )
 }
 
-/// Refuses a ledger path that is a symlink, before anything is appended.
-pub fn check_path(path: &Path) -> Result<(), LedgerError> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => Err(LedgerError::Unsafe {
-            path: path.to_owned(),
-            why: "is a symbolic link; keyward writes only to a real file".into(),
-        }),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +302,21 @@ mod tests {
             bytes_out: 2,
             request_id: Some("req_1".into()),
         }
+    }
+
+    #[test]
+    fn a_symlink_or_a_loose_mode_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::write(&target, "").unwrap();
+        let link = dir.path().join("usage.jsonl");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = Ledger::open(&link).err().unwrap().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Ledger::open(&target).err().unwrap().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
     }
 
     #[test]

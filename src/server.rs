@@ -613,7 +613,6 @@ fn telemetry(
     let quotas = Arc::new(Quotas::new(config.quotas.clone()));
     let ledger = match &config.usage_log {
         Some(path) => {
-            crate::ledger::check_path(path)?;
             let ledger = Ledger::open(path)?;
             let started = std::time::Instant::now();
             let since = std::time::SystemTime::now()

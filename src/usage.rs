@@ -77,16 +77,6 @@ impl Tokens {
     pub fn total(&self) -> u64 {
         self.input.saturating_add(self.output)
     }
-
-    fn from_usage(usage: &Value) -> Option<Self> {
-        let n = |v: &Value| v.as_u64().unwrap_or(0);
-        usage.is_object().then(|| Tokens {
-            input: n(&usage["input_tokens"]),
-            cached_input: n(&usage["input_tokens_details"]["cached_tokens"]),
-            output: n(&usage["output_tokens"]),
-            reasoning: n(&usage["output_tokens_details"]["reasoning_tokens"]),
-        })
-    }
 }
 
 /// What was learnt from a response.
@@ -101,11 +91,9 @@ pub struct Seen {
 impl Seen {
     /// From a response object (`{"id","model","status","usage",...}`).
     pub fn from_response(response: &Value) -> Self {
-        Seen {
-            model: response["model"].as_str().map(str::to_owned),
-            tokens: Tokens::from_usage(&response["usage"]),
-            status: response["status"].as_str().map(str::to_owned),
-        }
+        ResponseParts::deserialize(response)
+            .map(Seen::from)
+            .unwrap_or_default()
     }
 }
 
