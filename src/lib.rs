@@ -20,6 +20,7 @@ pub mod hardening;
 pub mod headers;
 pub mod ledger;
 pub mod log;
+pub mod log_writer;
 pub mod peer;
 pub mod quota;
 pub mod secret;

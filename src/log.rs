@@ -7,26 +7,23 @@ use std::time::{Duration, SystemTime};
 
 use http::{Method, StatusCode};
 use tokio::time::Instant;
-use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
+use crate::log_writer::{self, FlushGuard};
 use crate::quota::Permit;
 use crate::telemetry::{Record, StreamGuard, Telemetry};
 use crate::usage::{Scanner, Seen};
 
 /// Installs the stderr logger. The level comes from `RUST_LOG`, `info` by default.
 ///
-/// Lines are written by a background thread, through a buffer it flushes whenever it has no
-/// more lines waiting: requests never wait on stderr, a busy keyward writes many lines per
-/// syscall, and a quiet one shows each line at once. No line is dropped. Keep the returned guard
-/// until the process ends: dropping it writes out what is left.
-pub fn init(format: LogFormat) -> WorkerGuard {
+/// Lines are written by a background thread in batches ([`crate::log_writer`]): requests never
+/// wait on stderr, a busy keyward writes many lines per syscall, and a quiet one shows each line
+/// within 50 ms. No line is dropped. Keep the returned guard until the process ends: dropping it
+/// writes out what is left.
+pub fn init(format: LogFormat) -> std::io::Result<FlushGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("keyward-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let (writer, guard) = log_writer::spawn(std::io::stderr())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -40,7 +37,7 @@ pub fn init(format: LogFormat) -> WorkerGuard {
             .with_current_span(false)
             .try_init(),
     };
-    guard
+    Ok(guard)
 }
 
 /// How a relayed response ended.

@@ -33,7 +33,13 @@ fn main() -> ExitCode {
         Command::Serve(args) => args.log_format,
         _ => LogFormat::Text,
     };
-    let _log = keyward::log::init(log_format);
+    let _log = match keyward::log::init(log_format) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("keyward: could not start the log writer thread: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     for failure in &hardening.failures {
         tracing::warn!("{failure}");
     }
