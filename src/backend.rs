@@ -62,7 +62,7 @@ impl Backend {
         match self.try_forward(proxy, req, &mut log).await {
             Ok(Reply::Relay(parts, body, exchange)) => {
                 let dump = exchange.and_then(|id| proxy.open_response_dump(id, &parts));
-                proxy.relay(parts, body, log, dump, true)
+                proxy.relay(parts, (body, None), log, dump, true)
             }
             Ok(Reply::Local(response)) => {
                 log.finish_local(response.status(), crate::forward::body_len(&response));

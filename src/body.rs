@@ -16,6 +16,7 @@ use tokio::time::{Instant, Sleep};
 use crate::dump::DumpSink;
 use crate::error::{BoxError, sse_error_event};
 use crate::log::{End, ExchangeLog};
+use crate::upstream::Lease;
 
 #[derive(Debug, thiserror::Error)]
 #[error("request body is larger than {0} bytes")]
@@ -116,6 +117,8 @@ pin_project! {
     pub struct RelayBody {
         #[pin]
         inner: Incoming,
+        // The HTTP/1.1 connection carrying `inner`, polled before it.
+        lease: Option<Lease>,
         #[pin]
         idle: Sleep,
         idle_limit: Duration,
@@ -132,6 +135,7 @@ pin_project! {
 impl RelayBody {
     pub fn new(
         inner: Incoming,
+        lease: Option<Lease>,
         idle_limit: Duration,
         sse: bool,
         log: ExchangeLog,
@@ -140,6 +144,7 @@ impl RelayBody {
         let now = Instant::now();
         Self {
             inner,
+            lease,
             idle: tokio::time::sleep_until(now + idle_limit),
             idle_limit,
             last_frame: now,
@@ -152,6 +157,18 @@ impl RelayBody {
     }
 }
 
+/// The upstream finished the body: the connection can carry another request.
+fn complete(this: &mut RelayBodyProj<'_>, cx: &mut Context<'_>) {
+    *this.done = true;
+    if let Some(lease) = this.lease.take() {
+        lease.release(cx);
+    }
+    this.log.end(End::Completed);
+    if let Some(dump) = this.dump.as_mut() {
+        dump.set_end(End::Completed.as_str());
+    }
+}
+
 /// Ends the stream early: an SSE `error` event for event streams, an abort for anything else.
 fn cut(
     this: &mut RelayBodyProj<'_>,
@@ -159,6 +176,8 @@ fn cut(
     error: BoxError,
 ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
     *this.done = true;
+    // The connection is closed: the upstream's response is abandoned or broken.
+    *this.lease = None;
     this.log.end(end);
     if let Some(dump) = this.dump.as_mut() {
         dump.set_end(end.as_str());
@@ -189,6 +208,9 @@ impl Body for RelayBody {
         if *this.done {
             return Poll::Ready(None);
         }
+        if let Some(lease) = this.lease.as_mut() {
+            lease.poll_connection(cx);
+        }
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 *this.last_frame = Instant::now();
@@ -206,21 +228,13 @@ impl Body for RelayBody {
                 }
                 // A sized body is not polled again once its last byte is out.
                 if this.inner.is_end_stream() {
-                    *this.done = true;
-                    this.log.end(End::Completed);
-                    if let Some(dump) = this.dump.as_mut() {
-                        dump.set_end(End::Completed.as_str());
-                    }
+                    complete(&mut this, cx);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => cut(&mut this, End::UpstreamError, Box::new(err)),
             Poll::Ready(None) => {
-                *this.done = true;
-                this.log.end(End::Completed);
-                if let Some(dump) = this.dump.as_mut() {
-                    dump.set_end(End::Completed.as_str());
-                }
+                complete(&mut this, cx);
                 Poll::Ready(None)
             }
             Poll::Pending => {

@@ -249,18 +249,33 @@ pub fn sse_error_event(code: &str, message: &str) -> Bytes {
 /// Sorts a failed upstream call into the error the client sees.
 pub fn classify_upstream(err: hyper_util::client::legacy::Error) -> ProxyError {
     if err.is_connect() {
-        let timed_out =
-            std::iter::successors(std::error::Error::source(&err), |e| e.source()).any(|e| {
-                e.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-                    || e.to_string().contains("timed out")
-            });
-        if timed_out {
-            ProxyError::UpstreamConnectTimeout(Box::new(err))
-        } else {
-            ProxyError::UpstreamUnreachable(Box::new(err))
-        }
+        classify_connect(Box::new(err))
     } else {
         ProxyError::UpstreamFailed(Box::new(err))
+    }
+}
+
+/// The same for a worker's own upstream connections.
+pub fn classify_send(err: crate::upstream::SendError) -> ProxyError {
+    match err {
+        crate::upstream::SendError::Connect(err) => classify_connect(err),
+        crate::upstream::SendError::Http(err) => ProxyError::UpstreamFailed(Box::new(err)),
+    }
+}
+
+/// A connection that could not be made: timed out, or refused / unreachable.
+fn classify_connect(err: BoxError) -> ProxyError {
+    let timed_out = std::iter::successors(Some(&*err as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || e.to_string().contains("timed out")
+    });
+    if timed_out {
+        ProxyError::UpstreamConnectTimeout(err)
+    } else {
+        ProxyError::UpstreamUnreachable(err)
     }
 }

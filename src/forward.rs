@@ -16,12 +16,12 @@ use crate::body::{ProxyBody, RelayBody, RequestBody};
 use crate::clients::ClientTokens;
 use crate::config::{Config, Limits, Upstream};
 use crate::dump::{DumpSink, Dumper, ExchangeId};
-use crate::error::{ProxyError, classify_upstream, json_response};
+use crate::error::{ProxyError, classify_send, json_response};
 use crate::headers;
 use crate::log::ExchangeLog;
 use crate::secret::SecretHeader;
 use crate::telemetry::Telemetry;
-use crate::upstream::UpstreamClient;
+use crate::upstream::{Lease, Pool};
 
 pub const RESPONSES_PATH: &str = "/v1/responses";
 
@@ -49,7 +49,8 @@ impl Credential {
 
 /// Everything a request needs, shared by all connections.
 pub struct Proxy {
-    client: UpstreamClient,
+    /// This worker's connections to the upstream.
+    pool: Arc<Pool>,
     upstream: Upstream,
     credential: Credential,
     limits: Limits,
@@ -76,10 +77,10 @@ pub struct Shared {
 }
 
 impl Proxy {
-    /// One worker's proxy, with its own upstream `client`.
-    pub fn new(config: &Config, client: UpstreamClient, shared: Shared) -> Self {
+    /// One worker's proxy, with its own upstream connections.
+    pub fn new(config: &Config, pool: Arc<Pool>, shared: Shared) -> Self {
         Self {
-            client,
+            pool,
             upstream: config.upstream.clone(),
             credential: shared.credential,
             limits: config.limits.clone(),
@@ -282,22 +283,24 @@ impl Proxy {
             Credential::ChatGpt(backend) => return backend.forward(self, req, log).await,
             Credential::ApiKey { header, value } => (header, value),
         };
-        let (upstream, exchange) = match self.send_upstream(req, header, value, &mut log).await {
-            Ok(sent) => sent,
-            Err(err) => return self.fail(err, log),
-        };
+        let (upstream, lease, exchange) =
+            match self.send_upstream(req, header, value, &mut log).await {
+                Ok(sent) => sent,
+                Err(err) => return self.fail(err, log),
+            };
         let (parts, body) = upstream.into_parts();
         log.upstream_head(parts.status, &parts.headers);
         let dump = exchange.and_then(|id| self.open_response_dump(id, &parts));
-        self.relay(parts, body, log, dump, false)
+        self.relay(parts, (body, lease), log, dump, false)
     }
 
-    /// Relays an upstream response to the client. With `backend_stream`, a successful answer is
-    /// an event stream even when the upstream did not label it so (the Codex backend may not).
+    /// Relays an upstream response to the client; `body` comes with the lease of the HTTP/1.1
+    /// connection that carries it, if any. With `backend_stream`, a successful answer is an event
+    /// stream even when the upstream did not label it so (the Codex backend may not).
     pub fn relay(
         &self,
         parts: http::response::Parts,
-        body: Incoming,
+        body: (Incoming, Option<Lease>),
         log: ExchangeLog,
         dump: Option<DumpSink>,
         backend_stream: bool,
@@ -313,7 +316,8 @@ impl Proxy {
         let sse = (labelled || unlabelled_stream) && !parts.headers.contains_key(CONTENT_LENGTH);
         let mut log = log;
         log.relaying(sse);
-        let relay = RelayBody::new(body, self.limits.idle_timeout, sse, log, dump);
+        let (body, lease) = body;
+        let relay = RelayBody::new(body, lease, self.limits.idle_timeout, sse, log, dump);
         let mut response = Response::new(ProxyBody::relay(relay));
         *response.status_mut() = parts.status;
         *response.headers_mut() = headers::client_response_headers(&parts.headers);
@@ -374,7 +378,7 @@ impl Proxy {
         credential_header: &HeaderName,
         credential: &SecretHeader,
         log: &mut ExchangeLog,
-    ) -> Result<(Response<Incoming>, Option<ExchangeId>), ProxyError> {
+    ) -> Result<(Response<Incoming>, Option<Lease>, Option<ExchangeId>), ProxyError> {
         let (parts, body) = req.into_parts();
         let limit = self.limits.max_body;
         if content_length(&parts.headers).is_some_and(|len| len > limit) {
@@ -390,24 +394,20 @@ impl Proxy {
         let body = RequestBody::new(body, limit, exceeded.clone(), log.bytes_in(), request_dump);
         let mut upstream_req = Request::new(body);
         *upstream_req.method_mut() = Method::POST;
-        *upstream_req.uri_mut() = self.upstream.uri.clone();
         let mut headers = headers::upstream_request_headers(&parts.headers);
         headers.insert(credential_header.clone(), credential.expose());
         *upstream_req.headers_mut() = headers;
 
         log.sending();
-        let sent = tokio::time::timeout(
-            self.limits.response_timeout,
-            self.client.request(upstream_req),
-        )
-        .await;
+        let sent =
+            tokio::time::timeout(self.limits.response_timeout, self.pool.send(upstream_req)).await;
         match sent {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.limits.response_timeout)),
             Ok(Err(_)) if exceeded.load(Ordering::Relaxed) => {
                 Err(ProxyError::BodyTooLarge { limit })
             }
-            Ok(Err(err)) => Err(classify_upstream(err)),
-            Ok(Ok(response)) => Ok((response, exchange)),
+            Ok(Err(err)) => Err(classify_send(err)),
+            Ok(Ok((response, lease))) => Ok((response, lease, exchange)),
         }
     }
 }

@@ -1,10 +1,16 @@
-//! The client that talks to the upstream: pooled connections, HTTP/1.1 or HTTP/2 (by ALPN) over
-//! rustls, plain HTTP for test upstreams, and an optional CONNECT proxy. The environment's
-//! `HTTP_PROXY`/`HTTPS_PROXY` are never read.
+//! The clients that talk to the upstream: HTTP/1.1 or HTTP/2 (by ALPN) over rustls, plain HTTP
+//! for test upstreams, and an optional CONNECT proxy. The environment's
+//! `HTTP_PROXY`/`HTTPS_PROXY` are never read. Forwarded requests go through a worker's
+//! [`Pool`]; keyward's other calls (the ChatGPT backend and sign-in) through hyper's pooled client.
+
+mod pool;
+
+pub use pool::{Lease, Pool, SendError};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,11 +25,8 @@ use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::body::RequestBody;
 use crate::config::{Config, UpstreamProxy};
 use crate::error::BoxError;
-
-pub type UpstreamClient = Client<HttpsConnector<Connector>, RequestBody>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -84,9 +87,10 @@ impl ClientSettings {
     }
 }
 
-/// The client for the upstream API.
-pub fn build(config: &Config) -> Result<UpstreamClient, UpstreamError> {
-    build_client(&ClientSettings::from_config(config))
+/// A worker's connections to the upstream API.
+pub fn build(config: &Config) -> Result<Arc<Pool>, UpstreamError> {
+    let connector = connector(&ClientSettings::from_config(config))?;
+    Ok(Arc::new(Pool::new(connector, config.upstream.uri.clone())))
 }
 
 /// A pooled HTTP/1.1 + HTTP/2 client over rustls with the given settings, for any body type.
@@ -97,6 +101,16 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http2_adaptive_window(true)
+        .build(connector(settings)?))
+}
+
+/// TCP (direct or tunnelled), then TLS with ALPN offering HTTP/2 and HTTP/1.1, or plain HTTP.
+fn connector(settings: &ClientSettings) -> Result<HttpsConnector<Connector>, UpstreamError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -125,18 +139,11 @@ where
         .with_root_certificates(roots)
         .with_no_client_auth();
 
-    let https = HttpsConnectorBuilder::new()
+    Ok(HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_all_versions()
-        .wrap_connector(connector);
-
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .http2_adaptive_window(true)
-        .build(https))
+        .wrap_connector(connector))
 }
 
 fn add_pem_roots(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), UpstreamError> {

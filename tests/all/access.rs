@@ -194,15 +194,9 @@ async fn a_connection_whose_owner_cannot_be_found_is_refused() {
     drop(stream);
     keyward.signal(libc::SIGCONT);
 
-    let logged = async {
-        while !keyward
-            .stderr()
-            .contains("connection refused: its owner could not be found")
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    crate::support::within("the refusal to be logged", logged).await;
+    keyward
+        .wait_for_log("connection refused: its owner could not be found")
+        .await;
     assert!(upstream.requests().is_empty(), "the request was forwarded");
 
     // The same client, still connected when keyward looks, is served.
@@ -511,12 +505,9 @@ async fn an_https_client_is_served_on_a_non_loopback_listener_and_sighup_reloads
     // A new certificate, then SIGHUP: new connections get it; the open one keeps working.
     let second = ca.write_leaf(&cert, &key);
     keyward.signal(libc::SIGHUP);
-    let reloaded = async {
-        while !keyward.stderr().contains("TLS certificate and key re-read") {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    crate::support::within("the certificate to be re-read", reloaded).await;
+    keyward
+        .wait_for_log("TLS certificate and key re-read")
+        .await;
     assert_eq!(ca.connect(keyward.addr).await.1, second);
     let reply = sender.send_request(request(&token)).await.unwrap();
     assert_eq!(
@@ -528,15 +519,9 @@ async fn an_https_client_is_served_on_a_non_loopback_listener_and_sighup_reloads
     // A broken certificate on SIGHUP is refused and the good one stays.
     std::fs::write(&cert, "not a certificate").unwrap();
     keyward.signal(libc::SIGHUP);
-    let refused = async {
-        while !keyward
-            .stderr()
-            .contains("the ones read before stay in use")
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    crate::support::within("the bad certificate to be refused", refused).await;
+    keyward
+        .wait_for_log("the ones read before stay in use")
+        .await;
     assert_eq!(ca.connect(keyward.addr).await.1, second);
 }
 

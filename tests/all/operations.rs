@@ -609,15 +609,9 @@ async fn sighup_applies_a_good_file_and_refuses_a_bad_one_while_a_stream_runs() 
     // A broken file changes nothing.
     std::fs::write(&file, "allow-user = [\n").unwrap();
     keyward.signal(libc::SIGHUP);
-    within("the refusal", async {
-        while !keyward
-            .stderr()
-            .contains("the configuration file was refused")
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    keyward
+        .wait_for_log("the configuration file was refused")
+        .await;
     let reply = client::post_responses(keyward.addr, &body("sse")).await;
     assert_eq!(
         reply.status,

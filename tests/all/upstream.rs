@@ -1,7 +1,10 @@
 //! The way to the upstream: TLS verification, HTTP/2 by ALPN, extra CAs, the CONNECT proxy.
 
-use http::{StatusCode, Version};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::client;
@@ -196,4 +199,118 @@ async fn proxy_credentials_can_stay_out_of_argv() {
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", keyward.pid())).unwrap();
     assert!(!String::from_utf8_lossy(&cmdline).contains("secret"));
     assert!(!keyward.stderr().contains("secret"));
+}
+
+/// An upstream that streams `events` SSE events when the request body says `"stream":true`,
+/// and answers with JSON otherwise.
+async fn json_or_stream_upstream(events: usize) -> FakeUpstream {
+    FakeUpstream::start(move |seen| async move {
+        if !seen.body.windows(13).any(|w| w == br#""stream":true"#) {
+            return upstream::json(StatusCode::OK, r#"{"status":"completed"}"#);
+        }
+        let (response, tx) = upstream::stream("text/event-stream");
+        tokio::spawn(async move {
+            for i in 0..events {
+                let delta = serde_json::json!({"type": "response.output_text.delta", "delta": i});
+                let _ = tx
+                    .send(upstream::sse_event("response.output_text.delta", &delta))
+                    .await;
+            }
+        });
+        response
+    })
+    .await
+}
+
+#[tokio::test]
+async fn one_upstream_connection_carries_request_after_request() {
+    let upstream = json_or_stream_upstream(30).await;
+    let (addr, _keyward) = start_for(&upstream.url(), &[]).await;
+
+    // One keep-alive client connection: its requests are all served by one keyward worker.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for i in 0..10 {
+        let body = if i % 2 == 0 {
+            r#"{"stream":true}"#
+        } else {
+            "{}"
+        };
+        let req = Request::post("/v1/responses")
+            .header("host", addr.to_string())
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let reply = client::read(sender.send_request(req).await.unwrap()).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        if i % 2 == 0 {
+            assert_eq!(
+                reply.text().matches("event: ").count(),
+                30,
+                "{}",
+                reply.text()
+            );
+        } else {
+            assert_eq!(reply.text(), r#"{"status":"completed"}"#);
+        }
+    }
+    assert_eq!(upstream.requests().len(), 10);
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "each response gave its upstream connection back for the next request"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_not_used_again() {
+    // An upstream that answers one request per connection, keeps it open (HTTP/1.1 keep-alive)
+    // and closes it a moment later, as servers do with idle connections.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/responses", listener.local_addr().unwrap());
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    stream.read_line(&mut line).await.unwrap();
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                stream.read_exact(&mut body).await.unwrap();
+                let answer = r#"{"status":"completed"}"#;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                    answer.len()
+                );
+                stream.get_mut().write_all(reply.as_bytes()).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                drop(stream);
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    let (addr, _keyward) = start_for(&url, &[]).await;
+
+    for i in 0..3 {
+        let reply = client::post_responses(addr, "{}").await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "request {i}: {}",
+            reply.text()
+        );
+        within("the upstream to close its connection", closed.recv()).await;
+    }
 }

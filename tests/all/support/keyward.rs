@@ -59,6 +59,8 @@ pub struct Process {
     pub addr: SocketAddr,
     pub server_info: PathBuf,
     pub stderr: Arc<Mutex<String>>,
+    /// Reads stderr until the process closes it.
+    collector: Option<tokio::task::JoinHandle<()>>,
     pub dir: tempfile::TempDir,
 }
 
@@ -73,7 +75,7 @@ impl Process {
         let mut child = spawn_fed(cmd, stdin).await;
         let stderr = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready) = oneshot::channel();
-        collect(child.stderr.take().unwrap(), stderr.clone(), Some(ready_tx));
+        let collector = collect(child.stderr.take().unwrap(), stderr.clone(), Some(ready_tx));
         if super::within("keyward to listen", ready).await.is_err() {
             panic!(
                 "keyward exited before listening: {}",
@@ -90,6 +92,7 @@ impl Process {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             server_info,
             stderr,
+            collector: Some(collector),
             dir,
         }
     }
@@ -102,6 +105,21 @@ impl Process {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits until keyward's log holds a line containing `needle` (log lines are written in
+    /// batches, up to 50 ms after the event); returns the whole log so far.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        super::within(&format!("keyward to log {needle:?}"), async {
+            loop {
+                let stderr = self.stderr();
+                if stderr.contains(needle) {
+                    return stderr;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
     pub fn signal(&self, signal: i32) {
         let status = std::process::Command::new("kill")
             .arg(format!("-{signal}"))
@@ -111,12 +129,19 @@ impl Process {
         assert!(status.success());
     }
 
-    /// Waits for the process to exit and returns its exit code.
+    /// Waits for the process to exit and returns its exit code; by then [`Process::stderr`]
+    /// holds everything it wrote (its last log lines come at exit).
     pub async fn exit_code(&mut self) -> Option<i32> {
-        super::within("keyward to exit", self.child.wait())
+        let code = super::within("keyward to exit", self.child.wait())
             .await
             .unwrap()
-            .code()
+            .code();
+        if let Some(collector) = self.collector.take() {
+            super::within("keyward's stderr to close", collector)
+                .await
+                .unwrap();
+        }
+        code
     }
 }
 
@@ -173,7 +198,7 @@ fn collect(
     stream: tokio::process::ChildStderr,
     into: Arc<Mutex<String>>,
     mut ready: Option<oneshot::Sender<()>>,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -187,7 +212,7 @@ fn collect(
             all.push_str(&line);
             all.push('\n');
         }
-    });
+    })
 }
 
 /// Adds a client with `keyward token add` to the tokens `file`; returns its token.

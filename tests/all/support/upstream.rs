@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -35,6 +36,7 @@ pub struct FakeUpstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     arrivals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Seen>>,
+    connections: Arc<AtomicUsize>,
 }
 
 impl FakeUpstream {
@@ -87,11 +89,14 @@ impl FakeUpstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::unbounded_channel();
         let record = seen.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 stream.set_nodelay(true).unwrap();
                 let handler = handler.clone();
                 let record = record.clone();
@@ -150,6 +155,7 @@ impl FakeUpstream {
             addr,
             seen,
             arrivals: tokio::sync::Mutex::new(rx),
+            connections,
         }
     }
 
@@ -179,6 +185,11 @@ impl FakeUpstream {
 
     pub fn url(&self) -> String {
         format!("http://{}/v1/responses", self.addr)
+    }
+
+    /// How many connections keyward has opened to this upstream.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<Seen> {

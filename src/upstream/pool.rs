@@ -1,0 +1,295 @@
+//! A worker's connections to the upstream API, and who drives them.
+//!
+//! An HTTP/1.1 connection has no task of its own: the task relaying a response polls the
+//! connection that carries it (a [`Lease`]). Bytes the upstream sent are read, decoded and handed
+//! to the client in one task poll, and events that arrived together leave together — hyper's
+//! server gathers the frames that are ready into one `writev`, where a connection task of its
+//! own would hand them over one at a time and wake the relaying task for each. When the response
+//! is done, the connection goes back to the pool for the next request.
+//!
+//! HTTP/2 (when TLS negotiates it) multiplexes one connection per worker, driven by a task of its
+//! own as h2 needs; its response bodies are read straight from h2's buffers by the relaying task.
+
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::HOST;
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::Connection as _;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::body::RequestBody;
+use crate::error::BoxError;
+use crate::upstream::Connector;
+
+/// Idle connections older than this are closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// At most this many idle HTTP/1.1 connections are kept per worker.
+const MAX_IDLE: usize = 256;
+
+type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+/// Boxed: the connection's state is large, and leases move.
+type H1Connection = Box<http1::Connection<Io, RequestBody>>;
+
+/// Why a request did not get a response head.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("could not connect to the upstream: {0}")]
+    Connect(#[source] BoxError),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// One worker's connections to the upstream.
+pub struct Pool {
+    connector: HttpsConnector<Connector>,
+    /// The upstream's full URL (what the connector and HTTP/2 take).
+    uri: Uri,
+    /// The request target and `Host` for HTTP/1.1.
+    target: Uri,
+    host: HeaderValue,
+    idle: Mutex<Vec<Idle>>,
+    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+}
+
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    connection: H1Connection,
+    since: Instant,
+}
+
+/// An HTTP/1.1 connection carrying one exchange. Poll it with [`Lease::poll_connection`]
+/// whenever the response body is polled; hand it back with [`Lease::release`] when the body has
+/// ended. Dropped before that, the connection closes (the upstream sees the request abandoned).
+pub struct Lease {
+    sender: http1::SendRequest<RequestBody>,
+    /// `None` once the connection has finished (closed or failed).
+    connection: Option<H1Connection>,
+    pool: Arc<Pool>,
+}
+
+impl Pool {
+    pub fn new(connector: HttpsConnector<Connector>, uri: Uri) -> Self {
+        let target = uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        Self {
+            connector,
+            host: host_header(&uri),
+            target,
+            uri,
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+        }
+    }
+
+    /// Sends `req` (its method, headers and body; the target is the upstream's) and waits for
+    /// the response head. An HTTP/1.1 response comes with the [`Lease`] that must drive its body.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        let mut req = req;
+        if let Some(mut sender) = self.h2_sender() {
+            *req.uri_mut() = self.uri.clone();
+            sender.ready().await?;
+            return Ok((sender.send_request(req).await?, None));
+        }
+        *req.uri_mut() = self.target.clone();
+        req.headers_mut().insert(HOST, self.host.clone());
+        // A reused connection the upstream closed while it sat idle hands the request back
+        // unsent; it then goes on the next one, or on a new connection.
+        while let Some(mut lease) = self.reuse().await {
+            let sending = lease.sender.try_send_request(req);
+            let sent = lease.drive(sending).await;
+            match sent {
+                Ok(response) => return Ok((response, Some(lease))),
+                Err(mut failed) => match failed.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(failed.into_error().into()),
+                },
+            }
+        }
+        match self.connect().await? {
+            Fresh::Http2(mut sender) => {
+                *req.uri_mut() = self.uri.clone();
+                req.headers_mut().remove(HOST);
+                sender.ready().await?;
+                Ok((sender.send_request(req).await?, None))
+            }
+            Fresh::Http1(mut lease) => {
+                let sending = lease.sender.send_request(req);
+                let response = lease.drive(sending).await?;
+                Ok((response, Some(lease)))
+            }
+        }
+    }
+
+    /// The worker's HTTP/2 connection, if one is open.
+    fn h2_sender(&self) -> Option<http2::SendRequest<RequestBody>> {
+        let mut h2 = lock(&self.h2);
+        if h2.as_ref().is_some_and(|sender| sender.is_closed()) {
+            *h2 = None;
+        }
+        h2.clone()
+    }
+
+    /// The most recently used idle connection that is still open.
+    async fn reuse(self: &Arc<Self>) -> Option<Lease> {
+        loop {
+            let idle = {
+                let mut idle = lock(&self.idle);
+                let now = Instant::now();
+                idle.retain(|conn| now.duration_since(conn.since) < IDLE_TIMEOUT);
+                idle.pop()?
+            };
+            let mut lease = Lease {
+                sender: idle.sender,
+                connection: Some(idle.connection),
+                pool: self.clone(),
+            };
+            // One poll notices a close the upstream sent while the connection sat idle.
+            poll_fn(|cx| {
+                lease.poll_connection(cx);
+                Poll::Ready(())
+            })
+            .await;
+            if lease.connection.is_some() && lease.sender.is_ready() {
+                return Some(lease);
+            }
+        }
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<Fresh, SendError> {
+        let mut connector = self.connector.clone();
+        poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(SendError::Connect)?;
+        let io = connector
+            .call(self.uri.clone())
+            .await
+            .map_err(SendError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .adaptive_window(true)
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "HTTP/2 connection to the upstream ended");
+                }
+            });
+            *lock(&self.h2) = Some(sender.clone());
+            return Ok(Fresh::Http2(sender));
+        }
+        let (sender, connection) = http1::Builder::new().handshake(io).await?;
+        Ok(Fresh::Http1(Lease {
+            sender,
+            connection: Some(Box::new(connection)),
+            pool: self.clone(),
+        }))
+    }
+
+    fn check_in(&self, sender: http1::SendRequest<RequestBody>, connection: H1Connection) {
+        let mut idle = lock(&self.idle);
+        let now = Instant::now();
+        idle.retain(|conn| now.duration_since(conn.since) < IDLE_TIMEOUT);
+        if idle.len() >= MAX_IDLE {
+            // The oldest goes: the newest are the likeliest still open at the upstream.
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            sender,
+            connection,
+            since: now,
+        });
+    }
+}
+
+enum Fresh {
+    Http1(Lease),
+    Http2(http2::SendRequest<RequestBody>),
+}
+
+impl Lease {
+    /// Lets the connection work: write the request body, read and decode what the upstream sent.
+    pub fn poll_connection(&mut self, cx: &mut Context<'_>) {
+        if let Some(connection) = self.connection.as_mut()
+            && Pin::new(connection).poll(cx).is_ready()
+        {
+            // Closed or failed; an error reaches the response (or its body) as well.
+            self.connection = None;
+        }
+    }
+
+    /// The response body has ended: the connection goes back to the pool if it can carry
+    /// another request.
+    pub fn release(mut self, cx: &mut Context<'_>) {
+        self.poll_connection(cx);
+        if let Some(connection) = self.connection.take()
+            && self.sender.is_ready()
+        {
+            self.pool.check_in(self.sender, connection);
+        }
+    }
+
+    /// Runs `sending` (a request on this connection) while driving the connection.
+    async fn drive<F: Future>(&mut self, sending: F) -> F::Output {
+        let mut sending = pin!(sending);
+        poll_fn(|cx| {
+            self.poll_connection(cx);
+            sending.as_mut().poll(cx)
+        })
+        .await
+    }
+}
+
+/// `Host` for the upstream URL: the host, and the port unless it is the scheme's default.
+fn host_header(uri: &Uri) -> HeaderValue {
+    let host = uri.host().unwrap_or_default();
+    let default_port = match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    };
+    let value = match uri.port_u16() {
+        Some(port) if Some(port) != default_port => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    };
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_header_keeps_only_a_port_that_is_not_the_default() {
+        let host = |s: &str| host_header(&s.parse().unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(
+            host("https://api.openai.com/v1/responses"),
+            "api.openai.com"
+        );
+        assert_eq!(
+            host("https://api.openai.com:443/v1/responses"),
+            "api.openai.com"
+        );
+        assert_eq!(host("http://127.0.0.1:8080/v1/responses"), "127.0.0.1:8080");
+        assert_eq!(host("http://[::1]:80/v1/responses"), "[::1]");
+        assert_eq!(host("https://example.com:8443/x"), "example.com:8443");
+    }
+}
