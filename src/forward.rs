@@ -280,7 +280,8 @@ impl Proxy {
 
     async fn forward(&self, req: Request<Incoming>, mut log: ExchangeLog) -> Response<ProxyBody> {
         let (header, value) = match &self.credential {
-            Credential::ChatGpt(backend) => return backend.forward(self, req, log).await,
+            // Boxed: the ChatGPT path's future is large, and would make every request's so.
+            Credential::ChatGpt(backend) => return Box::pin(backend.forward(self, req, log)).await,
             Credential::ApiKey { header, value } => (header, value),
         };
         let (upstream, lease, exchange) =

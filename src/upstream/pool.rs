@@ -99,10 +99,8 @@ impl Pool {
         req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         let mut req = req;
-        if let Some(mut sender) = self.h2_sender() {
-            *req.uri_mut() = self.uri.clone();
-            sender.ready().await?;
-            return Ok((sender.send_request(req).await?, None));
+        if let Some(sender) = self.h2_sender() {
+            return Box::pin(self.send_h2(sender, req)).await;
         }
         *req.uri_mut() = self.target.clone();
         req.headers_mut().insert(HOST, self.host.clone());
@@ -119,12 +117,11 @@ impl Pool {
                 },
             }
         }
-        match self.connect().await? {
-            Fresh::Http2(mut sender) => {
-                *req.uri_mut() = self.uri.clone();
+        // Boxed: connecting is rare, and its future is large.
+        match Box::pin(self.connect()).await? {
+            Fresh::Http2(sender) => {
                 req.headers_mut().remove(HOST);
-                sender.ready().await?;
-                Ok((sender.send_request(req).await?, None))
+                Box::pin(self.send_h2(sender, req)).await
             }
             Fresh::Http1(mut lease) => {
                 let sending = lease.sender.send_request(req);
@@ -132,6 +129,18 @@ impl Pool {
                 Ok((response, Some(lease)))
             }
         }
+    }
+
+    /// Sends on the worker's HTTP/2 connection: the target is the whole URL (h2 carries the
+    /// authority itself).
+    async fn send_h2(
+        &self,
+        mut sender: http2::SendRequest<RequestBody>,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        *req.uri_mut() = self.uri.clone();
+        sender.ready().await?;
+        Ok((sender.send_request(req).await?, None))
     }
 
     /// The worker's HTTP/2 connection, if one is open.
