@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
@@ -108,7 +108,7 @@ impl Body for RequestBody {
 }
 
 pin_project! {
-    /// The upstream's response body, relayed to the client one frame at a time.
+    /// The upstream's response body, relayed to the client as it arrives.
     ///
     /// A stream that stays silent past the idle limit, or that breaks, ends with an SSE `error`
     /// event when the response is an event stream (an abort otherwise), never with a clean end
@@ -127,8 +127,60 @@ pin_project! {
         // The last two bytes relayed, to tell whether the stream stopped between two events.
         tail: [u8; 2],
         done: bool,
+        // A frame to send after the data gathered before it: trailers, or the stream's cut.
+        held: Option<Result<Frame<Bytes>, BoxError>>,
         log: ExchangeLog,
         dump: Option<DumpSink>,
+    }
+}
+
+/// At most this much already-received data is gathered into one frame.
+const GATHER_LIMIT: usize = 64 * 1024;
+
+/// Data frames gathered into one: the first kept as it is, copied only when a second comes.
+#[derive(Default)]
+enum Gathered {
+    #[default]
+    Nothing,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Gathered {
+    fn push(&mut self, data: Bytes) {
+        *self = match std::mem::take(self) {
+            Gathered::Nothing => Gathered::One(data),
+            Gathered::One(first) => {
+                let mut many = BytesMut::with_capacity((first.len() + data.len()).max(4096));
+                many.extend_from_slice(&first);
+                many.extend_from_slice(&data);
+                Gathered::Many(many)
+            }
+            Gathered::Many(mut many) => {
+                many.extend_from_slice(&data);
+                Gathered::Many(many)
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Gathered::Nothing => 0,
+            Gathered::One(data) => data.len(),
+            Gathered::Many(data) => data.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Gathered::Nothing)
+    }
+
+    fn into_bytes(self) -> Option<Bytes> {
+        match self {
+            Gathered::Nothing => None,
+            Gathered::One(data) => Some(data),
+            Gathered::Many(data) => Some(data.freeze()),
+        }
     }
 }
 
@@ -151,6 +203,7 @@ impl RelayBody {
             sse,
             tail: *b"\n\n",
             done: false,
+            held: None,
             log,
             dump,
         }
@@ -205,51 +258,83 @@ impl Body for RelayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if let Some(held) = this.held.take() {
+            return Poll::Ready(Some(held));
+        }
         if *this.done {
             return Poll::Ready(None);
         }
-        if let Some(lease) = this.lease.as_mut() {
-            lease.poll_connection(cx);
-        }
-        match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                *this.last_frame = Instant::now();
-                if let Some(data) = frame.data_ref() {
+        // Everything the upstream has already sent goes out as one frame: events that arrived
+        // together cost the client one chunk and one write, not one each. Nothing is waited for.
+        let mut gathered = Gathered::default();
+        loop {
+            if let Some(lease) = this.lease.as_mut() {
+                lease.poll_connection(cx);
+            }
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    *this.last_frame = Instant::now();
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(trailers) if gathered.is_empty() => {
+                            return Poll::Ready(Some(Ok(trailers)));
+                        }
+                        Err(trailers) => {
+                            *this.held = Some(Ok(trailers));
+                            break;
+                        }
+                    };
                     match data.len() {
                         0 => {}
                         1 => *this.tail = [this.tail[1], data[0]],
                         n => *this.tail = [data[n - 2], data[n - 1]],
                     }
                     this.log.add_bytes_out(data.len());
-                    this.log.scan(data);
+                    this.log.scan(&data);
                     if let Some(dump) = this.dump.as_mut() {
-                        dump.append(data);
+                        dump.append(&data);
+                    }
+                    gathered.push(data);
+                    // A sized body is not polled again once its last byte is out.
+                    if this.inner.is_end_stream() {
+                        complete(&mut this, cx);
+                        break;
+                    }
+                    if gathered.len() >= GATHER_LIMIT {
+                        break;
                     }
                 }
-                // A sized body is not polled again once its last byte is out.
-                if this.inner.is_end_stream() {
+                Poll::Ready(Some(Err(err))) => {
+                    let end = cut(&mut this, End::UpstreamError, Box::new(err));
+                    if gathered.is_empty() {
+                        return end;
+                    }
+                    // What came before the break goes first.
+                    if let Poll::Ready(Some(end)) = end {
+                        *this.held = Some(end);
+                    }
+                    break;
+                }
+                Poll::Ready(None) => {
                     complete(&mut this, cx);
+                    break;
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(err))) => cut(&mut this, End::UpstreamError, Box::new(err)),
-            Poll::Ready(None) => {
-                complete(&mut this, cx);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                // The timer is moved only when it fires, not on every frame.
-                while this.idle.as_mut().poll(cx).is_ready() {
-                    let deadline = *this.last_frame + *this.idle_limit;
-                    if Instant::now() >= deadline {
-                        let error = Box::new(IdleTimeout(*this.idle_limit));
-                        return cut(&mut this, End::IdleTimeout, error);
+                Poll::Pending if !gathered.is_empty() => break,
+                Poll::Pending => {
+                    // The timer is moved only when it fires, not on every frame.
+                    while this.idle.as_mut().poll(cx).is_ready() {
+                        let deadline = *this.last_frame + *this.idle_limit;
+                        if Instant::now() >= deadline {
+                            let error = Box::new(IdleTimeout(*this.idle_limit));
+                            return cut(&mut this, End::IdleTimeout, error);
+                        }
+                        this.idle.as_mut().reset(deadline);
                     }
-                    this.idle.as_mut().reset(deadline);
+                    return Poll::Pending;
                 }
-                Poll::Pending
             }
         }
+        Poll::Ready(gathered.into_bytes().map(|data| Ok(Frame::data(data))))
     }
 
     fn is_end_stream(&self) -> bool {

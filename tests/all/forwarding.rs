@@ -310,6 +310,52 @@ async fn a_silent_stream_ends_with_an_error_event_naming_the_cause() {
 }
 
 #[tokio::test]
+async fn events_that_arrived_together_are_relayed_together_and_whole() {
+    // A plain-TCP upstream that writes 300 events, each its own chunk, in one write.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fast = listener.local_addr().unwrap();
+    let events: Vec<String> = (0..300)
+        .map(|i| format!("event: response.output_text.delta\ndata: {{\"delta\":{i}}}\n\n"))
+        .collect();
+    let sent = events.concat();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 65536];
+        let _ = s.read(&mut buf).await;
+        let mut reply = String::from(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+        );
+        for event in &events {
+            reply.push_str(&format!("{:x}\r\n{event}\r\n", event.len()));
+        }
+        reply.push_str("0\r\n\r\n");
+        s.write_all(reply.as_bytes()).await.unwrap();
+        let _ = s.read(&mut buf).await;
+    });
+    let (addr, _keyward) = start_for(&format!("http://{fast}/v1/responses"), &[]).await;
+    let req = Request::post("/v1/responses")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let mut body = client::send(addr, req).await.into_body();
+    let mut received = Vec::new();
+    let mut chunks = 0;
+    while let Some(chunk) = next_chunk(&mut body).await {
+        chunks += 1;
+        received.extend_from_slice(&chunk);
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&received),
+        sent,
+        "every event, whole and in order"
+    );
+    assert!(
+        chunks < 30,
+        "events already received leave together, not one chunk each: {chunks} chunks"
+    );
+}
+
+#[tokio::test]
 async fn a_stream_that_breaks_mid_event_ends_with_a_separate_error_event() {
     // A plain-TCP upstream whose connection dies in the middle of its second event.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
