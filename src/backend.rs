@@ -12,45 +12,33 @@ use http::header::{self, CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use serde_json::{Map, Value};
 
 use crate::auth::tokens::{AuthError, Session, TokenManager};
-use crate::body::ProxyBody;
+use crate::body::{OutgoingBody, ProxyBody};
 use crate::config::ChatGptConfig;
 use crate::dump::ExchangeId;
-use crate::error::{ProxyError, classify_upstream, json_response};
+use crate::error::{ProxyError, classify_send, json_response};
 use crate::forward::Proxy;
 use crate::headers;
 use crate::log::ExchangeLog;
-use crate::upstream::{ClientSettings, Connector, UpstreamError, build_client};
-
-type FullClient = Client<HttpsConnector<Connector>, Full<Bytes>>;
+use crate::upstream::UpstreamBody;
 
 const CHATGPT_ACCOUNT_ID: HeaderName = HeaderName::from_static("chatgpt-account-id");
 const FEDRAMP: HeaderName = HeaderName::from_static("x-openai-fedramp");
 const ORIGINATOR: HeaderName = HeaderName::from_static("originator");
 const VERSION: HeaderName = HeaderName::from_static("version");
 
-/// The ChatGPT credential and the backend's rules.
+/// The ChatGPT credential and the backend's rules. Requests go through the worker's upstream
+/// connections, like the API key's.
 pub struct Backend {
     pub tokens: Arc<TokenManager>,
-    client: FullClient,
     config: ChatGptConfig,
 }
 
 impl Backend {
-    pub fn new(
-        tokens: Arc<TokenManager>,
-        config: ChatGptConfig,
-        settings: &ClientSettings,
-    ) -> Result<Self, UpstreamError> {
-        Ok(Self {
-            tokens,
-            client: build_client(settings)?,
-            config,
-        })
+    pub fn new(tokens: Arc<TokenManager>, config: ChatGptConfig) -> Self {
+        Self { tokens, config }
     }
 
     pub async fn forward(
@@ -62,7 +50,7 @@ impl Backend {
         match self.try_forward(proxy, req, &mut log).await {
             Ok(Reply::Relay(parts, body, exchange)) => {
                 let dump = exchange.and_then(|id| proxy.open_response_dump(id, &parts));
-                proxy.relay(parts, (body, None), log, dump, true)
+                proxy.relay(parts, body, log, dump, true)
             }
             Ok(Reply::Local(response)) => {
                 log.finish_local(response.status(), crate::forward::body_len(&response));
@@ -175,7 +163,7 @@ impl Backend {
         client_headers: &HeaderMap,
         payload: &Bytes,
         session: &Session,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         let mut headers = headers::upstream_request_headers(client_headers);
         for name in [CHATGPT_ACCOUNT_ID, header::COOKIE, FEDRAMP, CONTENT_LENGTH] {
             headers.remove(name);
@@ -194,21 +182,27 @@ impl Backend {
         );
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
 
-        let mut request = Request::new(Full::new(payload.clone()));
+        let mut request = Request::new(OutgoingBody::Built {
+            body: Full::new(payload.clone()),
+        });
         *request.method_mut() = Method::POST;
         *request.uri_mut() = proxy.upstream().uri.clone();
         *request.headers_mut() = headers;
         let timeout = proxy.limits().response_timeout;
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
+        match tokio::time::timeout(timeout, proxy.pool().send(request)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
-            Ok(Err(err)) => Err(classify_upstream(err)),
+            Ok(Err(err)) => Err(classify_send(err)),
             Ok(Ok(response)) => Ok(response),
         }
     }
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per request and matched at once; boxing would add an allocation"
+)]
 enum Reply {
-    Relay(http::response::Parts, Incoming, Option<ExchangeId>),
+    Relay(http::response::Parts, UpstreamBody, Option<ExchangeId>),
     Local(Box<Response<ProxyBody>>),
 }
 
@@ -238,12 +232,12 @@ async fn read_limited(
 /// Reads the backend's event stream to its end and returns what a non-streaming call to the
 /// Responses API returns: the final response object (or the error).
 async fn assemble(
-    mut body: Incoming,
+    mut body: UpstreamBody,
     idle: std::time::Duration,
 ) -> Result<(StatusCode, Value), ProxyError> {
     let mut buffer = BytesMut::new();
     let mut items: Vec<Value> = Vec::new();
-    loop {
+    let answer = 'read: loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => {
                 return Err(ProxyError::BackendStream(format!(
@@ -251,7 +245,11 @@ async fn assemble(
                     idle.as_secs()
                 )));
             }
-            Ok(None) => break,
+            Ok(None) => {
+                return Err(ProxyError::BackendStream(
+                    "the backend ended the stream without response.completed".into(),
+                ));
+            }
             Ok(Some(Err(err))) => {
                 return Err(ProxyError::BackendStream(format!(
                     "the backend stream broke: {err}"
@@ -277,14 +275,14 @@ async fn assemble(
                     if empty && !items.is_empty() {
                         response["output"] = Value::Array(items);
                     }
-                    return Ok((StatusCode::OK, response));
+                    break 'read (StatusCode::OK, response);
                 }
                 "response.failed" => {
                     let error = &json["response"]["error"];
-                    return Ok((
+                    break 'read (
                         StatusCode::BAD_GATEWAY,
                         openai_error(error, "response_failed"),
-                    ));
+                    );
                 }
                 "error" => {
                     let error = if json["error"].is_object() {
@@ -292,18 +290,29 @@ async fn assemble(
                     } else {
                         &json
                     };
-                    return Ok((
+                    break 'read (
                         StatusCode::BAD_GATEWAY,
                         openai_error(error, "upstream_error"),
-                    ));
+                    );
                 }
                 _ => {}
             }
         }
-    }
-    Err(ProxyError::BackendStream(
-        "the backend ended the stream without response.completed".into(),
-    ))
+    };
+    finish_in_background(body);
+    Ok(answer)
+}
+
+/// Reads what follows the final event (normally just the stream's end) after the answer has gone,
+/// so that the connection can carry another request. A backend still talking after 5 s loses the
+/// connection instead.
+fn finish_in_background(mut body: UpstreamBody) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while let Some(Ok(_)) = body.frame().await {}
+        })
+        .await;
+    });
 }
 
 /// Position of the end of the first complete event in `buf`: (event length, separator length).

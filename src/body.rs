@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -16,7 +17,7 @@ use tokio::time::{Instant, Sleep};
 use crate::dump::DumpSink;
 use crate::error::{BoxError, sse_error_event};
 use crate::log::{End, ExchangeLog};
-use crate::upstream::Lease;
+use crate::upstream::UpstreamBody;
 
 #[derive(Debug, thiserror::Error)]
 #[error("request body is larger than {0} bytes")]
@@ -108,6 +109,45 @@ impl Body for RequestBody {
 }
 
 pin_project! {
+    /// What goes upstream: the client's body as it arrives, or one keyward built (the request
+    /// adapted for the ChatGPT backend).
+    #[project = OutgoingBodyProj]
+    pub enum OutgoingBody {
+        Streamed { #[pin] body: RequestBody },
+        Built { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl Body for OutgoingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            OutgoingBodyProj::Streamed { body } => body.poll_frame(cx),
+            OutgoingBodyProj::Built { body } => body.poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            OutgoingBody::Streamed { body } => body.is_end_stream(),
+            OutgoingBody::Built { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            OutgoingBody::Streamed { body } => body.size_hint(),
+            OutgoingBody::Built { body } => body.size_hint(),
+        }
+    }
+}
+
+pin_project! {
     /// The upstream's response body, relayed to the client as it arrives.
     ///
     /// A stream that stays silent past the idle limit, or that breaks, ends with an SSE `error`
@@ -116,9 +156,7 @@ pin_project! {
     #[project = RelayBodyProj]
     pub struct RelayBody {
         #[pin]
-        inner: Incoming,
-        // The HTTP/1.1 connection carrying `inner`, polled before it.
-        lease: Option<Lease>,
+        inner: UpstreamBody,
         #[pin]
         idle: Sleep,
         idle_limit: Duration,
@@ -186,8 +224,7 @@ impl Gathered {
 
 impl RelayBody {
     pub fn new(
-        inner: Incoming,
-        lease: Option<Lease>,
+        inner: UpstreamBody,
         idle_limit: Duration,
         sse: bool,
         log: ExchangeLog,
@@ -196,7 +233,6 @@ impl RelayBody {
         let now = Instant::now();
         Self {
             inner,
-            lease,
             idle: tokio::time::sleep_until(now + idle_limit),
             idle_limit,
             last_frame: now,
@@ -210,12 +246,9 @@ impl RelayBody {
     }
 }
 
-/// The upstream finished the body: the connection can carry another request.
-fn complete(this: &mut RelayBodyProj<'_>, cx: &mut Context<'_>) {
+/// The upstream finished the body.
+fn complete(this: &mut RelayBodyProj<'_>) {
     *this.done = true;
-    if let Some(lease) = this.lease.take() {
-        lease.release(cx);
-    }
     this.log.end(End::Completed);
     if let Some(dump) = this.dump.as_mut() {
         dump.set_end(End::Completed.as_str());
@@ -229,8 +262,6 @@ fn cut(
     error: BoxError,
 ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
     *this.done = true;
-    // The connection is closed: the upstream's response is abandoned or broken.
-    *this.lease = None;
     this.log.end(end);
     if let Some(dump) = this.dump.as_mut() {
         dump.set_end(end.as_str());
@@ -268,9 +299,6 @@ impl Body for RelayBody {
         // together cost the client one chunk and one write, not one each. Nothing is waited for.
         let mut gathered = Gathered::default();
         loop {
-            if let Some(lease) = this.lease.as_mut() {
-                lease.poll_connection(cx);
-            }
             match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     *this.last_frame = Instant::now();
@@ -297,7 +325,7 @@ impl Body for RelayBody {
                     gathered.push(data);
                     // A sized body is not polled again once its last byte is out.
                     if this.inner.is_end_stream() {
-                        complete(&mut this, cx);
+                        complete(&mut this);
                         break;
                     }
                     if gathered.len() >= GATHER_LIMIT {
@@ -316,7 +344,7 @@ impl Body for RelayBody {
                     break;
                 }
                 Poll::Ready(None) => {
-                    complete(&mut this, cx);
+                    complete(&mut this);
                     break;
                 }
                 Poll::Pending if !gathered.is_empty() => break,
@@ -338,7 +366,8 @@ impl Body for RelayBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        // A frame held behind the last data (a cut stream's error event) is still to come.
+        self.done && self.held.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

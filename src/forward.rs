@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::access::{Gate, HostCheck, Peer, SharedPolicy};
 use crate::backend::Backend;
-use crate::body::{ProxyBody, RelayBody, RequestBody};
+use crate::body::{OutgoingBody, ProxyBody, RelayBody, RequestBody};
 use crate::clients::ClientTokens;
 use crate::config::{Config, Limits, Upstream};
 use crate::dump::{DumpSink, Dumper, ExchangeId};
@@ -21,7 +21,7 @@ use crate::headers;
 use crate::log::ExchangeLog;
 use crate::secret::SecretHeader;
 use crate::telemetry::Telemetry;
-use crate::upstream::{Lease, Pool};
+use crate::upstream::{Pool, UpstreamBody};
 
 pub const RESPONSES_PATH: &str = "/v1/responses";
 
@@ -278,30 +278,33 @@ impl Proxy {
         &self.upstream
     }
 
+    /// This worker's connections to the upstream.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
     async fn forward(&self, req: Request<Incoming>, mut log: ExchangeLog) -> Response<ProxyBody> {
         let (header, value) = match &self.credential {
             // Boxed: the ChatGPT path's future is large, and would make every request's so.
             Credential::ChatGpt(backend) => return Box::pin(backend.forward(self, req, log)).await,
             Credential::ApiKey { header, value } => (header, value),
         };
-        let (upstream, lease, exchange) =
-            match self.send_upstream(req, header, value, &mut log).await {
-                Ok(sent) => sent,
-                Err(err) => return self.fail(err, log),
-            };
+        let (upstream, exchange) = match self.send_upstream(req, header, value, &mut log).await {
+            Ok(sent) => sent,
+            Err(err) => return self.fail(err, log),
+        };
         let (parts, body) = upstream.into_parts();
         log.upstream_head(parts.status, &parts.headers);
         let dump = exchange.and_then(|id| self.open_response_dump(id, &parts));
-        self.relay(parts, (body, lease), log, dump, false)
+        self.relay(parts, body, log, dump, false)
     }
 
-    /// Relays an upstream response to the client; `body` comes with the lease of the HTTP/1.1
-    /// connection that carries it, if any. With `backend_stream`, a successful answer is an event
-    /// stream even when the upstream did not label it so (the Codex backend may not).
+    /// Relays an upstream response to the client. With `backend_stream`, a successful answer is
+    /// an event stream even when the upstream did not label it so (the Codex backend may not).
     pub fn relay(
         &self,
         parts: http::response::Parts,
-        body: (Incoming, Option<Lease>),
+        body: UpstreamBody,
         log: ExchangeLog,
         dump: Option<DumpSink>,
         backend_stream: bool,
@@ -317,8 +320,7 @@ impl Proxy {
         let sse = (labelled || unlabelled_stream) && !parts.headers.contains_key(CONTENT_LENGTH);
         let mut log = log;
         log.relaying(sse);
-        let (body, lease) = body;
-        let relay = RelayBody::new(body, lease, self.limits.idle_timeout, sse, log, dump);
+        let relay = RelayBody::new(body, self.limits.idle_timeout, sse, log, dump);
         let mut response = Response::new(ProxyBody::relay(relay));
         *response.status_mut() = parts.status;
         *response.headers_mut() = headers::client_response_headers(&parts.headers);
@@ -379,7 +381,7 @@ impl Proxy {
         credential_header: &HeaderName,
         credential: &SecretHeader,
         log: &mut ExchangeLog,
-    ) -> Result<(Response<Incoming>, Option<Lease>, Option<ExchangeId>), ProxyError> {
+    ) -> Result<(Response<UpstreamBody>, Option<ExchangeId>), ProxyError> {
         let (parts, body) = req.into_parts();
         let limit = self.limits.max_body;
         if content_length(&parts.headers).is_some_and(|len| len > limit) {
@@ -393,7 +395,7 @@ impl Proxy {
 
         let exceeded = Arc::new(AtomicBool::new(false));
         let body = RequestBody::new(body, limit, exceeded.clone(), log.bytes_in(), request_dump);
-        let mut upstream_req = Request::new(body);
+        let mut upstream_req = Request::new(OutgoingBody::Streamed { body });
         *upstream_req.method_mut() = Method::POST;
         let mut headers = headers::upstream_request_headers(&parts.headers);
         headers.insert(credential_header.clone(), credential.expose());
@@ -408,7 +410,7 @@ impl Proxy {
                 Err(ProxyError::BodyTooLarge { limit })
             }
             Ok(Err(err)) => Err(classify_send(err)),
-            Ok(Ok((response, lease))) => Ok((response, lease, exchange)),
+            Ok(Ok(response)) => Ok((response, exchange)),
         }
     }
 }

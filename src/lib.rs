@@ -105,7 +105,7 @@ pub async fn chatgpt_credential(config: &Config) -> anyhow::Result<Credential> {
         Err(err) => tracing::warn!("{err}; requests get 503 until then"),
     }
     tokio::spawn(tokens.clone().keep_fresh());
-    let backend = Backend::new(tokens, (**chatgpt).clone(), &settings)?;
+    let backend = Backend::new(tokens, (**chatgpt).clone());
     Ok(Credential::ChatGpt(Arc::new(backend)))
 }
 

@@ -1,11 +1,11 @@
 //! The clients that talk to the upstream: HTTP/1.1 or HTTP/2 (by ALPN) over rustls, plain HTTP
 //! for test upstreams, and an optional CONNECT proxy. The environment's
 //! `HTTP_PROXY`/`HTTPS_PROXY` are never read. Forwarded requests go through a worker's
-//! [`Pool`]; keyward's other calls (the ChatGPT backend and sign-in) through hyper's pooled client.
+//! [`Pool`]; keyward's other calls (signing in, refreshing) through hyper's pooled client.
 
 mod pool;
 
-pub use pool::{Lease, Pool, SendError};
+pub use pool::{Pool, SendError, UpstreamBody};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

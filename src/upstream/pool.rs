@@ -1,7 +1,7 @@
 //! A worker's connections to the upstream API, and who drives them.
 //!
 //! An HTTP/1.1 connection has no task of its own: the task relaying a response polls the
-//! connection that carries it (a [`Lease`]). Bytes the upstream sent are read, decoded and handed
+//! connection that carries it, through the response's [`UpstreamBody`]. Bytes the upstream sent are read, decoded and handed
 //! to the client in one task poll, and events that arrived together leave together — hyper's
 //! server gathers the frames that are ready into one `writev`, where a connection task of its
 //! own would hand them over one at a time and wake the relaying task for each. When the response
@@ -16,8 +16,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, Uri};
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
@@ -27,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::body::RequestBody;
+use crate::body::OutgoingBody;
 use crate::error::BoxError;
 use crate::upstream::Connector;
 
@@ -38,7 +40,7 @@ const MAX_IDLE: usize = 256;
 
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 /// Boxed: the connection's state is large, and leases move.
-type H1Connection = Box<http1::Connection<Io, RequestBody>>;
+type H1Connection = Box<http1::Connection<Io, OutgoingBody>>;
 
 /// Why a request did not get a response head.
 #[derive(Debug, thiserror::Error)]
@@ -58,20 +60,67 @@ pub struct Pool {
     target: Uri,
     host: HeaderValue,
     idle: Mutex<Vec<Idle>>,
-    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    h2: Mutex<Option<http2::SendRequest<OutgoingBody>>>,
 }
 
 struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+    sender: http1::SendRequest<OutgoingBody>,
     connection: H1Connection,
     since: Instant,
 }
 
-/// An HTTP/1.1 connection carrying one exchange. Poll it with [`Lease::poll_connection`]
-/// whenever the response body is polled; hand it back with [`Lease::release`] when the body has
-/// ended. Dropped before that, the connection closes (the upstream sees the request abandoned).
-pub struct Lease {
-    sender: http1::SendRequest<RequestBody>,
+pin_project_lite::pin_project! {
+    /// A response body from the upstream. Polling it drives the HTTP/1.1 connection it arrives
+    /// on; when it has ended, the connection goes back to the pool. Dropped before its end, it
+    /// closes the connection (the upstream sees the request abandoned).
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Incoming,
+        lease: Option<Lease>,
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        if let Some(lease) = this.lease.as_mut() {
+            lease.poll_connection(cx);
+        }
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            // A sized body is not polled again once its last byte is out.
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                *this.lease = None;
+                false
+            }
+            Poll::Pending => false,
+        };
+        if ended && let Some(lease) = this.lease.take() {
+            lease.release(cx);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An HTTP/1.1 connection carrying one exchange, polled whenever the response body is.
+struct Lease {
+    sender: http1::SendRequest<OutgoingBody>,
     /// `None` once the connection has finished (closed or failed).
     connection: Option<H1Connection>,
     pool: Arc<Pool>,
@@ -93,14 +142,22 @@ impl Pool {
     }
 
     /// Sends `req` (its method, headers and body; the target is the upstream's) and waits for
-    /// the response head. An HTTP/1.1 response comes with the [`Lease`] that must drive its body.
+    /// the response head.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<RequestBody>,
+        req: Request<OutgoingBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let (response, lease) = self.send_on_some_connection(req).await?;
+        Ok(response.map(|inner| UpstreamBody { inner, lease }))
+    }
+
+    async fn send_on_some_connection(
+        self: &Arc<Self>,
+        req: Request<OutgoingBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         let mut req = req;
         if let Some(sender) = self.h2_sender() {
-            return Box::pin(self.send_h2(sender, req)).await;
+            return Ok((Box::pin(self.send_h2(sender, req)).await?, None));
         }
         *req.uri_mut() = self.target.clone();
         req.headers_mut().insert(HOST, self.host.clone());
@@ -121,7 +178,7 @@ impl Pool {
         match Box::pin(self.connect()).await? {
             Fresh::Http2(sender) => {
                 req.headers_mut().remove(HOST);
-                Box::pin(self.send_h2(sender, req)).await
+                Ok((Box::pin(self.send_h2(sender, req)).await?, None))
             }
             Fresh::Http1(mut lease) => {
                 let sending = lease.sender.send_request(req);
@@ -135,16 +192,16 @@ impl Pool {
     /// authority itself).
     async fn send_h2(
         &self,
-        mut sender: http2::SendRequest<RequestBody>,
-        mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        mut sender: http2::SendRequest<OutgoingBody>,
+        mut req: Request<OutgoingBody>,
+    ) -> Result<Response<Incoming>, SendError> {
         *req.uri_mut() = self.uri.clone();
         sender.ready().await?;
-        Ok((sender.send_request(req).await?, None))
+        Ok(sender.send_request(req).await?)
     }
 
     /// The worker's HTTP/2 connection, if one is open.
-    fn h2_sender(&self) -> Option<http2::SendRequest<RequestBody>> {
+    fn h2_sender(&self) -> Option<http2::SendRequest<OutgoingBody>> {
         let mut h2 = lock(&self.h2);
         if h2.as_ref().is_some_and(|sender| sender.is_closed()) {
             *h2 = None;
@@ -209,7 +266,7 @@ impl Pool {
         }))
     }
 
-    fn check_in(&self, sender: http1::SendRequest<RequestBody>, connection: H1Connection) {
+    fn check_in(&self, sender: http1::SendRequest<OutgoingBody>, connection: H1Connection) {
         let mut idle = lock(&self.idle);
         let now = Instant::now();
         idle.retain(|conn| now.duration_since(conn.since) < IDLE_TIMEOUT);
@@ -227,12 +284,12 @@ impl Pool {
 
 enum Fresh {
     Http1(Lease),
-    Http2(http2::SendRequest<RequestBody>),
+    Http2(http2::SendRequest<OutgoingBody>),
 }
 
 impl Lease {
     /// Lets the connection work: write the request body, read and decode what the upstream sent.
-    pub fn poll_connection(&mut self, cx: &mut Context<'_>) {
+    fn poll_connection(&mut self, cx: &mut Context<'_>) {
         if let Some(connection) = self.connection.as_mut()
             && Pin::new(connection).poll(cx).is_ready()
         {
@@ -243,7 +300,7 @@ impl Lease {
 
     /// The response body has ended: the connection goes back to the pool if it can carry
     /// another request.
-    pub fn release(mut self, cx: &mut Context<'_>) {
+    fn release(mut self, cx: &mut Context<'_>) {
         self.poll_connection(cx);
         if let Some(connection) = self.connection.take()
             && self.sender.is_ready()

@@ -543,6 +543,53 @@ async fn a_non_streaming_client_gets_the_assembled_response_and_the_backend_gets
 }
 
 #[tokio::test]
+async fn one_backend_connection_carries_streamed_and_assembled_answers_in_turn() {
+    let issuer = FakeIssuer::start().await;
+    let backend = fake_backend(issuer.state.clone()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    seed_login(tmp.path(), &issuer.mint());
+    let (addr, _keyward) = chatgpt_keyward(&issuer, &backend, tmp.path(), &[]).await;
+
+    // One keep-alive client connection, so one keyward worker serves every request.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for i in 0..10 {
+        let wants_stream = i % 2 == 0;
+        let req = Request::post("/v1/responses")
+            .header("host", addr.to_string())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(
+                json!({"model": "gpt-5", "input": "hi", "stream": wants_stream}).to_string(),
+            )))
+            .unwrap();
+        let reply = client::read(sender.send_request(req).await.unwrap()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        if wants_stream {
+            assert!(
+                reply.text().contains("event: response.completed"),
+                "{}",
+                reply.text()
+            );
+        } else {
+            assert_eq!(reply.json(), completed_response());
+        }
+    }
+    assert_eq!(backend.requests().len(), 10);
+    // Normally 1. The end of an assembled answer's stream is read after the answer has gone, so
+    // a request that comes in before it may take a second connection; one that is never given
+    // back would make 5 or more.
+    assert!(
+        backend.connections() <= 3,
+        "each answer gave its backend connection back for the next request: {} connections",
+        backend.connections()
+    );
+}
+
+#[tokio::test]
 async fn concurrent_requests_at_expiry_share_one_refresh() {
     // The token manager itself: 50 callers find the access token expired at once.
     let issuer = FakeIssuer::start().await;
