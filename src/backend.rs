@@ -10,12 +10,12 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use crate::auth::tokens::{AuthError, Session, TokenManager};
-use crate::body::{OutgoingBody, ProxyBody};
+use crate::body::ProxyBody;
 use crate::config::ChatGptConfig;
 use crate::dump::ExchangeId;
 use crate::error::{ProxyError, classify_send, json_response};
@@ -182,9 +182,7 @@ impl Backend {
         );
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
 
-        let mut request = Request::new(OutgoingBody::Built {
-            body: Full::new(payload.clone()),
-        });
+        let mut request = Request::new(Either::Right(Full::new(payload.clone())));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = proxy.upstream().uri.clone();
         *request.headers_mut() = headers;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -108,44 +108,9 @@ impl Body for RequestBody {
     }
 }
 
-pin_project! {
-    /// What goes upstream: the client's body as it arrives, or one keyward built (the request
-    /// adapted for the ChatGPT backend).
-    #[project = OutgoingBodyProj]
-    pub enum OutgoingBody {
-        Streamed { #[pin] body: RequestBody },
-        Built { #[pin] body: Full<Bytes> },
-    }
-}
-
-impl Body for OutgoingBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            OutgoingBodyProj::Streamed { body } => body.poll_frame(cx),
-            OutgoingBodyProj::Built { body } => body.poll_frame(cx).map_err(|never| match never {}),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            OutgoingBody::Streamed { body } => body.is_end_stream(),
-            OutgoingBody::Built { body } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            OutgoingBody::Streamed { body } => body.size_hint(),
-            OutgoingBody::Built { body } => body.size_hint(),
-        }
-    }
-}
+/// What goes upstream: the client's body as it arrives (`Left`), or one keyward built (`Right`:
+/// the request adapted for the ChatGPT backend).
+pub type OutgoingBody = Either<RequestBody, Full<Bytes>>;
 
 pin_project! {
     /// The upstream's response body, relayed to the client as it arrives.

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -12,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::access::{Gate, HostCheck, Peer, SharedPolicy};
 use crate::backend::Backend;
-use crate::body::{OutgoingBody, ProxyBody, RelayBody, RequestBody};
+use crate::body::{ProxyBody, RelayBody, RequestBody};
 use crate::clients::ClientTokens;
 use crate::config::{Config, Limits, Upstream};
 use crate::dump::{DumpSink, Dumper, ExchangeId};
@@ -395,7 +396,7 @@ impl Proxy {
 
         let exceeded = Arc::new(AtomicBool::new(false));
         let body = RequestBody::new(body, limit, exceeded.clone(), log.bytes_in(), request_dump);
-        let mut upstream_req = Request::new(OutgoingBody::Streamed { body });
+        let mut upstream_req = Request::new(Either::Left(body));
         *upstream_req.method_mut() = Method::POST;
         let mut headers = headers::upstream_request_headers(&parts.headers);
         headers.insert(credential_header.clone(), credential.expose());
