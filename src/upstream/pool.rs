@@ -10,6 +10,7 @@
 //! HTTP/2 (when TLS negotiates it) multiplexes one connection per worker, driven by a task of its
 //! own as h2 needs; its response bodies are read straight from h2's buffers by the relaying task.
 
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -59,7 +60,8 @@ pub struct Pool {
     /// The request target and `Host` for HTTP/1.1.
     target: Uri,
     host: HeaderValue,
-    idle: Mutex<Vec<Idle>>,
+    /// Oldest first: connections are checked in at the back and reused from the back.
+    idle: Mutex<VecDeque<Idle>>,
     h2: Mutex<Option<http2::SendRequest<OutgoingBody>>>,
 }
 
@@ -136,7 +138,7 @@ impl Pool {
             host: host_header(&uri),
             target,
             uri,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
             h2: Mutex::new(None),
         }
     }
@@ -214,9 +216,8 @@ impl Pool {
         loop {
             let idle = {
                 let mut idle = lock(&self.idle);
-                let now = Instant::now();
-                idle.retain(|conn| now.duration_since(conn.since) < IDLE_TIMEOUT);
-                idle.pop()?
+                evict_expired(&mut idle, Instant::now());
+                idle.pop_back()?
             };
             let mut lease = Lease {
                 sender: idle.sender,
@@ -269,16 +270,27 @@ impl Pool {
     fn check_in(&self, sender: http1::SendRequest<OutgoingBody>, connection: H1Connection) {
         let mut idle = lock(&self.idle);
         let now = Instant::now();
-        idle.retain(|conn| now.duration_since(conn.since) < IDLE_TIMEOUT);
+        evict_expired(&mut idle, now);
         if idle.len() >= MAX_IDLE {
             // The oldest goes: the newest are the likeliest still open at the upstream.
-            idle.remove(0);
+            idle.pop_front();
         }
-        idle.push(Idle {
+        idle.push_back(Idle {
             sender,
             connection,
             since: now,
         });
+    }
+}
+
+/// Closes the connections idle past [`IDLE_TIMEOUT`]: they are at the front, so only those are
+/// looked at.
+fn evict_expired(idle: &mut VecDeque<Idle>, now: Instant) {
+    while idle
+        .front()
+        .is_some_and(|conn| now.duration_since(conn.since) >= IDLE_TIMEOUT)
+    {
+        idle.pop_front();
     }
 }
 
