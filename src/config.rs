@@ -1,19 +1,28 @@
-//! Validated settings: what the rest of keyward takes, built from [`crate::cli::ServeArgs`].
+//! What the operator asked for: the command line ([`args`], [`command_args`], [`values`]), the
+//! `--config` file ([`file`]), and the validated settings the rest of keyward takes ([`Config`],
+//! built from [`args::ServeArgs`]), including the access policy ([`access`]) and the quotas
+//! ([`quota`]) as configured. Uses only `secret`; every other room may use it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Uri};
+use http::HeaderValue;
 
-use crate::access::{HostCheck, Policy};
-use crate::api_key::{AuthHeader, KeySource};
-use crate::auth::store::StoreKind;
-use crate::cli::{AuthMode, LogFormat, ServeArgs};
-use crate::quota::QuotaConfig;
+pub mod access;
+pub mod args;
+pub mod command_args;
+pub mod file;
+pub mod quota;
+mod upstream;
+pub mod values;
+
+use crate::config::access::{HostCheck, Policy};
+use crate::config::args::{AuthMode, LogFormat, ServeArgs};
+use crate::config::quota::QuotaConfig;
+use crate::config::upstream::parse_upstream;
+pub use crate::config::upstream::{Upstream, UpstreamProxy, parse_proxy};
+use crate::config::values::{AuthHeader, KeySource, StoreKind};
 
 pub const OPENAI_UPSTREAM: &str = "https://api.openai.com/v1/responses";
 pub const CHATGPT_UPSTREAM: &str = "https://chatgpt.com/backend-api/codex/responses";
@@ -36,7 +45,7 @@ pub enum ConfigError {
     )]
     NoTls(SocketAddr),
     #[error("{0}")]
-    Access(#[from] crate::access::AccessConfigError),
+    Access(#[from] crate::config::access::AccessConfigError),
     #[error("{0}")]
     Quota(String),
     #[error("--upstream-url `{url}` is not usable: {why}")]
@@ -67,36 +76,6 @@ pub struct Limits {
 
 impl Limits {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-}
-
-/// The upstream endpoint, parsed once.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    /// The full URL requests go to, query string included.
-    pub uri: Uri,
-    pub scheme: Scheme,
-    pub authority: Authority,
-}
-
-/// An HTTP proxy on the way to the upstream.
-#[derive(Clone)]
-pub struct UpstreamProxy {
-    /// `http://host:port`, without credentials.
-    pub uri: Uri,
-    /// `Basic ...` from the URL's user and password, if any.
-    pub authorization: Option<HeaderValue>,
-}
-
-impl std::fmt::Debug for UpstreamProxy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamProxy")
-            .field("uri", &self.uri)
-            .field(
-                "authorization",
-                &self.authorization.as_ref().map(|_| "[redacted]"),
-            )
-            .finish()
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -188,7 +167,7 @@ impl Config {
         let socket_group = access
             .socket_group
             .as_deref()
-            .map(crate::access::resolve_group)
+            .map(crate::config::access::resolve_group)
             .transpose()?;
         let mut unix = Vec::new();
         for text in &args.listen {
@@ -350,8 +329,8 @@ fn chatgpt_config(args: &ServeArgs) -> Result<ChatGptConfig, ConfigError> {
         ));
     }
     Ok(ChatGptConfig {
-        home: crate::auth::home::Home::resolve(args.home.home.as_deref())
-            .map_err(|e| ConfigError::Home(e.to_string()))?,
+        home: values::home_dir(args.home.home.as_deref())
+            .ok_or_else(|| ConfigError::Home(values::NO_HOME.into()))?,
         store: args.home.store,
         issuer: args.issuer.issuer.trim_end_matches('/').to_owned(),
         originator: header("originator", &chatgpt.originator)?,
@@ -363,80 +342,10 @@ fn chatgpt_config(args: &ServeArgs) -> Result<ChatGptConfig, ConfigError> {
     })
 }
 
-fn parse_upstream(text: &str) -> Result<Upstream, ConfigError> {
-    let bad = |why: &str| ConfigError::BadUpstream {
-        url: text.to_owned(),
-        why: why.to_owned(),
-    };
-    let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad("the scheme must be http or https"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad("credentials in the URL are not supported"));
-    }
-    if url.fragment().is_some() {
-        return Err(bad("a #fragment has no meaning here"));
-    }
-    let uri: Uri = url
-        .as_str()
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-    let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
-        return Err(bad("it needs a scheme and a host"));
-    };
-    Ok(Upstream {
-        uri,
-        scheme,
-        authority,
-    })
-}
-
-pub fn parse_proxy(text: &str) -> Result<UpstreamProxy, ConfigError> {
-    let url = url::Url::parse(text).map_err(|e| ConfigError::BadProxy(e.to_string()))?;
-    if url.scheme() != "http" {
-        return Err(ConfigError::BadProxy(format!(
-            "only http:// proxies are supported (the tunnel to the upstream is still TLS), not {}://",
-            url.scheme()
-        )));
-    }
-    let host = url
-        .host_str()
-        .ok_or_else(|| ConfigError::BadProxy("it has no host".into()))?;
-    let port = url.port_or_known_default().unwrap_or(80);
-    let host = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    };
-    let uri: Uri = format!("http://{host}:{port}")
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| ConfigError::BadProxy(e.to_string()))?;
-    let authorization = if url.username().is_empty() {
-        None
-    } else {
-        let user = percent_decode(url.username());
-        let pass = percent_decode(url.password().unwrap_or(""));
-        let mut value =
-            HeaderValue::try_from(format!("Basic {}", BASE64.encode(format!("{user}:{pass}"))))
-                .map_err(|_| ConfigError::BadProxy("the proxy credentials are not valid".into()))?;
-        value.set_sensitive(true);
-        Some(value)
-    };
-    Ok(UpstreamProxy { uri, authorization })
-}
-
-fn percent_decode(text: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Cli;
+    use crate::config::args::Cli;
     use clap::Parser;
 
     fn config(args: &[&str]) -> Result<Config, ConfigError> {

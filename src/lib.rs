@@ -2,168 +2,39 @@
 //!
 //! A privileged user runs keyward with the credential; local users and tools send their
 //! Responses requests to it on loopback, and keyward forwards them with the credential added.
+//!
+//! # Layout
+//!
+//! The code lives in rooms (top-level modules), each a folder with a front file saying what it
+//! owns. Lowest first:
+//!
+//! | room | owns |
+//! |---|---|
+//! | [`secret`] | secret types (locked, zeroized, never printed) and process hardening |
+//! | [`config`] | arguments, the config file, and the validated [`config::Config`] |
+//! | [`upstream`] | connections to the upstream and the sign-in service: pool, TLS, proxy tunnel |
+//! | [`credential`] | the API key and the ChatGPT login: stores, issuer client, token manager |
+//! | [`access`] | who the peer is (kernel-checked), whether it may come in, client tokens |
+//! | [`telemetry`] | what was used: request log, metrics, ledger, usage scanning, quotas |
+//! | [`proxy`] | one request: routing, admission, header policy, bodies, errors, ChatGPT adaptation, dumps |
+//! | [`server`] | listeners, worker threads, shutdown and reload, server TLS |
+//! | [`cli`] | the subcommands: `serve`, `login`, `status`, `logout`, `token`, `usage`, `check-config` |
+//!
+//! Rules (checked by `tests/all/layout.rs`, so they survive later work):
+//! - A room uses only rooms above it in this table (`server → proxy → telemetry → access →
+//!   credential → upstream → config → secret`), never one below: `credential` and `telemetry`
+//!   never import `proxy` or `server`; `upstream` imports neither.
+//! - Inside a folder, files import each other without a circle. A folder's front file declares
+//!   its files and may re-export from them.
+//! - No source file is longer than 400 lines outside its tests.
+//! - `pub` where another room (or a test) needs it; the rest `pub(crate)` or private.
 
 pub mod access;
-pub mod api_key;
-pub mod auth;
-pub mod backend;
-pub mod body;
 pub mod cli;
-pub mod clients;
-pub mod commands;
 pub mod config;
-pub mod config_file;
-pub mod dump;
-pub mod error;
-pub mod forward;
-pub mod hardening;
-pub mod headers;
-pub mod ledger;
-pub mod log;
-pub mod log_writer;
-pub mod peer;
-pub mod quota;
+pub mod credential;
+pub mod proxy;
 pub mod secret;
 pub mod server;
 pub mod telemetry;
-pub mod tls;
 pub mod upstream;
-pub mod usage;
-
-use std::sync::Arc;
-
-use anyhow::Context;
-
-use crate::auth::home::Home;
-use crate::auth::issuer::Issuer;
-use crate::auth::tokens::TokenManager;
-use crate::backend::Backend;
-use crate::cli::ServeArgs;
-use crate::config::{Config, CredentialConfig};
-use crate::config_file::ConfigSource;
-use crate::forward::Credential;
-use crate::upstream::ClientSettings;
-
-/// `keyward serve`: load the credential, listen, forward until told to stop.
-pub fn serve(args: &ServeArgs, source: Option<ConfigSource>) -> anyhow::Result<()> {
-    let config = Config::from_args(args)?;
-    // An API key is read before any thread or socket exists, so a missing key fails fast.
-    let api_key = match &config.credential {
-        CredentialConfig::ApiKey { source, header } => Some(Credential::ApiKey {
-            header: header.name(),
-            value: api_key::load(source, *header)?,
-        }),
-        CredentialConfig::ChatGpt(_) => None,
-    };
-    // This runtime only watches for signals and keeps a ChatGPT login fresh; connections are
-    // served by the workers `server::start` spawns.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("could not start the async runtime")?;
-    runtime.block_on(async {
-        let credential = match api_key {
-            Some(credential) => credential,
-            None => chatgpt_credential(&config).await?,
-        };
-        let running = server::start(&config, credential).await?;
-        let shutdown = running.shutdown_sender();
-        tokio::spawn(reload_on_sighup(running.reloader(), source, config.clone()));
-        tokio::spawn(async move {
-            let signal = wait_for_signal().await;
-            tracing::info!(signal, "shutting down on signal");
-            shutdown.send_replace(true);
-        });
-        running.wait().await;
-        Ok(())
-    })
-}
-
-/// The ChatGPT credential for `serve --auth chatgpt`: the login in the home, kept fresh in the
-/// background. A missing or ended login is reported but does not stop keyward: requests get 503
-/// until `keyward login` stores a new one, which is picked up without a restart.
-pub async fn chatgpt_credential(config: &Config) -> anyhow::Result<Credential> {
-    let CredentialConfig::ChatGpt(chatgpt) = &config.credential else {
-        anyhow::bail!("not configured for --auth chatgpt");
-    };
-    let home = Home::open(&chatgpt.home)?;
-    let store = auth::store::open(chatgpt.store, &home)?;
-    let settings = ClientSettings::from_config(config);
-    let issuer = Issuer::new(&chatgpt.issuer, &settings)?;
-    let tokens = Arc::new(TokenManager::new(
-        store,
-        Some(home),
-        issuer,
-        chatgpt.refresh_margin,
-    ));
-    match tokens.session().await {
-        Ok(session) => tracing::info!(
-            store = %tokens.store_description(),
-            expires_at = session.expires_at,
-            "using the ChatGPT login"
-        ),
-        Err(err) => tracing::warn!("{err}; requests get 503 until then"),
-    }
-    tokio::spawn(tokens.clone().keep_fresh());
-    let backend = Backend::new(tokens, (**chatgpt).clone());
-    Ok(Credential::ChatGpt(Arc::new(backend)))
-}
-
-/// On SIGHUP: re-reads the TLS files and, with --config, the file. An invalid file changes
-/// nothing.
-async fn reload_on_sighup(
-    reloader: server::Reloader,
-    source: Option<ConfigSource>,
-    mut in_force: Config,
-) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        tracing::warn!(
-            "could not install the SIGHUP handler; restart keyward to re-read its settings"
-        );
-        return;
-    };
-    while hangup.recv().await.is_some() {
-        tracing::info!("SIGHUP: re-reading the settings");
-        if let Some(source) = &source {
-            match reread(source) {
-                Ok(config) => {
-                    reloader.apply(&in_force, &config);
-                    tracing::info!(file = %source.path.display(), "configuration re-read");
-                    in_force = config;
-                }
-                Err(err) => tracing::error!(
-                    file = %source.path.display(),
-                    "the configuration file was refused, the settings in force stay: {err:#}"
-                ),
-            }
-        }
-        reloader.reload();
-    }
-}
-
-fn reread(source: &ConfigSource) -> anyhow::Result<Config> {
-    let cli = <cli::Cli as clap::Parser>::try_parse_from(source.merged()?)
-        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
-    let args = cli
-        .into_serve()
-        .context("the file does not describe `keyward serve`")?;
-    Ok(Config::from_args(&args)?)
-}
-
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!(
-            "could not install signal handlers; use --http-shutdown or SIGKILL to stop keyward"
-        );
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
-}

@@ -1,17 +1,17 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use keyward::cli::{Cli, Command, LogFormat};
-use keyward::hardening::MemoryLock;
+use keyward::config::args::{Cli, Command, LogFormat};
+use keyward::secret::hardening::MemoryLock;
 
 fn main() -> ExitCode {
     // First, before arguments are parsed or any thread exists: no core dumps, no ptrace.
-    let hardening = keyward::hardening::harden_process();
+    let hardening = keyward::secret::hardening::harden_process();
     let command = Cli::parse().into_command();
     // With --config, serve runs with the file's settings followed by the command line's.
     let (command, config_source) = match command {
         Command::Serve(args) if args.config.is_some() => {
-            let source = keyward::config_file::ConfigSource {
+            let source = keyward::config::file::ConfigSource {
                 path: args.config.clone().unwrap_or_default(),
                 argv: std::env::args_os().collect(),
             };
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => args.log_format,
         _ => LogFormat::Text,
     };
-    let _log = match keyward::log::init(log_format) {
+    let _log = match keyward::telemetry::log::init(log_format) {
         Ok(guard) => guard,
         Err(err) => {
             eprintln!("keyward: could not start the log writer thread: {err}");
@@ -80,14 +80,14 @@ fn main() -> ExitCode {
                     "--upstream-proxy carries credentials on the command line, where every local user can read them; set KEYWARD_UPSTREAM_PROXY instead"
                 );
             }
-            keyward::serve(args, config_source.clone()).map(|()| true)
+            keyward::cli::serve(args, config_source.clone()).map(|()| true)
         }
-        Command::Login(args) => keyward::commands::login(args).map(|()| true),
-        Command::Status(args) => keyward::commands::status(args),
-        Command::Logout(args) => keyward::commands::logout(args).map(|()| true),
-        Command::Token(args) => keyward::commands::token(args).map(|()| true),
-        Command::Usage(args) => keyward::commands::usage(args).map(|()| true),
-        Command::CheckConfig { file } => keyward::commands::check_config(file).map(|()| true),
+        Command::Login(args) => keyward::cli::commands::login(args).map(|()| true),
+        Command::Status(args) => keyward::cli::commands::status(args),
+        Command::Logout(args) => keyward::cli::commands::logout(args).map(|()| true),
+        Command::Token(args) => keyward::cli::commands::token(args).map(|()| true),
+        Command::Usage(args) => keyward::cli::commands::usage(args).map(|()| true),
+        Command::CheckConfig { file } => keyward::cli::commands::check_config(file).map(|()| true),
     };
     // Write out buffered log lines before anything printed below.
     drop(_log);

@@ -1,12 +1,14 @@
-//! Secret custody: types that never print their contents and wipe themselves on drop.
+//! Secret custody: types that never print their contents and wipe themselves on drop, and the
+//! process hardening that keeps them from being read ([`hardening`]: no core dumps, no ptrace,
+//! locked memory, a scrubbed environment). The lowest room: it uses no other.
+
+pub mod hardening;
 
 use std::fmt;
 
 use bytes::Bytes;
 use http::HeaderValue;
 use zeroize::Zeroize;
-
-use crate::hardening;
 
 /// Bytes of a secret held in memory that is locked against swapping (when the kernel allows it)
 /// and zeroized before it is freed.

@@ -5,7 +5,7 @@
 
 mod pool;
 
-pub use pool::{Pool, SendError, UpstreamBody};
+pub use pool::{Outgoing, Pool, SendError, UpstreamBody};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,6 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 
 use crate::config::{Config, UpstreamProxy};
-use crate::error::BoxError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -88,7 +87,7 @@ impl ClientSettings {
 }
 
 /// A worker's connections to the upstream API.
-pub fn build(config: &Config) -> Result<Arc<Pool>, UpstreamError> {
+pub fn build<B: Outgoing>(config: &Config) -> Result<Arc<Pool<B>>, UpstreamError> {
     let connector = connector(&ClientSettings::from_config(config))?;
     Ok(Arc::new(Pool::new(connector, config.upstream.uri.clone())))
 }
@@ -162,4 +161,22 @@ fn add_pem_roots(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), U
         roots.add(cert).map_err(|e| bad(e.to_string()))?;
     }
     Ok(())
+}
+
+/// Any error, boxed: what bodies and connections fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Displays an error and its sources, `a: b: c`, for the log.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
 }

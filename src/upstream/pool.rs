@@ -30,9 +30,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::body::OutgoingBody;
-use crate::error::BoxError;
-use crate::upstream::Connector;
+use crate::upstream::{BoxError, Connector};
 
 /// Idle connections older than this are closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -41,7 +39,19 @@ const MAX_IDLE: usize = 256;
 
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 /// Boxed: the connection's state is large, and leases move.
-type H1Connection = Box<http1::Connection<Io, OutgoingBody>>;
+type H1Connection<B> = Box<http1::Connection<Io, B>>;
+
+/// What a request body sent upstream must be: bytes, failing with any error, movable between
+/// tasks. The proxy's body type fills it in.
+pub trait Outgoing:
+    http_body::Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static
+{
+}
+
+impl<T> Outgoing for T where
+    T: http_body::Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static
+{
+}
 
 /// Why a request did not get a response head.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +63,7 @@ pub enum SendError {
 }
 
 /// One worker's connections to the upstream.
-pub struct Pool {
+pub struct Pool<B: Outgoing> {
     connector: HttpsConnector<Connector>,
     /// The upstream's full URL (what the connector and HTTP/2 take).
     uri: Uri,
@@ -61,13 +71,13 @@ pub struct Pool {
     target: Uri,
     host: HeaderValue,
     /// Oldest first: connections are checked in at the back and reused from the back.
-    idle: Mutex<VecDeque<Idle>>,
-    h2: Mutex<Option<http2::SendRequest<OutgoingBody>>>,
+    idle: Mutex<VecDeque<Idle<B>>>,
+    h2: Mutex<Option<http2::SendRequest<B>>>,
 }
 
-struct Idle {
-    sender: http1::SendRequest<OutgoingBody>,
-    connection: H1Connection,
+struct Idle<B: Outgoing> {
+    sender: http1::SendRequest<B>,
+    connection: H1Connection<B>,
     since: Instant,
 }
 
@@ -75,14 +85,14 @@ pin_project_lite::pin_project! {
     /// A response body from the upstream. Polling it drives the HTTP/1.1 connection it arrives
     /// on; when it has ended, the connection goes back to the pool. Dropped before its end, it
     /// closes the connection (the upstream sees the request abandoned).
-    pub struct UpstreamBody {
+    pub struct UpstreamBody<B: Outgoing> {
         #[pin]
         inner: Incoming,
-        lease: Option<Lease>,
+        lease: Option<Lease<B>>,
     }
 }
 
-impl http_body::Body for UpstreamBody {
+impl<B: Outgoing> http_body::Body for UpstreamBody<B> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -121,14 +131,14 @@ impl http_body::Body for UpstreamBody {
 }
 
 /// An HTTP/1.1 connection carrying one exchange, polled whenever the response body is.
-struct Lease {
-    sender: http1::SendRequest<OutgoingBody>,
+struct Lease<B: Outgoing> {
+    sender: http1::SendRequest<B>,
     /// `None` once the connection has finished (closed or failed).
-    connection: Option<H1Connection>,
-    pool: Arc<Pool>,
+    connection: Option<H1Connection<B>>,
+    pool: Arc<Pool<B>>,
 }
 
-impl Pool {
+impl<B: Outgoing> Pool<B> {
     pub fn new(connector: HttpsConnector<Connector>, uri: Uri) -> Self {
         let target = uri
             .path_and_query()
@@ -147,16 +157,16 @@ impl Pool {
     /// the response head.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<OutgoingBody>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+        req: Request<B>,
+    ) -> Result<Response<UpstreamBody<B>>, SendError> {
         let (response, lease) = self.send_on_some_connection(req).await?;
         Ok(response.map(|inner| UpstreamBody { inner, lease }))
     }
 
     async fn send_on_some_connection(
         self: &Arc<Self>,
-        req: Request<OutgoingBody>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        req: Request<B>,
+    ) -> Result<(Response<Incoming>, Option<Lease<B>>), SendError> {
         let mut req = req;
         if let Some(sender) = self.h2_sender() {
             return Ok((Box::pin(self.send_h2(sender, req)).await?, None));
@@ -194,8 +204,8 @@ impl Pool {
     /// authority itself).
     async fn send_h2(
         &self,
-        mut sender: http2::SendRequest<OutgoingBody>,
-        mut req: Request<OutgoingBody>,
+        mut sender: http2::SendRequest<B>,
+        mut req: Request<B>,
     ) -> Result<Response<Incoming>, SendError> {
         *req.uri_mut() = self.uri.clone();
         sender.ready().await?;
@@ -203,7 +213,7 @@ impl Pool {
     }
 
     /// The worker's HTTP/2 connection, if one is open.
-    fn h2_sender(&self) -> Option<http2::SendRequest<OutgoingBody>> {
+    fn h2_sender(&self) -> Option<http2::SendRequest<B>> {
         let mut h2 = lock(&self.h2);
         if h2.as_ref().is_some_and(|sender| sender.is_closed()) {
             *h2 = None;
@@ -212,7 +222,7 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open.
-    async fn reuse(self: &Arc<Self>) -> Option<Lease> {
+    async fn reuse(self: &Arc<Self>) -> Option<Lease<B>> {
         loop {
             let idle = {
                 let mut idle = lock(&self.idle);
@@ -236,7 +246,7 @@ impl Pool {
         }
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<Fresh, SendError> {
+    async fn connect(self: &Arc<Self>) -> Result<Fresh<B>, SendError> {
         let mut connector = self.connector.clone();
         poll_fn(|cx| connector.poll_ready(cx))
             .await
@@ -267,7 +277,7 @@ impl Pool {
         }))
     }
 
-    fn check_in(&self, sender: http1::SendRequest<OutgoingBody>, connection: H1Connection) {
+    fn check_in(&self, sender: http1::SendRequest<B>, connection: H1Connection<B>) {
         let mut idle = lock(&self.idle);
         let now = Instant::now();
         evict_expired(&mut idle, now);
@@ -285,7 +295,7 @@ impl Pool {
 
 /// Closes the connections idle past [`IDLE_TIMEOUT`]: they are at the front, so only those are
 /// looked at.
-fn evict_expired(idle: &mut VecDeque<Idle>, now: Instant) {
+fn evict_expired<B: Outgoing>(idle: &mut VecDeque<Idle<B>>, now: Instant) {
     while idle
         .front()
         .is_some_and(|conn| now.duration_since(conn.since) >= IDLE_TIMEOUT)
@@ -294,12 +304,12 @@ fn evict_expired(idle: &mut VecDeque<Idle>, now: Instant) {
     }
 }
 
-enum Fresh {
-    Http1(Lease),
-    Http2(http2::SendRequest<OutgoingBody>),
+enum Fresh<B: Outgoing> {
+    Http1(Lease<B>),
+    Http2(http2::SendRequest<B>),
 }
 
-impl Lease {
+impl<B: Outgoing> Lease<B> {
     /// Lets the connection work: write the request body, read and decode what the upstream sent.
     fn poll_connection(&mut self, cx: &mut Context<'_>) {
         if let Some(connection) = self.connection.as_mut()

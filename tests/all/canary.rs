@@ -201,7 +201,7 @@ fn find_in_memory(pid: u32, needle: &[u8]) -> Vec<u64> {
 async fn every_copy_of_the_key_in_memory_is_in_locked_pages() {
     // Reading another process's memory needs root (keyward is not dumpable), and so does
     // locking all of it.
-    if keyward::hardening::effective_uid() != 0 {
+    if keyward::secret::hardening::effective_uid() != 0 {
         eprintln!("skipped: needs root");
         return;
     }

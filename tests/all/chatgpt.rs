@@ -114,7 +114,7 @@ async fn browser_sign_in_checks_path_and_state_then_stores_the_login_privately()
     let params = query(&url);
     assert!(url.starts_with(&format!("{issuer_url}/oauth/authorize?")));
     assert_eq!(params["response_type"], "code");
-    assert_eq!(params["client_id"], keyward::auth::CLIENT_ID);
+    assert_eq!(params["client_id"], keyward::credential::chatgpt::CLIENT_ID);
     assert_eq!(params["code_challenge_method"], "S256");
     assert_eq!(params["scope"], "openid profile email offline_access");
     assert_eq!(params["codex_cli_simplified_flow"], "true");
@@ -390,7 +390,7 @@ async fn unsafe_or_corrupt_stores_are_refused_with_the_fix_and_left_alone() {
     assert!(stderr.contains("chmod 700"), "{stderr}");
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
 
-    if keyward::hardening::effective_uid() == 0 {
+    if keyward::secret::hardening::effective_uid() == 0 {
         // Another user's home: refused, even though root could read it.
         std::os::unix::fs::chown(&home, Some(65534), None).unwrap();
         let (code, _, stderr) = run(&["status", "--home", home_arg]).await;
@@ -505,7 +505,7 @@ async fn a_non_streaming_client_gets_the_assembled_response_and_the_backend_gets
     );
     assert_eq!(h["chatgpt-account-id"], ACCOUNT);
     assert_eq!(h["originator"], "codex_cli_rs");
-    assert_eq!(h["version"], keyward::cli::CODEX_VERSION);
+    assert_eq!(h["version"], keyward::config::command_args::CODEX_VERSION);
     assert!(
         h["user-agent"]
             .to_str()
@@ -597,15 +597,18 @@ async fn concurrent_requests_at_expiry_share_one_refresh() {
     issuer.state.lock().unwrap().refresh_delay = Duration::from_millis(200);
     let tmp = tempfile::tempdir().unwrap();
     seed_login(tmp.path(), &minted);
-    let home = keyward::auth::home::Home::open(tmp.path()).unwrap();
-    let store = keyward::auth::store::open(keyward::auth::store::StoreKind::File, &home).unwrap();
+    let home = keyward::credential::chatgpt::home::Home::open(tmp.path()).unwrap();
+    let store =
+        keyward::credential::chatgpt::store::open(keyward::config::values::StoreKind::File, &home)
+            .unwrap();
     let settings = keyward::upstream::ClientSettings {
         connect_timeout: Duration::from_secs(5),
         proxy: None,
         extra_ca: None,
     };
-    let issuer_client = keyward::auth::issuer::Issuer::new(&issuer.url(), &settings).unwrap();
-    let tokens = Arc::new(keyward::auth::tokens::TokenManager::new(
+    let issuer_client =
+        keyward::credential::chatgpt::issuer::Issuer::new(&issuer.url(), &settings).unwrap();
+    let tokens = Arc::new(keyward::credential::chatgpt::tokens::TokenManager::new(
         store,
         Some(home),
         issuer_client,

@@ -175,14 +175,14 @@ async fn an_existing_dump_dir_is_made_private_and_a_file_is_refused() {
 
     let file = tmp.path().join("file");
     std::fs::write(&file, "").unwrap();
-    let cli = <keyward::cli::Cli as clap::Parser>::try_parse_from([
+    let cli = <keyward::config::args::Cli as clap::Parser>::try_parse_from([
         "keyward",
         "--dump-dir",
         file.to_str().unwrap(),
     ])
     .unwrap();
     let config = keyward::config::Config::from_args(&cli.into_serve().unwrap()).unwrap();
-    let err = keyward::dump::Dumper::new(config.dump.as_ref().unwrap())
+    let err = keyward::proxy::dump::Dumper::new(config.dump.as_ref().unwrap())
         .err()
         .unwrap();
     assert!(err.to_string().contains("not a directory"), "{err}");

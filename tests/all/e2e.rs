@@ -236,7 +236,7 @@ async fn the_codex_cli_sends_its_client_token_and_a_wrong_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("clients.json");
     let token = add_client_token(&file, "codex").await;
-    let me = keyward::hardening::effective_uid().to_string();
+    let me = keyward::secret::hardening::effective_uid().to_string();
     let keyward = keyward_for(
         &upstream,
         &[

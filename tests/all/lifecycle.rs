@@ -270,7 +270,7 @@ async fn the_process_is_not_dumpable_so_its_own_user_cannot_read_its_memory() {
     // The kernel makes /proc/PID/{mem,environ,...} of a non-dumpable process owned by root, so
     // another process of the same user cannot read or ptrace it. Seen from outside: run keyward
     // as `nobody` and look at who owns those files. Needs root to switch users.
-    if keyward::hardening::effective_uid() != 0 {
+    if keyward::secret::hardening::effective_uid() != 0 {
         eprintln!("skipped: needs root to start keyward as another user");
         return;
     }

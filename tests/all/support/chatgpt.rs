@@ -312,15 +312,16 @@ pub fn seed_login(home: &std::path::Path, minted: &Minted) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(home).unwrap();
     std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let login = keyward::auth::record::Login::from_tokens(
+    let login = keyward::credential::chatgpt::record::Login::from_tokens(
         minted.id_token.clone().into(),
         minted.access_token.clone().into(),
         minted.refresh_token.clone().into(),
     )
     .unwrap();
-    let store =
-        keyward::auth::store::FileStore::new(&keyward::auth::home::Home::open(home).unwrap());
-    keyward::auth::store::LoginStore::save(&store, &login).unwrap();
+    let store = keyward::credential::chatgpt::store::FileStore::new(
+        &keyward::credential::chatgpt::home::Home::open(home).unwrap(),
+    );
+    keyward::credential::chatgpt::store::LoginStore::save(&store, &login).unwrap();
 }
 
 /// `response_object` re-exported for assertions on assembled answers.

@@ -7,10 +7,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use keyward::api_key::AuthHeader;
-use keyward::cli::Cli;
+use keyward::config::args::Cli;
+use keyward::config::values::AuthHeader;
 use keyward::config::{Config, CredentialConfig};
-use keyward::forward::Credential;
+use keyward::proxy::handler::Credential;
 use keyward::secret::{LockedSecret, SecretHeader};
 use keyward::server::{self, Running};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -34,7 +34,7 @@ pub async fn start(args: &[&str]) -> (SocketAddr, Running) {
                 value: SecretHeader::new(LockedSecret::copy_from(value.as_bytes())).unwrap(),
             }
         }
-        CredentialConfig::ChatGpt(_) => keyward::chatgpt_credential(&config).await.unwrap(),
+        CredentialConfig::ChatGpt(_) => keyward::cli::chatgpt_credential(&config).await.unwrap(),
     };
     let running = server::start(&config, credential).await.unwrap();
     // With only unix sockets there is no TCP address: 0.0.0.0:0 stands in.

@@ -39,7 +39,7 @@ pub fn users() -> Option<&'static Users> {
     static USERS: OnceLock<Users> = OnceLock::new();
     Some(USERS.get_or_init(|| {
         assert_eq!(
-            keyward::hardening::effective_uid(),
+            keyward::secret::hardening::effective_uid(),
             0,
             "the access-control tests create users and switch to them, so they need root (CI \
              runs as root); set KEYWARD_SKIP_ROOT_TESTS=1 to skip them"

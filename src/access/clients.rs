@@ -1,0 +1,409 @@
+//! Client tokens: named clients, each with a token of its own that keyward swaps for the real
+//! credential. The file holds only SHA-256 hashes of the tokens (a token is 256 random bits, so a
+//! plain hash cannot be reversed or guessed); it must be private to keyward's user.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::digest::{SHA256, digest};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::credential::chatgpt::home::check_private;
+use crate::secret::SecretString;
+
+/// Tokens start with this, so that they are recognisable in a config file or a secret scanner.
+const TOKEN_PREFIX: &str = "kw-";
+/// How often a running keyward looks at the file for tokens added or revoked since.
+const RECHECK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientsError {
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
+    #[error("{0}")]
+    Unsafe(String),
+    #[error("{path} is not a valid client tokens file: {why}")]
+    Corrupt { path: PathBuf, why: String },
+    #[error(
+        "`{0}` is not a usable client name: use 1 to 64 letters, digits, `.`, `_` or `-`, \
+         starting with a letter or digit"
+    )]
+    BadName(String),
+    #[error("a client named `{0}` already exists; revoke it first to issue a new token")]
+    Exists(String),
+    #[error("there is no client named `{0}`")]
+    NoSuchClient(String),
+    #[error("no random numbers for a token: {0}")]
+    Random(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Client {
+    pub name: String,
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct FileContents {
+    version: u32,
+    clients: Vec<Client>,
+}
+
+/// The client tokens file, read and written by the `keyward token` commands.
+pub struct TokenFile {
+    path: PathBuf,
+}
+
+impl TokenFile {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The clients in the file; a file that does not exist yet has none.
+    pub fn list(&self) -> Result<Vec<Client>, ClientsError> {
+        match read(&self.path) {
+            Ok((clients, _)) => Ok(clients),
+            Err(ClientsError::Io { error, .. }) if error.kind() == io::ErrorKind::NotFound => {
+                Ok(Vec::new())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Adds a client and returns its new token: the only time the token exists outside the
+    /// client's hands.
+    pub fn add(&self, name: &str) -> Result<SecretString, ClientsError> {
+        check_name(name)?;
+        let _lock = self.lock()?;
+        let mut clients = self.list()?;
+        if clients.iter().any(|c| c.name == name) {
+            return Err(ClientsError::Exists(name.to_owned()));
+        }
+        let mut random = zeroize::Zeroizing::new([0u8; 32]);
+        SystemRandom::new()
+            .fill(&mut random[..])
+            .map_err(|e| ClientsError::Random(e.to_string()))?;
+        let token = SecretString::new(format!(
+            "{TOKEN_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(&random[..])
+        ));
+        clients.push(Client {
+            name: name.to_owned(),
+            sha256: hash_hex(token.expose().as_bytes()),
+            created: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        });
+        self.write(&clients)?;
+        Ok(token)
+    }
+
+    /// Removes a client: its token stops working within a second in a running keyward.
+    pub fn revoke(&self, name: &str) -> Result<(), ClientsError> {
+        let _lock = self.lock()?;
+        let mut clients = self.list()?;
+        let before = clients.len();
+        clients.retain(|c| c.name != name);
+        if clients.len() == before {
+            return Err(ClientsError::NoSuchClient(name.to_owned()));
+        }
+        self.write(&clients)
+    }
+
+    /// Serialises the commands that change the file, across processes.
+    fn lock(&self) -> Result<fs::File, ClientsError> {
+        let mut path = self.path.clone().into_os_string();
+        path.push(".lock");
+        let path = PathBuf::from(path);
+        crate::credential::chatgpt::home::lock_file(&path)
+            .map_err(|error| ClientsError::Io { path, error })
+    }
+
+    /// Replaces the file atomically, 0600.
+    fn write(&self, clients: &[Client]) -> Result<(), ClientsError> {
+        let io_err = |error| ClientsError::Io {
+            path: self.path.clone(),
+            error,
+        };
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let mut file = tempfile::Builder::new()
+            .prefix(".keyward-clients")
+            .permissions(fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir)
+            .map_err(io_err)?;
+        let contents = FileContents {
+            version: 1,
+            clients: clients.to_vec(),
+        };
+        let json =
+            serde_json::to_string_pretty(&contents).map_err(|e| io_err(io::Error::other(e)))?;
+        file.write_all(json.as_bytes()).map_err(io_err)?;
+        file.write_all(b"\n").map_err(io_err)?;
+        file.as_file().sync_all().map_err(io_err)?;
+        file.persist(&self.path).map_err(|e| io_err(e.error))?;
+        Ok(())
+    }
+}
+
+/// What identifies one version of the file, to notice changes without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    size: u64,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+            size: meta.size(),
+        }
+    }
+}
+
+struct Loaded {
+    /// (name, raw SHA-256)
+    clients: Vec<(Arc<str>, [u8; 32])>,
+    stamp: Stamp,
+}
+
+/// The tokens a running keyward accepts, re-read when the file changes.
+pub struct ClientTokens {
+    path: PathBuf,
+    loaded: RwLock<Arc<Loaded>>,
+    checked: Mutex<Instant>,
+}
+
+impl ClientTokens {
+    /// Reads the file; at start, any problem with it is fatal.
+    pub fn open(path: &Path) -> Result<Self, ClientsError> {
+        let loaded = load(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            loaded: RwLock::new(Arc::new(loaded)),
+            checked: Mutex::new(Instant::now()),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.current().clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The client whose token this is, compared in constant time against every known hash.
+    pub fn verify(&self, token: &[u8]) -> Option<Arc<str>> {
+        self.refresh();
+        let presented = digest(&SHA256, token);
+        let mut found = None;
+        for (name, hash) in &self.current().clients {
+            if bool::from(presented.as_ref().ct_eq(hash)) {
+                found = Some(name.clone());
+            }
+        }
+        found
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        match self.loaded.read() {
+            Ok(loaded) => loaded.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the file if it changed, at most once per [`RECHECK`]. A file that became
+    /// unusable is reported and the tokens read before stay in force.
+    fn refresh(&self) {
+        {
+            let Ok(mut checked) = self.checked.lock() else {
+                return;
+            };
+            if checked.elapsed() < RECHECK {
+                return;
+            }
+            *checked = Instant::now();
+        }
+        let stamp = match fs::metadata(&self.path) {
+            Ok(meta) => Stamp::of(&meta),
+            Err(err) => {
+                tracing::error!(path = %self.path.display(), error = %err, "the client tokens file cannot be read; the tokens read before stay in force");
+                return;
+            }
+        };
+        if stamp == self.current().stamp {
+            return;
+        }
+        match load(&self.path) {
+            Ok(loaded) => {
+                tracing::info!(clients = loaded.clients.len(), "client tokens file re-read");
+                if let Ok(mut slot) = self.loaded.write() {
+                    *slot = Arc::new(loaded);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "the client tokens file changed but is not usable; the tokens read before stay in force")
+            }
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Loaded, ClientsError> {
+    let (clients, stamp) = read(path)?;
+    let clients = clients
+        .into_iter()
+        .map(|c| {
+            let mut raw = [0u8; 32];
+            let bytes = hex_decode(&c.sha256)
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| ClientsError::Corrupt {
+                    path: path.to_owned(),
+                    why: format!("the hash of client `{}` is not 64 hex digits", c.name),
+                })?;
+            raw.copy_from_slice(&bytes);
+            Ok((Arc::from(c.name.as_str()), raw))
+        })
+        .collect::<Result<_, ClientsError>>()?;
+    Ok(Loaded { clients, stamp })
+}
+
+/// Reads the file after checking it is keyward's user's own and private.
+fn read(path: &Path) -> Result<(Vec<Client>, Stamp), ClientsError> {
+    let io_err = |error| ClientsError::Io {
+        path: path.to_owned(),
+        error,
+    };
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err)?;
+    check_private(path, false).map_err(|e| ClientsError::Unsafe(e.to_string()))?;
+    let meta = file.metadata().map_err(io_err)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io_err)?;
+    let contents: FileContents =
+        serde_json::from_str(&text).map_err(|e| ClientsError::Corrupt {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })?;
+    if contents.version != 1 {
+        return Err(ClientsError::Corrupt {
+            path: path.to_owned(),
+            why: format!("version {} is not one this keyward reads", contents.version),
+        });
+    }
+    Ok((contents.clients, Stamp::of(&meta)))
+}
+
+fn check_name(name: &str) -> Result<(), ClientsError> {
+    let ok = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ClientsError::BadName(name.to_owned()))
+    }
+}
+
+fn hash_hex(bytes: &[u8]) -> String {
+    digest(&SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_verify_revoke_and_the_file_holds_no_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clients.json");
+        let file = TokenFile::new(path.clone());
+        let ci = file.add("ci").unwrap();
+        let laptop = file.add("laptop").unwrap();
+        assert!(ci.expose().starts_with("kw-"));
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(ci.expose()) && text.contains("\"ci\""));
+
+        let tokens = ClientTokens::open(&path).unwrap();
+        assert_eq!(tokens.verify(ci.expose().as_bytes()).as_deref(), Some("ci"));
+        assert_eq!(
+            tokens.verify(laptop.expose().as_bytes()).as_deref(),
+            Some("laptop")
+        );
+        assert_eq!(tokens.verify(b"kw-wrong"), None);
+        assert!(matches!(file.add("ci"), Err(ClientsError::Exists(_))));
+        assert!(matches!(file.add("../x"), Err(ClientsError::BadName(_))));
+
+        file.revoke("ci").unwrap();
+        assert!(matches!(
+            file.revoke("ci"),
+            Err(ClientsError::NoSuchClient(_))
+        ));
+        // The running side notices within RECHECK.
+        *tokens.checked.lock().unwrap() = Instant::now() - RECHECK;
+        assert_eq!(tokens.verify(ci.expose().as_bytes()), None);
+        assert_eq!(
+            tokens.verify(laptop.expose().as_bytes()).as_deref(),
+            Some("laptop")
+        );
+    }
+
+    #[test]
+    fn a_loose_mode_or_a_corrupt_file_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clients.json");
+        TokenFile::new(path.clone()).add("ci").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = ClientTokens::open(&path).err().unwrap().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(&path, "{\"version\":1,\"clients\":[{\"name\":\"x\"").unwrap();
+        let err = ClientTokens::open(&path).err().unwrap().to_string();
+        assert!(err.contains("not a valid client tokens file"), "{err}");
+    }
+}

@@ -1,0 +1,141 @@
+//! `keyward serve`: load the credential, start the server, and wait for signals (SIGTERM and
+//! SIGINT stop it, SIGHUP re-reads the settings).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::args::ServeArgs;
+use crate::config::file::ConfigSource;
+use crate::config::{Config, CredentialConfig};
+use crate::credential::api_key;
+use crate::credential::chatgpt::home::Home;
+use crate::credential::chatgpt::issuer::Issuer;
+use crate::credential::chatgpt::tokens::TokenManager;
+use crate::proxy::backend::Backend;
+use crate::proxy::handler::Credential;
+use crate::upstream::ClientSettings;
+
+/// `keyward serve`: load the credential, listen, forward until told to stop.
+pub fn serve(args: &ServeArgs, source: Option<ConfigSource>) -> anyhow::Result<()> {
+    let config = Config::from_args(args)?;
+    // An API key is read before any thread or socket exists, so a missing key fails fast.
+    let api_key = match &config.credential {
+        CredentialConfig::ApiKey { source, header } => Some(Credential::ApiKey {
+            header: header.name(),
+            value: api_key::load(source, *header)?,
+        }),
+        CredentialConfig::ChatGpt(_) => None,
+    };
+    // This runtime only watches for signals and keeps a ChatGPT login fresh; connections are
+    // served by the workers `crate::server::start` spawns.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    runtime.block_on(async {
+        let credential = match api_key {
+            Some(credential) => credential,
+            None => chatgpt_credential(&config).await?,
+        };
+        let running = crate::server::start(&config, credential).await?;
+        let shutdown = running.shutdown_sender();
+        tokio::spawn(reload_on_sighup(running.reloader(), source, config.clone()));
+        tokio::spawn(async move {
+            let signal = wait_for_signal().await;
+            tracing::info!(signal, "shutting down on signal");
+            shutdown.send_replace(true);
+        });
+        running.wait().await;
+        Ok(())
+    })
+}
+
+/// The ChatGPT credential for `serve --auth chatgpt`: the login in the home, kept fresh in the
+/// background. A missing or ended login is reported but does not stop keyward: requests get 503
+/// until `keyward login` stores a new one, which is picked up without a restart.
+pub async fn chatgpt_credential(config: &Config) -> anyhow::Result<Credential> {
+    let CredentialConfig::ChatGpt(chatgpt) = &config.credential else {
+        anyhow::bail!("not configured for --auth chatgpt");
+    };
+    let home = Home::open(&chatgpt.home)?;
+    let store = crate::credential::chatgpt::store::open(chatgpt.store, &home)?;
+    let settings = ClientSettings::from_config(config);
+    let issuer = Issuer::new(&chatgpt.issuer, &settings)?;
+    let tokens = Arc::new(TokenManager::new(
+        store,
+        Some(home),
+        issuer,
+        chatgpt.refresh_margin,
+    ));
+    match tokens.session().await {
+        Ok(session) => tracing::info!(
+            store = %tokens.store_description(),
+            expires_at = session.expires_at,
+            "using the ChatGPT login"
+        ),
+        Err(err) => tracing::warn!("{err}; requests get 503 until then"),
+    }
+    tokio::spawn(tokens.clone().keep_fresh());
+    let backend = Backend::new(tokens, (**chatgpt).clone());
+    Ok(Credential::ChatGpt(Arc::new(backend)))
+}
+
+/// On SIGHUP: re-reads the TLS files and, with --config, the file. An invalid file changes
+/// nothing.
+async fn reload_on_sighup(
+    reloader: crate::server::Reloader,
+    source: Option<ConfigSource>,
+    mut in_force: Config,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!(
+            "could not install the SIGHUP handler; restart keyward to re-read its settings"
+        );
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: re-reading the settings");
+        if let Some(source) = &source {
+            match reread(source) {
+                Ok(config) => {
+                    reloader.apply(&in_force, &config);
+                    tracing::info!(file = %source.path.display(), "configuration re-read");
+                    in_force = config;
+                }
+                Err(err) => tracing::error!(
+                    file = %source.path.display(),
+                    "the configuration file was refused, the settings in force stay: {err:#}"
+                ),
+            }
+        }
+        reloader.reload();
+    }
+}
+
+fn reread(source: &ConfigSource) -> anyhow::Result<Config> {
+    let cli = <crate::config::args::Cli as clap::Parser>::try_parse_from(source.merged()?)
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
+    let args = cli
+        .into_serve()
+        .context("the file does not describe `keyward serve`")?;
+    Ok(Config::from_args(&args)?)
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!(
+            "could not install signal handlers; use --http-shutdown or SIGKILL to stop keyward"
+        );
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,149 @@
+//! keyward's home: where the login and its lock live. Private to keyward's user, or refused.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::config::values;
+use crate::secret::hardening;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    #[error("{}", values::NO_HOME)]
+    NoHome,
+    #[error("{}: {what}", path.display())]
+    Unsafe { path: PathBuf, what: String },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
+}
+
+/// A checked, private home directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    dir: PathBuf,
+}
+
+/// Held while a command changes the login; released on drop (or when the process dies).
+#[derive(Debug)]
+pub struct HomeLock {
+    file: File,
+}
+
+impl Drop for HomeLock {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
+}
+
+impl Home {
+    /// `--home`, else `$KEYWARD_HOME`, else `~/.keyward`.
+    pub fn resolve(flag: Option<&Path>) -> Result<PathBuf, HomeError> {
+        values::home_dir(flag).ok_or(HomeError::NoHome)
+    }
+
+    /// Creates the directory (mode 0700) if missing, and refuses it if another user owns it or can
+    /// read or write it.
+    pub fn open(dir: &Path) -> Result<Self, HomeError> {
+        let io_err = |error| HomeError::Io {
+            path: dir.to_owned(),
+            error,
+        };
+        match fs::metadata(dir) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(io_err)?;
+            }
+            Err(err) => return Err(io_err(err)),
+            Ok(meta) if !meta.is_dir() => {
+                return Err(HomeError::Unsafe {
+                    path: dir.to_owned(),
+                    what: "is not a directory".into(),
+                });
+            }
+            Ok(_) => {}
+        }
+        check_private(dir, true)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn login_file(&self) -> PathBuf {
+        self.dir.join("login.json")
+    }
+
+    /// Takes the home's lock, waiting for another keyward process to release it.
+    pub fn lock(&self) -> Result<HomeLock, HomeError> {
+        let path = self.dir.join("lock");
+        let file = lock_file(&path).map_err(|error| HomeError::Io { path, error })?;
+        Ok(HomeLock { file })
+    }
+
+    /// [`Home::lock`] without blocking the async runtime.
+    pub async fn lock_async(&self) -> Result<HomeLock, HomeError> {
+        let home = self.clone();
+        tokio::task::spawn_blocking(move || home.lock())
+            .await
+            .map_err(|e| HomeError::Io {
+                path: self.dir.clone(),
+                error: io::Error::other(e),
+            })?
+    }
+}
+
+/// Opens (creating, 0600, never through a symlink) and exclusively locks the file at `path`,
+/// waiting for another process to release it. The lock lasts as long as the returned file.
+pub fn lock_file(path: &Path) -> io::Result<fs::File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.lock()?;
+    Ok(file)
+}
+
+/// Refuses `path` if it is not owned by keyward's user or if group or others have any access.
+pub fn check_private(path: &Path, is_dir: bool) -> Result<(), HomeError> {
+    let meta = fs::symlink_metadata(path).map_err(|error| HomeError::Io {
+        path: path.to_owned(),
+        error,
+    })?;
+    let unsafe_because = |what: String| HomeError::Unsafe {
+        path: path.to_owned(),
+        what,
+    };
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_because(
+            "is a symbolic link; keyward uses only a real file or directory here".into(),
+        ));
+    }
+    let me = hardening::effective_uid();
+    if meta.uid() != me {
+        return Err(unsafe_because(format!(
+            "is owned by uid {}, not by keyward's user (uid {me}); fix with: chown {me} {}",
+            meta.uid(),
+            path.display()
+        )));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        let want = if is_dir { "700" } else { "600" };
+        return Err(unsafe_because(format!(
+            "other users can read or write it (mode {mode:o}); fix with: chmod {want} {}",
+            path.display()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! One request, from the head the server read to the last byte relayed: the Host check, routing
+//! and admission ([`handler`]), the header policy ([`headers`]), request and response bodies
+//! ([`body`]), sending upstream with the credential and relaying back ([`forward`]), the ChatGPT
+//! backend's rules ([`backend`]), dumps ([`dump`]), and the one place an error becomes a response
+//! ([`error`]). Uses every room below `server`.
+
+pub mod backend;
+pub mod body;
+pub mod dump;
+pub mod error;
+pub mod forward;
+pub mod handler;
+pub mod headers;
+pub mod request_body;

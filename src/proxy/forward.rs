@@ -1,0 +1,204 @@
+//! Sending a request upstream with the credential, and relaying the answer back: the part of a
+//! request both credentials share (bodies, limits, dumps, the upstream pool).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, Method, Request, Response};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use serde_json::{Map, Value};
+
+use crate::config::{Config, Limits, Upstream};
+use crate::proxy::body::{ProxyBody, RelayBody};
+use crate::proxy::body::{UpstreamBody, UpstreamPool};
+use crate::proxy::dump::{DumpSink, Dumper, ExchangeId};
+use crate::proxy::error::{ProxyError, classify_send};
+use crate::proxy::headers;
+use crate::proxy::request_body::RequestBody;
+use crate::secret::SecretHeader;
+use crate::telemetry::log::ExchangeLog;
+use crate::upstream::ErrorChain;
+
+/// What forwarding needs, one per worker: its upstream connections, the limits, the dumper.
+pub struct Forwarder {
+    /// This worker's connections to the upstream.
+    pool: Arc<UpstreamPool>,
+    upstream: Upstream,
+    limits: Limits,
+    dumper: Option<Arc<Dumper>>,
+}
+
+impl Forwarder {
+    pub fn new(config: &Config, pool: Arc<UpstreamPool>, dumper: Option<Arc<Dumper>>) -> Self {
+        Self {
+            pool,
+            upstream: config.upstream.clone(),
+            limits: config.limits.clone(),
+            dumper,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// This worker's connections to the upstream.
+    pub fn pool(&self) -> &Arc<UpstreamPool> {
+        &self.pool
+    }
+
+    /// `serve` with an API key: the request goes upstream as it came, with the key added.
+    pub async fn forward_api_key(
+        &self,
+        req: Request<Incoming>,
+        header: &HeaderName,
+        value: &SecretHeader,
+        mut log: ExchangeLog,
+    ) -> Response<ProxyBody> {
+        let (upstream, exchange) = match self.send_upstream(req, header, value, &mut log).await {
+            Ok(sent) => sent,
+            Err(err) => return self.fail(err, log),
+        };
+        let (parts, body) = upstream.into_parts();
+        log.upstream_head(parts.status, &parts.headers);
+        let dump = exchange.and_then(|id| self.open_response_dump(id, &parts));
+        self.relay(parts, body, log, dump, false)
+    }
+
+    /// Relays an upstream response to the client. With `backend_stream`, a successful answer is
+    /// an event stream even when the upstream did not label it so (the Codex backend may not).
+    pub fn relay(
+        &self,
+        parts: http::response::Parts,
+        body: UpstreamBody,
+        log: ExchangeLog,
+        dump: Option<DumpSink>,
+        backend_stream: bool,
+    ) -> Response<ProxyBody> {
+        let labelled = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        let unlabelled_stream = backend_stream
+            && parts.status.is_success()
+            && !parts.headers.contains_key(CONTENT_TYPE);
+        let sse = (labelled || unlabelled_stream) && !parts.headers.contains_key(CONTENT_LENGTH);
+        let mut log = log;
+        log.relaying(sse);
+        let relay = RelayBody::new(body, self.limits.idle_timeout, sse, log, dump);
+        let mut response = Response::new(ProxyBody::relay(relay));
+        *response.status_mut() = parts.status;
+        *response.headers_mut() = headers::client_response_headers(&parts.headers);
+        if unlabelled_stream {
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+        }
+        response
+    }
+
+    /// keyward's own answer for a request that failed, logged once.
+    pub fn fail(&self, err: ProxyError, log: ExchangeLog) -> Response<ProxyBody> {
+        match &err {
+            ProxyError::BodyTooLarge { .. } | ProxyError::BadJson(_) => {
+                tracing::info!(error = %err, "request refused")
+            }
+            _ => tracing::warn!(error = %ErrorChain(&err), "request failed"),
+        }
+        let response = err.into_response();
+        log.finish_local(response.status(), body_len(&response));
+        response
+    }
+
+    /// Starts the dump of a request: its head now, its body through the returned sink.
+    pub fn open_request_dump(
+        &self,
+        parts: &http::request::Parts,
+    ) -> Option<(ExchangeId, DumpSink)> {
+        let dumper = self.dumper.as_ref()?;
+        let id = dumper.next_exchange();
+        let mut meta = Map::new();
+        meta.insert("method".into(), Value::from(parts.method.as_str()));
+        meta.insert("path".into(), Value::from(parts.uri.path()));
+        meta.insert(
+            "upstream_url".into(),
+            Value::from(self.upstream.uri.to_string()),
+        );
+        Some((id, dumper.open(id, "request", meta, &parts.headers)))
+    }
+
+    pub fn open_response_dump(
+        &self,
+        id: ExchangeId,
+        parts: &http::response::Parts,
+    ) -> Option<DumpSink> {
+        let dumper = self.dumper.as_ref()?;
+        let mut meta = Map::new();
+        meta.insert("status".into(), Value::from(parts.status.as_u16()));
+        Some(dumper.open(id, "response", meta, &parts.headers))
+    }
+
+    /// Sends the request upstream with the credential and waits for the response headers.
+    async fn send_upstream(
+        &self,
+        req: Request<Incoming>,
+        credential_header: &HeaderName,
+        credential: &SecretHeader,
+        log: &mut ExchangeLog,
+    ) -> Result<(Response<UpstreamBody>, Option<ExchangeId>), ProxyError> {
+        let (parts, body) = req.into_parts();
+        let limit = self.limits.max_body;
+        if content_length(&parts.headers).is_some_and(|len| len > limit) {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+
+        let (exchange, request_dump) = match self.open_request_dump(&parts) {
+            Some((id, sink)) => (Some(id), Some(sink)),
+            None => (None, None),
+        };
+
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let body = RequestBody::new(body, limit, exceeded.clone(), log.bytes_in(), request_dump);
+        let mut upstream_req = Request::new(Either::Left(body));
+        *upstream_req.method_mut() = Method::POST;
+        let mut headers = headers::upstream_request_headers(&parts.headers);
+        headers.insert(credential_header.clone(), credential.expose());
+        *upstream_req.headers_mut() = headers;
+
+        log.sending();
+        let sent =
+            tokio::time::timeout(self.limits.response_timeout, self.pool.send(upstream_req)).await;
+        match sent {
+            Err(_) => Err(ProxyError::UpstreamTimeout(self.limits.response_timeout)),
+            Ok(Err(_)) if exceeded.load(Ordering::Relaxed) => {
+                Err(ProxyError::BodyTooLarge { limit })
+            }
+            Ok(Err(err)) => Err(classify_send(err)),
+            Ok(Ok(response)) => Ok((response, exchange)),
+        }
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+pub fn body_len(response: &Response<ProxyBody>) -> u64 {
+    http_body::Body::size_hint(response.body())
+        .exact()
+        .unwrap_or(0)
+}

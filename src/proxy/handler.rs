@@ -1,0 +1,298 @@
+//! One request, start to end: the Host check, routing, admission (policy, client token, quota),
+//! the health endpoints, and the hand-off to the forwarder for the credential in use.
+
+use std::sync::{Arc, Mutex};
+
+use http::{HeaderName, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::access::clients::ClientTokens;
+use crate::access::gate::{Gate, Peer, SharedPolicy};
+use crate::config::Config;
+use crate::config::access::HostCheck;
+use crate::proxy::backend::Backend;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::body::UpstreamPool;
+use crate::proxy::dump::Dumper;
+use crate::proxy::error::{ProxyError, json_response};
+use crate::proxy::forward::{Forwarder, body_len};
+use crate::secret::SecretHeader;
+use crate::telemetry::log::ExchangeLog;
+use crate::telemetry::metrics::Telemetry;
+
+pub const RESPONSES_PATH: &str = "/v1/responses";
+
+/// The credential keyward adds to forwarded requests.
+#[derive(Clone)]
+pub enum Credential {
+    /// An API key, sent in `header` (`Authorization` or Azure's `api-key`).
+    ApiKey {
+        header: HeaderName,
+        value: SecretHeader,
+    },
+    /// The ChatGPT login, sent to the Codex backend.
+    ChatGpt(Arc<Backend>),
+}
+
+impl Credential {
+    /// `api_key` or `chatgpt`, for health reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::ApiKey { .. } => "api_key",
+            Credential::ChatGpt(_) => "chatgpt",
+        }
+    }
+}
+
+/// Everything a request needs, shared by all connections.
+pub struct Proxy {
+    /// This worker's connections to the upstream, limits and dumper.
+    forwarder: Forwarder,
+    credential: Credential,
+    max_headers: usize,
+    http_shutdown: bool,
+    shutdown: watch::Sender<bool>,
+    /// This worker's access decisions (its netlink socket and group cache).
+    gate: Mutex<Gate>,
+    tokens: Option<Arc<ClientTokens>>,
+    hosts: HostCheck,
+    /// Metrics, ledger and quotas, when any of them is on.
+    telemetry: Option<Arc<Telemetry>>,
+}
+
+/// What every worker's [`Proxy`] shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub credential: Credential,
+    pub dumper: Option<Arc<Dumper>>,
+    pub policy: Arc<SharedPolicy>,
+    pub tokens: Option<Arc<ClientTokens>>,
+    pub telemetry: Option<Arc<Telemetry>>,
+    pub shutdown: watch::Sender<bool>,
+}
+
+impl Proxy {
+    /// One worker's proxy, with its own upstream connections.
+    pub fn new(config: &Config, pool: Arc<UpstreamPool>, shared: Shared) -> Self {
+        Self {
+            forwarder: Forwarder::new(config, pool, shared.dumper),
+            credential: shared.credential,
+            max_headers: config.limits.max_headers,
+            http_shutdown: config.http_shutdown,
+            shutdown: shared.shutdown,
+            gate: Mutex::new(Gate::new(shared.policy, shared.telemetry.is_some())),
+            tokens: shared.tokens,
+            hosts: config.access.hosts.clone(),
+            telemetry: shared.telemetry,
+        }
+    }
+
+    /// Runs `f` with this worker's access gate.
+    pub fn with_gate<T>(&self, f: impl FnOnce(&mut Gate) -> T) -> T {
+        match self.gate.lock() {
+            Ok(mut gate) => f(&mut gate),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Arc<Peer>,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let mut log = ExchangeLog::new(
+            req.method().clone(),
+            req.uri().path(),
+            started,
+            Arc::default(),
+        );
+        log.identify(peer.uid(), None);
+        let outcome = match self.hosts.check(req.headers()) {
+            Err(why) => Err(ProxyError::Browser(why)),
+            Ok(()) => match self.route(&req) {
+                Route::Forward => match self.admit(&req, &peer, &mut log) {
+                    Ok(()) => return self.forward(req, log).await,
+                    Err(err) => Err(err),
+                },
+                Route::Health => Ok(self.health(req.uri().path())),
+                // Admin endpoints go by uid alone, whatever the access policy.
+                Route::Shutdown => self.with_gate(|gate| gate.check_admin(&peer)).map_or_else(
+                    |why| Err(ProxyError::NotAdmin(why)),
+                    |uid| {
+                        tracing::info!(uid, "shutdown requested over HTTP");
+                        self.shutdown.send_replace(true);
+                        Ok(json_response(
+                            StatusCode::OK,
+                            &serde_json::json!({ "status": "shutting down" }),
+                        ))
+                    },
+                ),
+                Route::Refuse(err) => Err(match &peer.refusal {
+                    Some(refusal) => ProxyError::AccessDenied(refusal.message.clone()),
+                    None => err,
+                }),
+            },
+        };
+        let response = outcome.unwrap_or_else(|err| {
+            tracing::debug!(error = %err, "request refused");
+            err.into_response()
+        });
+        log.finish_local(response.status(), body_len(&response));
+        response
+    }
+
+    /// `GET /healthz` (alive) and `GET /readyz` (a credential is loaded and usable).
+    fn health(&self, path: &str) -> Response<ProxyBody> {
+        if path == "/healthz" {
+            return json_response(StatusCode::OK, &serde_json::json!({ "status": "alive" }));
+        }
+        let ready = match &self.credential {
+            Credential::ApiKey { .. } => Ok(()),
+            Credential::ChatGpt(backend) => backend.tokens.readiness(),
+        };
+        match ready {
+            Ok(()) => json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "status": "ready", "credential": self.credential.kind() }),
+            ),
+            Err(reason) => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({
+                    "status": "not_ready",
+                    "credential": self.credential.kind(),
+                    "reason": reason,
+                }),
+            ),
+        }
+    }
+
+    /// What a request to be forwarded must pass: a connection the policy allows, a valid client
+    /// token when tokens are required, and the client's quotas.
+    fn admit(
+        &self,
+        req: &Request<Incoming>,
+        peer: &Peer,
+        log: &mut ExchangeLog,
+    ) -> Result<(), ProxyError> {
+        // Refused requests are counted too, as the connecting user's.
+        log.identify(peer.uid(), peer.name.clone());
+        if let Some(telemetry) = &self.telemetry {
+            log.track(telemetry.clone());
+        }
+        if let Some(refusal) = &peer.refusal {
+            return Err(ProxyError::AccessDenied(refusal.message.clone()));
+        }
+        let client = self.check_token(req)?.or_else(|| peer.name.clone());
+        log.identify(peer.uid(), client.clone());
+        if let Some(telemetry) = &self.telemetry {
+            // An owner the kernel could not name shares the `unknown` client's quotas.
+            let client = client.unwrap_or_else(|| Arc::from("unknown"));
+            match telemetry.quotas.admit(&client) {
+                Ok(permit) => log.hold(permit),
+                Err(exceeded) => {
+                    telemetry.quota_refused(&client, exceeded.quota);
+                    return Err(ProxyError::QuotaExceeded {
+                        client: client.to_string(),
+                        exceeded,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The client token's name, when tokens are required and the request has a valid one.
+    fn check_token(&self, req: &Request<Incoming>) -> Result<Option<Arc<str>>, ProxyError> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(None);
+        };
+        let presented = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .ok_or(ProxyError::ClientToken(
+                "keyward requires a client token: send `Authorization: Bearer <token>` with a \
+                 token from `keyward token add`",
+            ))?;
+        let client = tokens.verify(presented.trim_ascii()).ok_or(ProxyError::ClientToken(
+            "the client token is not valid (unknown or revoked); ask keyward's administrator for \
+             one made with `keyward token add`",
+        ))?;
+        Ok(Some(client))
+    }
+
+    fn route(&self, req: &Request<Incoming>) -> Route {
+        let head_size = head_size(req);
+        if head_size > self.max_headers {
+            return Route::Refuse(ProxyError::HeadersTooLarge {
+                limit: self.max_headers,
+            });
+        }
+        let path = req.uri().path();
+        let method = req.method();
+        if path == RESPONSES_PATH {
+            if req.uri().query().is_some() {
+                return Route::Refuse(ProxyError::Forbidden {
+                    path: path.to_owned(),
+                    why: "keyward forwards POST /v1/responses only without a query string",
+                });
+            }
+            if method != Method::POST {
+                return Route::Refuse(ProxyError::MethodNotAllowed {
+                    method: method.to_string(),
+                    path: path.to_owned(),
+                });
+            }
+            return Route::Forward;
+        }
+        if path == "/shutdown" && self.http_shutdown && method == Method::GET {
+            return Route::Shutdown;
+        }
+        if (path == "/healthz" || path == "/readyz") && method == Method::GET {
+            return Route::Health;
+        }
+        if path.starts_with("/v1/") {
+            return Route::Refuse(ProxyError::Forbidden {
+                path: path.to_owned(),
+                why: "keyward forwards only POST /v1/responses; other OpenAI endpoints are not reachable through it",
+            });
+        }
+        Route::Refuse(ProxyError::NotFound {
+            path: path.to_owned(),
+        })
+    }
+
+    async fn forward(&self, req: Request<Incoming>, log: ExchangeLog) -> Response<ProxyBody> {
+        match &self.credential {
+            // Boxed: the ChatGPT path's future is large, and would make every request's so.
+            Credential::ChatGpt(backend) => {
+                Box::pin(backend.forward(&self.forwarder, req, log)).await
+            }
+            Credential::ApiKey { header, value } => {
+                self.forwarder
+                    .forward_api_key(req, header, value, log)
+                    .await
+            }
+        }
+    }
+}
+
+enum Route {
+    Forward,
+    Shutdown,
+    Health,
+    Refuse(ProxyError),
+}
+
+/// The request head's size as the client sent it, near enough: request line and header lines.
+fn head_size(req: &Request<Incoming>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
+
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}

@@ -1,0 +1,99 @@
+//! The client's request body on its way up: size-limited, counted, dumped.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+use crate::proxy::dump::DumpSink;
+use crate::upstream::BoxError;
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body is larger than {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+pin_project! {
+    /// The client's request body, streamed upstream as it arrives.
+    pub struct RequestBody {
+        #[pin]
+        inner: Incoming,
+        limit: u64,
+        seen: u64,
+        exceeded: Arc<AtomicBool>,
+        bytes_in: Arc<AtomicU64>,
+        dump: Option<DumpSink>,
+    }
+}
+
+impl RequestBody {
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        exceeded: Arc<AtomicBool>,
+        bytes_in: Arc<AtomicU64>,
+        dump: Option<DumpSink>,
+    ) -> Self {
+        Self {
+            inner,
+            limit,
+            seen: 0,
+            exceeded,
+            bytes_in,
+            dump,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match ready!(this.inner.as_mut().poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.seen += data.len() as u64;
+                    if *this.seen > *this.limit {
+                        this.exceeded.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*this.limit)))));
+                    }
+                    this.bytes_in
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(dump) = this.dump.as_mut() {
+                        dump.append(data);
+                        // A sized body is not polled again once its last byte is in.
+                        if this.inner.is_end_stream() {
+                            dump.set_end("completed");
+                        }
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(err)) => Poll::Ready(Some(Err(Box::new(err)))),
+
+            None => {
+                if let Some(dump) = this.dump.as_mut() {
+                    dump.set_end("completed");
+                }
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

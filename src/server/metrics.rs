@@ -1,0 +1,116 @@
+//! The telemetry hub as the server builds it, and `GET /metrics` on its own listener.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::proxy::handler::Credential;
+use crate::telemetry::ledger::{Ledger, LedgerError};
+use crate::telemetry::metrics::Telemetry;
+use crate::telemetry::quota::Quotas;
+
+/// The metrics, the ledger and the quotas, when any of them is configured. Token counts for the
+/// quotas are rebuilt from the last 24 hours of the ledger.
+pub(crate) fn telemetry(
+    config: &Config,
+    credential: &Credential,
+) -> Result<Option<Arc<Telemetry>>, LedgerError> {
+    if config.metrics_listen.is_none()
+        && config.usage_log.is_none()
+        && config.quotas.is_empty()
+        && config.config_file.is_none()
+    {
+        return Ok(None);
+    }
+    let quotas = Arc::new(Quotas::new(config.quotas.clone()));
+    let ledger = match &config.usage_log {
+        Some(path) => {
+            let ledger = Ledger::open(path)?;
+            let started = std::time::Instant::now();
+            let since = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+                - 86_400.0;
+            let mut entries = 0u64;
+            let stats = crate::telemetry::ledger::read_since(path, since, |entry| {
+                entries += 1;
+                let at = std::time::UNIX_EPOCH + Duration::from_secs_f64(entry.ts.max(0.0));
+                quotas.add_tokens(
+                    &entry.client,
+                    at,
+                    entry.input_tokens.saturating_add(entry.output_tokens),
+                );
+            })?;
+            tracing::info!(
+                path = %path.display(),
+                entries,
+                lines_read = stats.lines,
+                ms = started.elapsed().as_millis() as u64,
+                "usage ledger: token counts of the last 24 hours rebuilt"
+            );
+            Some(ledger)
+        }
+        None => None,
+    };
+    let chatgpt = match credential {
+        Credential::ChatGpt(backend) => Some(backend.tokens.clone()),
+        Credential::ApiKey { .. } => None,
+    };
+    Ok(Some(Arc::new(Telemetry::new(ledger, quotas, chatgpt))))
+}
+
+/// Serves `GET /metrics` until shutdown.
+pub(crate) async fn serve_metrics(
+    listener: TcpListener,
+    telemetry: Arc<Telemetry>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|&stop| stop) => return,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let telemetry = telemetry.clone();
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let telemetry = telemetry.clone();
+            async move {
+                let response = if req.uri().path() == "/metrics"
+                    && req.method() == http::Method::GET
+                {
+                    let mut response = http::Response::new(crate::proxy::body::ProxyBody::full(
+                        bytes::Bytes::from(telemetry.encode()),
+                    ));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static(
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
+                    );
+                    response
+                } else {
+                    crate::proxy::error::ProxyError::NotFound {
+                        path: req.uri().path().to_owned(),
+                    }
+                    .into_response()
+                };
+                Ok::<_, Infallible>(response)
+            }
+        });
+        tokio::spawn(async move {
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

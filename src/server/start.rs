@@ -1,0 +1,251 @@
+//! Starting keyward: every listener bound, `--server-info` written, one worker thread per core.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+use crate::access::clients::{ClientTokens, ClientsError};
+use crate::access::gate::SharedPolicy;
+use crate::config::Config;
+use crate::proxy::dump::{DumpError, Dumper};
+use crate::proxy::handler::{Credential, Proxy, Shared};
+use crate::server::listen::{SocketFile, StdListener, bind, bind_unix, write_server_info};
+use crate::server::metrics::{serve_metrics, telemetry};
+use crate::server::reload::Reloader;
+use crate::server::tls::{Tls, TlsError};
+use crate::server::worker::{Worker, connection_builder};
+use crate::telemetry::ledger::LedgerError;
+use crate::telemetry::metrics::Telemetry;
+use crate::upstream::{self, UpstreamError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("could not listen on {addr}: {error}")]
+    Bind { addr: SocketAddr, error: io::Error },
+    #[error("could not listen on unix:{path}: {error}")]
+    BindUnix { path: PathBuf, error: io::Error },
+    #[error("could not write --server-info {path}: {error}")]
+    ServerInfo { path: String, error: io::Error },
+    #[error("--client-tokens: {0}")]
+    Clients(#[from] ClientsError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("could not listen on --metrics-listen {addr}: {error}")]
+    Metrics { addr: SocketAddr, error: io::Error },
+    #[error(transparent)]
+    Dump(#[from] DumpError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// A started keyward: its addresses, and the means to stop it. Dropping it starts the graceful
+/// shutdown.
+pub struct Running {
+    pub addrs: Vec<SocketAddr>,
+    /// Where the Prometheus metrics are served, with --metrics-listen.
+    pub metrics: Option<SocketAddr>,
+    /// The unix sockets, removed when keyward stops.
+    pub unix: Vec<SocketFile>,
+    tls: Option<Tls>,
+    policy: Arc<SharedPolicy>,
+    telemetry: Option<Arc<Telemetry>>,
+    shutdown: watch::Sender<bool>,
+    /// One per worker thread, completed when the worker has stopped.
+    stopped: Vec<oneshot::Receiver<()>>,
+}
+
+impl Running {
+    /// Starts a graceful shutdown, as SIGTERM or `GET /shutdown` do.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// What SIGHUP re-reads.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            tls: self.tls.clone(),
+            policy: self.policy.clone(),
+            quotas: self.telemetry.as_ref().map(|t| t.quotas.clone()),
+        }
+    }
+
+    /// A handle that can start the shutdown from elsewhere (signal handlers).
+    pub fn shutdown_sender(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+
+    /// Waits until keyward has stopped: shutdown was asked for and the in-flight requests have
+    /// finished or run out of grace.
+    pub async fn wait(mut self) {
+        for stopped in std::mem::take(&mut self.stopped) {
+            let _ = stopped.await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+/// Binds every listener, writes `--server-info`, and starts one worker thread per core.
+///
+/// Each worker runs a single-threaded runtime with its own listening sockets (`SO_REUSEPORT`
+/// on the same addresses; the kernel spreads connections over them, and only lets sockets of
+/// keyward's own user join) and its own upstream connection pool, so a request and its upstream
+/// connection are served on one thread, without cross-thread wake-ups.
+pub async fn start(config: &Config, credential: Credential) -> Result<Running, ServeError> {
+    let dumper = config
+        .dump
+        .as_ref()
+        .map(Dumper::new)
+        .transpose()?
+        .map(Arc::new);
+    let threads = config.threads.max(1);
+    let tokens = config
+        .access
+        .client_tokens
+        .as_deref()
+        .map(ClientTokens::open)
+        .transpose()?
+        .map(Arc::new);
+    let tls = config.tls.as_ref().map(Tls::new).transpose()?;
+    let telemetry = telemetry(config, &credential)?;
+    let policy = Arc::new(SharedPolicy::new(config.access.policy.clone()));
+    let telemetry_handle = telemetry.clone();
+    let metrics = match (config.metrics_listen, &telemetry) {
+        (Some(addr), Some(telemetry)) => {
+            let metrics_err = |error| ServeError::Metrics { addr, error };
+            let listener = bind(addr).map_err(metrics_err)?;
+            let actual = listener.local_addr().map_err(metrics_err)?;
+            Some((actual, listener, telemetry.clone()))
+        }
+        _ => None,
+    };
+    let metrics_addr = metrics.as_ref().map(|(addr, ..)| *addr);
+
+    // The first socket of each address fixes its port (port 0 picks one); the other workers'
+    // sockets join it.
+    let mut addrs = Vec::with_capacity(config.listen.len());
+    let mut per_worker: Vec<Vec<StdListener>> = (0..threads).map(|_| Vec::new()).collect();
+    for &wanted in &config.listen {
+        let bind_err = |error| ServeError::Bind {
+            addr: wanted,
+            error,
+        };
+        // Loopback listeners serve plain HTTP; others TLS unless --insecure-no-tls.
+        let tls = tls.clone().filter(|_| !wanted.ip().is_loopback());
+        let first = bind(wanted).map_err(bind_err)?;
+        let actual = first.local_addr().map_err(bind_err)?;
+        addrs.push(actual);
+        per_worker[0].push(StdListener::Tcp(
+            first.into_std().map_err(bind_err)?,
+            tls.clone(),
+        ));
+        for worker in per_worker.iter_mut().skip(1) {
+            let listener = bind(actual)
+                .and_then(TcpListener::into_std)
+                .map_err(bind_err)?;
+            worker.push(StdListener::Tcp(listener, tls.clone()));
+        }
+    }
+    let mut unix = Vec::with_capacity(config.unix.len());
+    for spec in &config.unix {
+        let bind_err = |error| ServeError::BindUnix {
+            path: spec.path.clone(),
+            error,
+        };
+        let (listener, file) = bind_unix(spec).map_err(bind_err)?;
+        // Every worker accepts on the same socket.
+        for worker in per_worker.iter_mut() {
+            worker.push(StdListener::Unix(listener.try_clone().map_err(bind_err)?));
+        }
+        unix.push(file);
+    }
+
+    if let Some(path) = &config.server_info {
+        write_server_info(path, &addrs, &unix, metrics_addr).map_err(|error| {
+            ServeError::ServerInfo {
+                path: path.display().to_string(),
+                error,
+            }
+        })?;
+    }
+
+    let (shutdown, _) = watch::channel(false);
+    if let Some((addr, listener, telemetry)) = metrics {
+        tokio::spawn(serve_metrics(listener, telemetry, shutdown.subscribe()));
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
+    let mut stopped = Vec::with_capacity(threads);
+    for (index, listeners) in per_worker.into_iter().enumerate() {
+        let proxy = Proxy::new(
+            config,
+            upstream::build(config)?,
+            Shared {
+                credential: credential.clone(),
+                dumper: dumper.clone(),
+                policy: policy.clone(),
+                tokens: tokens.clone(),
+                telemetry: telemetry.clone(),
+                shutdown: shutdown.clone(),
+            },
+        );
+        let (done, finished) = oneshot::channel();
+        let worker = Worker {
+            listeners,
+            proxy,
+            builder: connection_builder(config),
+            shutdown: shutdown.clone(),
+            grace: config.limits.shutdown_grace,
+            tls_timeout: config.limits.header_timeout,
+        };
+        std::thread::Builder::new()
+            .name(format!("keyward-{index}"))
+            .spawn(move || {
+                worker.run();
+                let _ = done.send(());
+            })
+            .map_err(|error| ServeError::Bind {
+                addr: addrs
+                    .first()
+                    .copied()
+                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+                error,
+            })?;
+        stopped.push(finished);
+    }
+
+    let sockets: Vec<String> = unix.iter().map(|f| f.path.display().to_string()).collect();
+    tracing::info!(
+        listen = ?addrs,
+        unix = ?sockets,
+        upstream = %config.upstream.uri,
+        threads,
+        "keyward is listening"
+    );
+    tracing::info!("{}", config.access.policy.describe());
+    if let Some(tokens) = &tokens {
+        tracing::info!(
+            clients = tokens.len(),
+            "client tokens required: each request must carry one from --client-tokens"
+        );
+    }
+    Ok(Running {
+        addrs,
+        metrics: metrics_addr,
+        unix,
+        tls,
+        policy,
+        telemetry: telemetry_handle,
+        shutdown,
+        stopped,
+    })
+}
