@@ -68,6 +68,9 @@ pub struct Limits {
     pub max_body: u64,
     pub max_headers: usize,
     pub header_timeout: Duration,
+    /// `None`: sized from the open-file limit at start.
+    pub max_connections: Option<usize>,
+    pub max_connections_per_user: usize,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
@@ -141,6 +144,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub metrics_listen: Option<SocketAddr>,
     pub usage_log: Option<PathBuf>,
+    /// Ledger bytes that may wait for the disk before requests are refused.
+    pub usage_log_buffer: u64,
     pub quotas: QuotaConfig,
     /// The --config file the settings came from, if any.
     pub config_file: Option<PathBuf>,
@@ -257,6 +262,7 @@ impl Config {
             config_file: args.config.clone(),
             metrics_listen,
             usage_log,
+            usage_log_buffer: ops.usage_log_buffer,
             quotas,
             access: AccessConfig {
                 policy: Policy::resolve(
@@ -285,6 +291,8 @@ impl Config {
                 max_body: args.max_body,
                 max_headers: usize::try_from(args.max_headers).unwrap_or(usize::MAX),
                 header_timeout: args.header_timeout,
+                max_connections: args.max_connections,
+                max_connections_per_user: args.max_connections_per_user,
                 connect_timeout: args.connect_timeout,
                 response_timeout: args.response_timeout,
                 idle_timeout: args.idle_timeout,

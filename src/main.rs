@@ -3,6 +3,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use keyward::config::args::{Cli, Command, LogFormat};
 use keyward::secret::hardening::MemoryLock;
+use keyward::telemetry::log_writer::DEFAULT_MAX_PENDING;
+
+const DEFAULT_LOG_BUFFER: u64 = DEFAULT_MAX_PENDING as u64;
 
 fn main() -> ExitCode {
     // First, before arguments are parsed or any thread exists: no core dumps, no ptrace.
@@ -29,11 +32,11 @@ fn main() -> ExitCode {
         }
         other => (other, None),
     };
-    let log_format = match &command {
-        Command::Serve(args) => args.log_format,
-        _ => LogFormat::Text,
+    let (log_format, log_buffer) = match &command {
+        Command::Serve(args) => (args.log_format, args.log_buffer),
+        _ => (LogFormat::Text, DEFAULT_LOG_BUFFER),
     };
-    let _log = match keyward::telemetry::log::init(log_format) {
+    let _log = match keyward::telemetry::log::init(log_format, log_buffer) {
         Ok(guard) => guard,
         Err(err) => {
             eprintln!("keyward: could not start the log writer thread: {err}");

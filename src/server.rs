@@ -2,6 +2,7 @@
 //! serve with. It accepts connections and hands each request to [`crate::proxy`]; it may use
 //! every room below it, and nothing but `cli` uses it.
 
+mod caps;
 mod listen;
 mod metrics;
 mod reload;

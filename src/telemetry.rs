@@ -3,7 +3,9 @@
 //! Every request's figures arrive once, when it has ended ([`record::Record`]). Uses `credential`
 //! (refresh counts for the metrics), `config` and `secret`; never `proxy` or `server`.
 
+pub mod json_skim;
 pub mod ledger;
+pub mod ledger_writer;
 pub mod log;
 pub mod log_writer;
 pub mod metrics;

@@ -171,12 +171,52 @@ pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut last = self.0.to_string();
+        f.write_str(&last)?;
         let mut source = self.0.source();
         while let Some(err) = source {
-            write!(f, ": {err}")?;
+            let text = err.to_string();
+            // Many errors already say their source's message ("dns error: failed to lookup"
+            // over "failed to lookup"): each part is said once.
+            if !last.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            last = text;
             source = err.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::ErrorChain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{message}")]
+    struct Layer {
+        message: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    #[test]
+    fn each_part_of_a_cause_chain_is_said_once() {
+        let inner = Layer {
+            message: "failed to lookup address information",
+            source: None,
+        };
+        let dns = Layer {
+            message: "dns error: failed to lookup address information",
+            source: Some(Box::new(inner)),
+        };
+        let outer = Layer {
+            message: "client error (Connect)",
+            source: Some(Box::new(dns)),
+        };
+        assert_eq!(
+            ErrorChain(&outer).to_string(),
+            "client error (Connect): dns error: failed to lookup address information"
+        );
     }
 }

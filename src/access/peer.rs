@@ -66,11 +66,40 @@ impl OwnerLookup {
     /// The uid that owns the socket at `peer` connected to keyward's `local` address.
     pub fn tcp_owner(&mut self, local: SocketAddr, peer: SocketAddr) -> Result<u32, OwnerError> {
         let (local, peer) = (unmap(local), unmap(peer));
-        let family = match (local.ip(), peer.ip()) {
-            (IpAddr::V4(_), IpAddr::V4(_)) => AF_INET,
-            (IpAddr::V6(_), IpAddr::V6(_)) => AF_INET6,
-            _ => return Err(OwnerError::NotFound { peer }),
-        };
+        match (local.ip(), peer.ip()) {
+            (IpAddr::V4(local_ip), IpAddr::V4(peer_ip)) => {
+                match self.query(AF_INET, local, peer) {
+                    // A v6 socket connected to `::ffff:127.0.0.1`: the client's end is in the v6
+                    // table, under the mapped addresses, while keyward's is a v4 socket.
+                    Err(OwnerError::NotFound { .. }) => {
+                        let mapped = |ip: std::net::Ipv4Addr, port| {
+                            SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), port)
+                        };
+                        self.query(
+                            AF_INET6,
+                            mapped(local_ip, local.port()),
+                            mapped(peer_ip, peer.port()),
+                        )
+                        .map_err(|err| match err {
+                            OwnerError::NotFound { .. } => OwnerError::NotFound { peer },
+                            other => other,
+                        })
+                    }
+                    other => other,
+                }
+            }
+            (IpAddr::V6(_), IpAddr::V6(_)) => self.query(AF_INET6, local, peer),
+            _ => Err(OwnerError::NotFound { peer }),
+        }
+    }
+
+    /// One exact lookup in the `family` table.
+    fn query(
+        &mut self,
+        family: u8,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> Result<u32, OwnerError> {
         // The client's socket: its source is the peer, its destination keyward's address.
         let wanted = SocketId {
             source_port: peer.port(),
@@ -186,6 +215,28 @@ mod tests {
             assert_eq!(uid, crate::secret::hardening::effective_uid(), "{addr}");
             drop(client);
         }
+    }
+
+    #[test]
+    fn finds_the_owner_of_a_v6_socket_connected_to_a_v4_mapped_address() {
+        let mut lookup = OwnerLookup::new().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // An AF_INET6 socket, talking to the v4 listener through `::ffff:127.0.0.1`.
+        let client = match TcpStream::connect(("::ffff:127.0.0.1", port)) {
+            Ok(client) => client,
+            Err(err) => {
+                eprintln!("skipped: this host has no IPv6 sockets ({err})");
+                return;
+            }
+        };
+        assert!(client.local_addr().unwrap().is_ipv6());
+        let (accepted, peer) = listener.accept().unwrap();
+        assert!(peer.is_ipv4(), "{peer}");
+        let uid = lookup
+            .tcp_owner(accepted.local_addr().unwrap(), peer)
+            .unwrap();
+        assert_eq!(uid, crate::secret::hardening::effective_uid());
     }
 
     #[test]

@@ -154,6 +154,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
+    /// The most connections open at once, all users together; more are answered 503 and closed
+    /// at accept. Default: what the open-file limit allows (two sockets a stream).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// The most connections one user (the uid the kernel names) may hold open; more are
+    /// answered 503 and closed at accept, before any of their headers is read. 0: no cap.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_connections_per_user: usize,
+
     /// On SIGTERM, SIGINT or /shutdown: how long in-flight streams may run before keyward exits.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -184,6 +194,12 @@ pub struct ServeArgs {
     /// Log format on stderr. The level comes from RUST_LOG (default: info).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// How much log keyward holds while stderr is not being read (a stalled pipe or journald).
+    /// Past it, log lines are dropped and counted (keyward_log_lines_dropped_total) rather than
+    /// holding up requests; one line says how many once stderr moves again.
+    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = parse_bytes)]
+    pub log_buffer: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -270,6 +286,12 @@ pub struct OperationsArgs {
     /// Keep no usage ledger, not even the default one.
     #[arg(long, conflicts_with = "usage_log")]
     pub no_usage_log: bool,
+
+    /// How many bytes of ledger lines may wait for a slow disk. Lines are never dropped: while
+    /// more than this waits, new requests are refused with 503 (`usage_ledger_behind`) until the
+    /// disk catches up; requests already running finish and are recorded.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_bytes)]
+    pub usage_log_buffer: u64,
 
     /// A quota: `CLIENT:KEY=N[,KEY=N]`, CLIENT a client (token name or user name) or `default`
     /// for every client; KEY `concurrent` (streams at once), `requests-per-minute`, or

@@ -50,6 +50,8 @@ pub enum ProxyError {
     NotAdmin(String),
     #[error("{0}")]
     ClientToken(&'static str),
+    #[error("the usage ledger is behind: its disk is not keeping up")]
+    LedgerBehind,
     #[error("client {client} is over its {} quota", exceeded.quota)]
     QuotaExceeded {
         client: String,
@@ -72,7 +74,7 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout(_) | ProxyError::UpstreamTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            ProxyError::Auth(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Auth(_) | ProxyError::LedgerBehind => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadJson(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BackendStream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::AccessDenied(_) | ProxyError::Browser(_) | ProxyError::NotAdmin(_) => {
@@ -105,6 +107,7 @@ impl ProxyError {
             ProxyError::NotAdmin(_) => "admin_only",
             ProxyError::ClientToken(_) => "invalid_client_token",
             ProxyError::QuotaExceeded { .. } => "rate_limit_exceeded",
+            ProxyError::LedgerBehind => "usage_ledger_behind",
         }
     }
 
@@ -149,6 +152,11 @@ impl ProxyError {
             | ProxyError::Browser(why)
             | ProxyError::NotAdmin(why) => why.clone(),
             ProxyError::ClientToken(why) => (*why).into(),
+            ProxyError::LedgerBehind => {
+                "keyward's usage ledger is behind (its disk is not keeping up), so keyward takes no \
+                 new requests for now; retry in a second"
+                    .into()
+            }
             ProxyError::QuotaExceeded { client, exceeded } => {
                 let what = match exceeded.quota {
                     "concurrent" => "streams at once",
@@ -191,6 +199,11 @@ impl ProxyError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"keyward\""),
                 );
+            }
+            ProxyError::LedgerBehind => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
             ProxyError::QuotaExceeded { exceeded, .. } => {
                 response.headers_mut().insert(

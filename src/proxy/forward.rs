@@ -2,7 +2,6 @@
 //! request both credentials share (bodies, limits, dumps, the upstream pool).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, Method, Request, Response};
@@ -16,7 +15,7 @@ use crate::proxy::body::{UpstreamBody, UpstreamPool};
 use crate::proxy::dump::{DumpSink, Dumper, ExchangeId};
 use crate::proxy::error::{ProxyError, classify_send};
 use crate::proxy::headers;
-use crate::proxy::request_body::RequestBody;
+use crate::proxy::request_body::{BodyFault, RequestBody};
 use crate::secret::SecretHeader;
 use crate::telemetry::log::ExchangeLog;
 use crate::upstream::ErrorChain;
@@ -108,8 +107,12 @@ impl Forwarder {
     /// keyward's own answer for a request that failed, logged once.
     pub fn fail(&self, err: ProxyError, log: ExchangeLog) -> Response<ProxyBody> {
         match &err {
-            ProxyError::BodyTooLarge { .. } | ProxyError::BadJson(_) => {
-                tracing::info!(error = %err, "request refused")
+            // The client's fault: worth a line, not an alarm.
+            ProxyError::BodyTooLarge { .. }
+            | ProxyError::BadJson(_)
+            | ProxyError::ClientBody(_)
+            | ProxyError::BadRequestBody(_) => {
+                tracing::info!(error = %ErrorChain(&err), "request refused")
             }
             _ => tracing::warn!(error = %ErrorChain(&err), "request failed"),
         }
@@ -156,7 +159,17 @@ impl Forwarder {
     ) -> Result<(Response<UpstreamBody>, Option<ExchangeId>), ProxyError> {
         let (parts, body) = req.into_parts();
         let limit = self.limits.max_body;
-        if content_length(&parts.headers).is_some_and(|len| len > limit) {
+        let declared = content_length(&parts.headers);
+        // A body keyward answers before reading is logged at the size the client declared.
+        let unread = |log: &mut ExchangeLog| {
+            if log.bytes_in().load(std::sync::atomic::Ordering::Relaxed) == 0
+                && let Some(len) = declared
+            {
+                log.add_bytes_in(usize::try_from(len).unwrap_or(usize::MAX));
+            }
+        };
+        if declared.is_some_and(|len| len > limit) {
+            unread(log);
             return Err(ProxyError::BodyTooLarge { limit });
         }
 
@@ -165,8 +178,8 @@ impl Forwarder {
             None => (None, None),
         };
 
-        let exceeded = Arc::new(AtomicBool::new(false));
-        let body = RequestBody::new(body, limit, exceeded.clone(), log.bytes_in(), request_dump);
+        let fault = Arc::new(BodyFault::default());
+        let body = RequestBody::new(body, limit, fault.clone(), log.bytes_in(), request_dump);
         let mut upstream_req = Request::new(Either::Left(body));
         *upstream_req.method_mut() = Method::POST;
         let mut headers = headers::upstream_request_headers(&parts.headers);
@@ -176,14 +189,19 @@ impl Forwarder {
         log.sending();
         let sent =
             tokio::time::timeout(self.limits.response_timeout, self.pool.send(upstream_req)).await;
-        match sent {
+        let result = match sent {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.limits.response_timeout)),
-            Ok(Err(_)) if exceeded.load(Ordering::Relaxed) => {
-                Err(ProxyError::BodyTooLarge { limit })
+            Ok(Err(_)) if fault.too_large() => Err(ProxyError::BodyTooLarge { limit }),
+            Ok(Err(err)) if fault.client_failed() => {
+                Err(ProxyError::ClientBody(ErrorChain(&err).to_string()))
             }
             Ok(Err(err)) => Err(classify_send(err)),
             Ok(Ok(response)) => Ok((response, exchange)),
+        };
+        if result.is_err() {
+            unread(log);
         }
+        result
     }
 }
 

@@ -71,6 +71,8 @@ pub struct Shared {
     pub tokens: Option<Arc<ClientTokens>>,
     pub telemetry: Option<Arc<Telemetry>>,
     pub shutdown: watch::Sender<bool>,
+    /// Ask the kernel who owns every connection, policy or not (for per-user connection caps).
+    pub identify_peers: bool,
 }
 
 impl Proxy {
@@ -82,7 +84,10 @@ impl Proxy {
             max_headers: config.limits.max_headers,
             http_shutdown: config.http_shutdown,
             shutdown: shared.shutdown,
-            gate: Mutex::new(Gate::new(shared.policy, shared.telemetry.is_some())),
+            gate: Mutex::new(Gate::new(
+                shared.policy,
+                shared.identify_peers || shared.telemetry.is_some(),
+            )),
             tokens: shared.tokens,
             hosts: config.access.hosts.clone(),
             telemetry: shared.telemetry,
@@ -188,6 +193,9 @@ impl Proxy {
         let client = self.check_token(req)?.or_else(|| peer.name.clone());
         log.identify(peer.uid(), client.clone());
         if let Some(telemetry) = &self.telemetry {
+            if telemetry.ledger_behind() {
+                return Err(ProxyError::LedgerBehind);
+            }
             // An owner the kernel could not name shares the `unknown` client's quotas.
             let client = client.unwrap_or_else(|| Arc::from("unknown"));
             match telemetry.quotas.admit(&client) {

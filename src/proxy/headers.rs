@@ -16,13 +16,15 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Client headers keyward replaces or handles itself. `Host` is set from the upstream URL,
-/// the credential headers are keyward's own, and `Expect: 100-continue` is answered by keyward's
-/// HTTP server.
-const REPLACED: [HeaderName; 4] = [
+/// the credential headers are keyward's own, `Expect: 100-continue` is answered by keyward's
+/// HTTP server, and `Accept-Encoding` is keyward's: it asks for answers it can read the usage
+/// of.
+const REPLACED: [HeaderName; 5] = [
     header::HOST,
     header::AUTHORIZATION,
     HeaderName::from_static("api-key"),
     header::EXPECT,
+    header::ACCEPT_ENCODING,
 ];
 
 /// Headers whose values are credentials: redacted wherever keyward writes headers down.
@@ -36,9 +38,17 @@ pub const CREDENTIALS: [HeaderName; 6] = [
 ];
 
 /// The headers sent upstream for a client's request: everything the client sent except
-/// hop-by-hop headers (including those its `Connection` header names) and the replaced ones.
+/// hop-by-hop headers (including those its `Connection` header names) and the replaced ones,
+/// and `Accept-Encoding: identity`. An uncompressed answer is one whose usage keyward can read
+/// (a client asking for gzip would otherwise go uncounted); the client gets it uncompressed,
+/// which on loopback costs nothing.
 pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
-    filter(client, &REPLACED, None)
+    let mut headers = filter(client, &REPLACED, None);
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        http::HeaderValue::from_static("identity"),
+    );
+    headers
 }
 
 /// The headers sent to the client for the upstream's response: everything but hop-by-hop ones
@@ -105,8 +115,11 @@ mod tests {
             ("originator", "codex_exec"),
             ("accept", "text/event-stream"),
             ("cookie", "a=b"),
+            ("accept-encoding", "gzip, br"),
         ]);
         let out = upstream_request_headers(&client);
+        // The answer comes back plain, so its usage can be read, whatever the client asked for.
+        assert_eq!(out["accept-encoding"], "identity");
         let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
         assert_eq!(
             names,
@@ -115,7 +128,8 @@ mod tests {
                 "x-codex-window-id",
                 "originator",
                 "accept",
-                "cookie"
+                "cookie",
+                "accept-encoding"
             ]
         );
     }

@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -17,6 +17,30 @@ use crate::upstream::BoxError;
 #[error("request body is larger than {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
+/// What went wrong with the client's body, noted by the body before its error reaches the
+/// upstream connection, so the failed send is blamed on the right side.
+#[derive(Debug, Default)]
+pub struct BodyFault(AtomicU8);
+
+impl BodyFault {
+    const TOO_LARGE: u8 = 1;
+    const CLIENT: u8 = 2;
+
+    fn set(&self, fault: u8) {
+        self.0.store(fault, Ordering::Relaxed);
+    }
+
+    /// The body grew past `--max-body`.
+    pub fn too_large(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::TOO_LARGE
+    }
+
+    /// The client's body could not be read: a malformed chunk, or a hang-up mid-body.
+    pub fn client_failed(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::CLIENT
+    }
+}
+
 pin_project! {
     /// The client's request body, streamed upstream as it arrives.
     pub struct RequestBody {
@@ -24,7 +48,7 @@ pin_project! {
         inner: Incoming,
         limit: u64,
         seen: u64,
-        exceeded: Arc<AtomicBool>,
+        fault: Arc<BodyFault>,
         bytes_in: Arc<AtomicU64>,
         dump: Option<DumpSink>,
     }
@@ -34,7 +58,7 @@ impl RequestBody {
     pub fn new(
         inner: Incoming,
         limit: u64,
-        exceeded: Arc<AtomicBool>,
+        fault: Arc<BodyFault>,
         bytes_in: Arc<AtomicU64>,
         dump: Option<DumpSink>,
     ) -> Self {
@@ -42,7 +66,7 @@ impl RequestBody {
             inner,
             limit,
             seen: 0,
-            exceeded,
+            fault,
             bytes_in,
             dump,
         }
@@ -63,7 +87,7 @@ impl Body for RequestBody {
                 if let Some(data) = frame.data_ref() {
                     *this.seen += data.len() as u64;
                     if *this.seen > *this.limit {
-                        this.exceeded.store(true, Ordering::Relaxed);
+                        this.fault.set(BodyFault::TOO_LARGE);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*this.limit)))));
                     }
                     this.bytes_in
@@ -78,7 +102,11 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(err)) => Poll::Ready(Some(Err(Box::new(err)))),
+            Some(Err(err)) => {
+                // The client's own failure (a bad chunk, a hang-up mid-body), not the upstream's.
+                this.fault.set(BodyFault::CLIENT);
+                Poll::Ready(Some(Err(Box::new(err))))
+            }
 
             None => {
                 if let Some(dump) = this.dump.as_mut() {

@@ -57,20 +57,47 @@ pub fn harden_process() -> HardeningReport {
         ));
     }
 
-    let doomed: Vec<_> = std::env::vars_os()
-        .map(|(name, _)| name)
-        .filter(|name| {
-            let name = name.to_string_lossy();
-            name.starts_with("LD_") || name == "OPENAI_API_KEY"
-        })
-        .collect();
-    for name in doomed {
-        // SAFETY: called from `main` before the runtime or any other thread exists, so no other
-        // thread can be reading the environment concurrently.
-        unsafe { std::env::remove_var(&name) };
-        report.removed_env.push(name.to_string_lossy().into_owned());
-    }
+    scrub_environment(&mut report.removed_env);
     report
+}
+
+/// Removes `LD_*` variables and `OPENAI_API_KEY` from the environment, and wipes the key's bytes
+/// where the kernel put them at exec (the stack's environment block, which is what
+/// `/proc/PID/environ` shows): after this, neither that file nor a scan of keyward's memory finds
+/// the key. Values are never copied out: the entries are read in place.
+fn scrub_environment(removed: &mut Vec<String>) {
+    use std::os::unix::ffi::OsStrExt;
+    use zeroize::Zeroize;
+
+    let mut doomed = Vec::new();
+    // SAFETY: called from `main` before any other thread exists, so nothing changes `environ`
+    // meanwhile; it is a NULL-terminated array of pointers to NUL-terminated strings, each
+    // valid for reading.
+    unsafe {
+        let mut entry = libc::environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let text = *entry;
+            let bytes = std::ffi::CStr::from_ptr(text).to_bytes();
+            let name = bytes.split(|&b| b == b'=').next().unwrap_or_default();
+            if name.starts_with(b"LD_") || name == b"OPENAI_API_KEY" {
+                doomed.push((name.to_vec(), text, bytes.len()));
+            }
+            entry = entry.add(1);
+        }
+    }
+    for (name, text, len) in doomed {
+        let name = std::ffi::OsStr::from_bytes(&name).to_owned();
+        // SAFETY: no other thread exists yet (see above).
+        unsafe { std::env::remove_var(&name) };
+        if name == "OPENAI_API_KEY" {
+            // SAFETY: `text` points at `len` bytes of the entry, still valid after `unsetenv`
+            // (it only drops the pointer from `environ`) and writable: the kernel's block on the
+            // stack, or memory `setenv` allocated. Nothing refers to it any more.
+            let entry = unsafe { std::slice::from_raw_parts_mut(text.cast::<u8>(), len) };
+            entry.zeroize();
+        }
+        removed.push(name.to_string_lossy().into_owned());
+    }
 }
 
 /// Locks every page of the process, now and later, when that cannot make allocations fail: the
@@ -140,6 +167,19 @@ pub fn raise_open_files() -> u64 {
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             return raised.rlim_cur;
         }
+    }
+    limit.rlim_cur
+}
+
+/// The open-file limit in force (0 when it cannot be read).
+pub fn open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes into the struct we pass, which lives for the whole call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
     }
     limit.rlim_cur
 }

@@ -32,29 +32,16 @@ pub(crate) fn telemetry(
     let quotas = Arc::new(Quotas::new(config.quotas.clone()));
     let ledger = match &config.usage_log {
         Some(path) => {
-            let ledger = Ledger::open(path)?;
-            let started = std::time::Instant::now();
-            let since = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64())
-                - 86_400.0;
-            let mut entries = 0u64;
-            let stats = crate::telemetry::ledger::read_since(path, since, |entry| {
-                entries += 1;
-                let at = std::time::UNIX_EPOCH + Duration::from_secs_f64(entry.ts.max(0.0));
-                quotas.add_tokens(
-                    &entry.client,
-                    at,
-                    entry.input_tokens.saturating_add(entry.output_tokens),
+            let ledger = Ledger::open(path, config.usage_log_buffer)?;
+            if std::fs::metadata(path).is_ok_and(|meta| meta.is_file()) {
+                rebuild_token_counts(path, &quotas)?;
+            } else {
+                // A FIFO (a log shipper reading it), a device: nothing to read back.
+                tracing::info!(
+                    path = %path.display(),
+                    "the usage ledger is not a regular file: token quotas start from zero"
                 );
-            })?;
-            tracing::info!(
-                path = %path.display(),
-                entries,
-                lines_read = stats.lines,
-                ms = started.elapsed().as_millis() as u64,
-                "usage ledger: token counts of the last 24 hours rebuilt"
-            );
+            }
             Some(ledger)
         }
         None => None,
@@ -64,6 +51,33 @@ pub(crate) fn telemetry(
         Credential::ApiKey { .. } => None,
     };
     Ok(Some(Arc::new(Telemetry::new(ledger, quotas, chatgpt))))
+}
+
+/// Token counts of the last 24 hours, read back from the ledger so that quotas survive a restart.
+fn rebuild_token_counts(path: &std::path::Path, quotas: &Quotas) -> Result<(), LedgerError> {
+    let started = std::time::Instant::now();
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+        - 86_400.0;
+    let mut entries = 0u64;
+    let stats = crate::telemetry::ledger::read_since(path, since, |entry| {
+        entries += 1;
+        let at = std::time::UNIX_EPOCH + Duration::from_secs_f64(entry.ts.max(0.0));
+        quotas.add_tokens(
+            &entry.client,
+            at,
+            entry.input_tokens.saturating_add(entry.output_tokens),
+        );
+    })?;
+    tracing::info!(
+        path = %path.display(),
+        entries,
+        lines_read = stats.lines,
+        ms = started.elapsed().as_millis() as u64,
+        "usage ledger: token counts of the last 24 hours rebuilt"
+    );
+    Ok(())
 }
 
 /// Serves `GET /metrics` until shutdown.

@@ -13,11 +13,12 @@ use crate::access::gate::SharedPolicy;
 use crate::config::Config;
 use crate::proxy::dump::{DumpError, Dumper};
 use crate::proxy::handler::{Credential, Proxy, Shared};
+use crate::server::caps::ConnectionCaps;
 use crate::server::listen::{SocketFile, StdListener, bind, bind_unix, write_server_info};
 use crate::server::metrics::{serve_metrics, telemetry};
 use crate::server::reload::Reloader;
 use crate::server::tls::{Tls, TlsError};
-use crate::server::worker::{Worker, connection_builder};
+use crate::server::worker::{Worker, connection_builder, refused_connection_builder};
 use crate::telemetry::ledger::LedgerError;
 use crate::telemetry::metrics::Telemetry;
 use crate::upstream::{self, UpstreamError};
@@ -57,7 +58,7 @@ pub struct Running {
     telemetry: Option<Arc<Telemetry>>,
     shutdown: watch::Sender<bool>,
     /// One per worker thread, completed when the worker has stopped.
-    stopped: Vec<oneshot::Receiver<()>>,
+    stopped: Vec<oneshot::Receiver<bool>>,
 }
 
 impl Running {
@@ -83,8 +84,18 @@ impl Running {
     /// Waits until keyward has stopped: shutdown was asked for and the in-flight requests have
     /// finished or run out of grace.
     pub async fn wait(mut self) {
+        let _ = self.shutdown.subscribe().wait_for(|&stop| stop).await;
+        tracing::info!("shutting down: letting in-flight requests finish (--shutdown-grace)");
+        let mut all_finished = true;
         for stopped in std::mem::take(&mut self.stopped) {
-            let _ = stopped.await;
+            all_finished &= stopped.await.unwrap_or(true);
+        }
+        if all_finished {
+            tracing::info!("shut down");
+        } else {
+            tracing::warn!(
+                "shut down with requests still running: the grace period (--shutdown-grace) ran out"
+            );
         }
     }
 }
@@ -184,6 +195,13 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         tokio::spawn(serve_metrics(listener, telemetry, shutdown.subscribe()));
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
+    let caps = Arc::new(ConnectionCaps::new(
+        config
+            .limits
+            .max_connections
+            .unwrap_or_else(default_max_connections),
+        config.limits.max_connections_per_user,
+    ));
     let mut stopped = Vec::with_capacity(threads);
     for (index, listeners) in per_worker.into_iter().enumerate() {
         let proxy = Proxy::new(
@@ -196,6 +214,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
                 tokens: tokens.clone(),
                 telemetry: telemetry.clone(),
                 shutdown: shutdown.clone(),
+                identify_peers: caps.counts_users(),
             },
         );
         let (done, finished) = oneshot::channel();
@@ -203,6 +222,8 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
             listeners,
             proxy,
             builder: connection_builder(config),
+            refused_builder: refused_connection_builder(config),
+            caps: caps.clone(),
             shutdown: shutdown.clone(),
             grace: config.limits.shutdown_grace,
             tls_timeout: config.limits.header_timeout,
@@ -210,8 +231,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         std::thread::Builder::new()
             .name(format!("keyward-{index}"))
             .spawn(move || {
-                worker.run();
-                let _ = done.send(());
+                let _ = done.send(worker.run());
             })
             .map_err(|error| ServeError::Bind {
                 addr: addrs
@@ -248,4 +268,13 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         shutdown,
         stopped,
     })
+}
+
+/// What the open-file limit allows: two sockets a connection (the client's and the upstream's),
+/// less a reserve for listeners, files and the sign-in service.
+fn default_max_connections() -> usize {
+    let limit = crate::secret::hardening::open_files_limit();
+    usize::try_from(limit.saturating_sub(64) / 2)
+        .unwrap_or(usize::MAX)
+        .max(16)
 }

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::access::gate::Peer;
 use crate::config::Config;
 use crate::proxy::handler::Proxy;
+use crate::server::caps::{ConnectionCaps, Full, Slot};
 use crate::server::listen::{Accepted, Listener, StdListener, accept};
 
 /// One worker thread: its listeners, its copy of the proxy, and its share of the shutdown.
@@ -23,6 +24,10 @@ pub(crate) struct Worker {
     pub(crate) listeners: Vec<StdListener>,
     pub(crate) proxy: Proxy,
     pub(crate) builder: http1::Builder,
+    /// For connections the access policy refused: one request, a short header budget, a small
+    /// buffer; the answer is a 403.
+    pub(crate) refused_builder: http1::Builder,
+    pub(crate) caps: Arc<ConnectionCaps>,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) grace: Duration,
     /// How long a TLS client may take over its handshake.
@@ -30,7 +35,8 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn run(self) {
+    /// Serves until shutdown; whether every request finished within the grace period.
+    pub(crate) fn run(self) -> bool {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -38,7 +44,7 @@ impl Worker {
             Ok(runtime) => runtime,
             Err(err) => {
                 tracing::error!(error = %err, "could not start a worker's runtime");
-                return;
+                return true;
             }
         };
         runtime.block_on(async move {
@@ -49,11 +55,15 @@ impl Worker {
                 match Listener::from_std(listener) {
                     Ok(listener) => accept_loops.push(tokio::spawn(accept_loop(
                         listener,
-                        proxy.clone(),
-                        self.builder.clone(),
-                        graceful.clone(),
+                        Serving {
+                            proxy: proxy.clone(),
+                            builder: self.builder.clone(),
+                            refused_builder: self.refused_builder.clone(),
+                            caps: self.caps.clone(),
+                            graceful: graceful.clone(),
+                            tls_timeout: self.tls_timeout,
+                        },
                         self.shutdown.subscribe(),
-                        self.tls_timeout,
                     ))),
                     Err(err) => {
                         tracing::error!(error = %err, "a worker could not use its listener")
@@ -67,10 +77,11 @@ impl Worker {
             }
             drop(proxy);
             // Every accept loop has ended, so this is the last reference.
-            if let Ok(graceful) = Arc::try_unwrap(graceful) {
-                drain(graceful, self.grace).await;
+            match Arc::try_unwrap(graceful) {
+                Ok(graceful) => drain(graceful, self.grace).await,
+                Err(_) => true,
             }
-        });
+        })
     }
 }
 
@@ -80,23 +91,49 @@ pub(crate) fn connection_builder(config: &Config) -> http1::Builder {
         .timer(TokioTimer::new())
         .header_read_timeout(config.limits.header_timeout)
         // keyward answers heads over --max-headers with its own JSON 431; hyper's bare 431 is the
-        // backstop for heads far beyond it.
-        .max_buf_size(config.limits.max_headers.saturating_mul(2).max(16 * 1024))
+        // backstop for heads beyond it plus a little. This also bounds what an unfinished head
+        // can pin: --max-headers and 8 KiB, not hyper's default of 400 KiB.
+        .max_buf_size(head_buffer(config.limits.max_headers))
         .keep_alive(true);
     builder
 }
 
-async fn accept_loop(
-    listener: Listener,
+/// hyper's read buffer for a request head: --max-headers and 8 KiB (hyper's least is 8 KiB).
+fn head_buffer(max_headers: usize) -> usize {
+    max_headers.saturating_add(8 * 1024)
+}
+
+/// For a connection the policy refused: its first request gets the 403, within a short budget
+/// and a small buffer, and the connection is closed.
+pub(crate) fn refused_connection_builder(config: &Config) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.limits.header_timeout.min(REFUSED_HEADER_TIMEOUT))
+        .max_buf_size(head_buffer(0))
+        .keep_alive(false);
+    builder
+}
+
+/// How long a refused connection may take over the request head its 403 answers.
+const REFUSED_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What an accept loop hands each connection.
+#[derive(Clone)]
+struct Serving {
     proxy: Arc<Proxy>,
     builder: http1::Builder,
+    refused_builder: http1::Builder,
+    caps: Arc<ConnectionCaps>,
     graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
+    /// How long a TLS client may take over its handshake.
     tls_timeout: Duration,
-) {
+}
+
+async fn accept_loop(listener: Listener, serving: Serving, mut stop: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
-            accepted = accept(&listener, &proxy) => accepted,
+            accepted = accept(&listener, &serving.proxy) => accepted,
             _ = stop.wait_for(|&stop| stop) => return,
         };
         let (connection, peer) = match accepted {
@@ -108,68 +145,94 @@ async fn accept_loop(
                 continue;
             }
         };
+        let slot = match serving.caps.take(peer.uid()) {
+            Ok(slot) => slot,
+            Err(full) => {
+                turn_away(connection, full);
+                continue;
+            }
+        };
         let peer = Arc::new(peer);
         match connection {
             Accepted::Tcp(stream, None) => {
-                tokio::spawn(serve(stream, peer, &proxy, &builder, &graceful));
+                tokio::spawn(serve(stream, peer, slot, &serving));
             }
             Accepted::Tcp(stream, Some(tls)) => {
                 let acceptor = tls.acceptor().clone();
-                let (proxy, builder, graceful) = (proxy.clone(), builder.clone(), graceful.clone());
+                let serving = serving.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(tls_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve(stream, peer, &proxy, &builder, &graceful).await,
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(serving.tls_timeout, handshake).await {
+                        Ok(Ok(stream)) => serve(stream, peer, slot, &serving).await,
                         Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
                 });
             }
             Accepted::Unix(stream) => {
-                tokio::spawn(serve(stream, peer, &proxy, &builder, &graceful));
+                tokio::spawn(serve(stream, peer, slot, &serving));
             }
         }
     }
 }
 
-/// Serves HTTP/1.1 on one connection until it closes.
+/// Answers a connection over a cap with a 503 and closes it, without waiting for anything: the
+/// answer goes out in one non-blocking write (a TLS connection is just closed).
+fn turn_away(connection: Accepted, full: Full) {
+    tracing::debug!(?full, "connection turned away at accept");
+    let answer = full.response();
+    match connection {
+        Accepted::Tcp(stream, None) => {
+            let _ = stream.try_write(&answer);
+        }
+        Accepted::Unix(stream) => {
+            let _ = stream.try_write(&answer);
+        }
+        Accepted::Tcp(_, Some(_)) => {}
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until it closes; `slot` is given back then.
 fn serve<I>(
     io: I,
     peer: Arc<Peer>,
-    proxy: &Arc<Proxy>,
-    builder: &http1::Builder,
-    graceful: &GracefulShutdown,
+    slot: Slot,
+    serving: &Serving,
 ) -> impl Future<Output = ()> + Send + 'static
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let proxy = proxy.clone();
+    let builder = match peer.refusal {
+        Some(_) => &serving.refused_builder,
+        None => &serving.builder,
+    };
+    let proxy = serving.proxy.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let peer = peer.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
     });
-    let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
+    let connection = serving
+        .graceful
+        .watch(builder.serve_connection(TokioIo::new(io), service));
     async move {
         if let Err(err) = connection.await {
             tracing::debug!(error = %err, "connection ended with an error");
         }
+        drop(slot);
     }
 }
 
-/// Lets in-flight requests finish, up to `grace`.
-async fn drain(graceful: GracefulShutdown, grace: Duration) {
+/// Lets this worker's in-flight requests finish, up to `grace`; whether they all did.
+async fn drain(graceful: GracefulShutdown, grace: Duration) -> bool {
     let open = graceful.count();
     if open > 0 {
-        tracing::info!(
+        tracing::debug!(
             connections = open,
-            grace_s = grace.as_secs_f64(),
-            "shutting down: letting in-flight requests finish"
+            "a worker waits for its open connections"
         );
     }
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("shut down"),
-        Err(_) => tracing::warn!(
-            "shut down with requests still running: the grace period (--shutdown-grace) ran out"
-        ),
-    }
+    tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_ok()
 }

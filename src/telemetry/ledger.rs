@@ -1,16 +1,18 @@
-//! The usage ledger: one JSON line per request, appended to a private file and written out with
-//! one write(2) per line, so a line keyward acknowledged survives keyward crashing. A torn last
-//! line (the host crashed mid-write) is skipped with a warning when the file is read.
+//! The usage ledger: one JSON line per request, appended to a private file by a writer thread
+//! ([`crate::telemetry::ledger_writer`]), so a slow disk never holds up an answer. Lines are
+//! written as soon as the disk takes them; only a crash of keyward itself loses the few not yet
+//! written. A torn last line (the host crashed mid-write) is skipped with a warning when the file
+//! is read.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::telemetry::ledger_writer::Appender;
 use crate::telemetry::record::Record;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,10 @@ pub struct Entry {
     pub cached_input_tokens: u64,
     pub output_tokens: u64,
     pub reasoning_tokens: u64,
+    /// The upstream reported no usage (the client left, or the stream broke, before it came):
+    /// the tokens are keyward's estimate from the bytes sent and the text relayed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
     pub duration_ms: f64,
     pub ttfb_ms: Option<f64>,
     pub request_id: Option<String>,
@@ -64,6 +70,7 @@ impl Entry {
             cached_input_tokens: tokens.cached_input,
             output_tokens: tokens.output,
             reasoning_tokens: tokens.reasoning,
+            estimated: record.estimated,
             duration_ms: millis(record.duration),
             ttfb_ms: record.ttfb.map(millis),
             request_id: record.request_id.clone(),
@@ -74,13 +81,14 @@ impl Entry {
 /// The ledger file, open for appending.
 pub struct Ledger {
     path: PathBuf,
-    file: Mutex<File>,
+    appender: Appender,
 }
 
 impl Ledger {
     /// Opens (or creates, 0600) the ledger. An existing file must be keyward's user's own and
     /// private; a symlink is refused.
-    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+    /// Lines waiting beyond `buffer` bytes make [`Ledger::is_behind`] true.
+    pub fn open(path: &Path, buffer: u64) -> Result<Self, LedgerError> {
         if fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_symlink()) {
             return Err(LedgerError::Unsafe {
                 path: path.to_owned(),
@@ -120,9 +128,15 @@ impl Ledger {
                 ),
             });
         }
+        let appender = Appender::spawn(
+            file,
+            path.display().to_string(),
+            usize::try_from(buffer).unwrap_or(usize::MAX),
+        )
+        .map_err(io_err)?;
         Ok(Self {
             path: path.to_owned(),
-            file: Mutex::new(file),
+            appender,
         })
     }
 
@@ -130,16 +144,23 @@ impl Ledger {
         &self.path
     }
 
-    /// Appends one line with a single write.
+    /// Hands one line to the writer thread; never waits for the disk.
     pub fn append(&self, record: &Record) {
         let Ok(mut line) = serde_json::to_vec(&Entry::from_record(record)) else {
             return;
         };
         line.push(b'\n');
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(err) = file.write_all(&line) {
-            tracing::error!(path = %self.path.display(), error = %err, "could not append to the usage ledger");
-        }
+        self.appender.append(&line);
+    }
+
+    /// Bytes of ledger lines not yet on disk.
+    pub fn backlog(&self) -> usize {
+        self.appender.backlog()
+    }
+
+    /// More waits for the disk than the buffer allows: new requests are refused until it drains.
+    pub fn is_behind(&self) -> bool {
+        self.appender.is_behind()
     }
 }
 
@@ -277,6 +298,7 @@ mod tests {
     use super::*;
     use crate::telemetry::record::End;
     use crate::telemetry::usage::Tokens;
+    use std::io::Write;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -294,6 +316,7 @@ mod tests {
                 output,
                 reasoning: 0,
             }),
+            estimated: false,
             duration: Duration::from_millis(12),
             ttfb: Some(Duration::from_millis(3)),
             upstream_ttfb: None,
@@ -312,10 +335,10 @@ mod tests {
         fs::write(&target, "").unwrap();
         let link = dir.path().join("usage.jsonl");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        let err = Ledger::open(&link).err().unwrap().to_string();
+        let err = Ledger::open(&link, 1 << 20).err().unwrap().to_string();
         assert!(err.contains("symbolic link"), "{err}");
         fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = Ledger::open(&target).err().unwrap().to_string();
+        let err = Ledger::open(&target, 1 << 20).err().unwrap().to_string();
         assert!(err.contains("chmod 600"), "{err}");
     }
 
@@ -332,13 +355,15 @@ mod tests {
     fn lines_are_read_back_from_a_point_in_time_and_a_torn_line_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("usage.jsonl");
-        let ledger = Ledger::open(&path).unwrap();
+        let ledger = Ledger::open(&path, 1 << 20).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         let t0 = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
         // Enough lines that the bisection has work to do.
         for i in 0..5000u64 {
             ledger.append(&record(t0 + Duration::from_secs(i), i));
         }
+        // Every line is on disk once the ledger is closed.
+        drop(ledger);
         // A write cut short.
         OpenOptions::new()
             .append(true)

@@ -14,17 +14,21 @@ use crate::telemetry::log_writer::{self, FlushGuard};
 use crate::telemetry::metrics::{StreamGuard, Telemetry};
 use crate::telemetry::quota::Permit;
 use crate::telemetry::record::{End, Record};
-use crate::telemetry::usage::{Scanner, Seen};
+use crate::telemetry::usage::{Scanner, Seen, Tokens};
 
 /// Installs the stderr logger. The level comes from `RUST_LOG`, `info` by default.
 ///
 /// Lines are written by a background thread in batches ([`crate::telemetry::log_writer`]): requests never
 /// wait on stderr, a busy keyward writes many lines per syscall, and a quiet one shows each line
-/// within 50 ms. No line is dropped. Keep the returned guard until the process ends: dropping it
+/// within 50 ms. Past `buffer` bytes waiting (stderr stalled), lines are dropped and counted. Keep
+/// the returned guard until the process ends: dropping it
 /// writes out what is left.
-pub fn init(format: LogFormat) -> std::io::Result<FlushGuard> {
+pub fn init(format: LogFormat, buffer: u64) -> std::io::Result<FlushGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = log_writer::spawn(std::io::stderr())?;
+    let (writer, guard) = log_writer::spawn(
+        std::io::stderr(),
+        usize::try_from(buffer).unwrap_or(usize::MAX),
+    )?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -39,6 +43,21 @@ pub fn init(format: LogFormat) -> std::io::Result<FlushGuard> {
             .try_init(),
     };
     Ok(guard)
+}
+
+/// Bytes per token for estimates: OpenAI's rule of thumb for English text (about four
+/// characters a token).
+pub const BYTES_PER_TOKEN: u64 = 4;
+
+/// What a response that reported no usage is charged: the request body's bytes as input and the
+/// text relayed as output, [`BYTES_PER_TOKEN`] bytes a token, rounded up.
+fn estimate(bytes_in: u64, output_bytes: u64) -> Tokens {
+    Tokens {
+        input: bytes_in.div_ceil(BYTES_PER_TOKEN),
+        cached_input: 0,
+        output: output_bytes.div_ceil(BYTES_PER_TOKEN),
+        reasoning: 0,
+    }
 }
 
 /// Collects one request's figures and, when dropped (the response body finished or was
@@ -63,6 +82,9 @@ pub struct ExchangeLog {
     scanner: Option<Scanner>,
     seen: Seen,
     request_id: Option<String>,
+    /// The upstream's answer is compressed (though keyward asked for it plain): its usage
+    /// cannot be read, only estimated.
+    encoded: bool,
     /// When the request went upstream, and how long its response head took.
     sent: Option<Instant>,
     upstream_wait: Option<Duration>,
@@ -91,6 +113,7 @@ impl ExchangeLog {
             scanner: None,
             seen: Seen::default(),
             request_id: None,
+            encoded: false,
             sent: None,
             upstream_wait: None,
             overhead: None,
@@ -126,6 +149,9 @@ impl ExchangeLog {
     pub fn upstream_head(&mut self, status: StatusCode, headers: &http::HeaderMap) {
         self.upstream_status(status);
         self.upstream_wait = self.sent.map(|sent| sent.elapsed());
+        self.encoded = headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
         self.request_id = headers
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
@@ -139,7 +165,9 @@ impl ExchangeLog {
         }
         if let Some(telemetry) = &self.telemetry {
             self.stream = Some(telemetry.stream_started());
-            self.scanner = Some(Scanner::new(sse));
+            if !self.encoded {
+                self.scanner = Some(Scanner::new(sse));
+            }
         }
     }
 
@@ -203,7 +231,20 @@ impl Drop for ExchangeLog {
                 end = End::NoCompletedEvent;
             }
         }
-        let tokens = self.seen.tokens;
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let (tokens, estimated) = match self.seen.tokens {
+            Some(tokens) => (Some(tokens), false),
+            // The upstream took the request and answered: it bills for what it generated, so
+            // an answer that ended before its usage came is charged an estimate.
+            None if self.upstream_status.is_some_and(|s| s.is_success()) => {
+                let output = match &self.scanner {
+                    Some(Scanner::Sse { .. }) => self.seen.text_bytes,
+                    _ => self.bytes_out,
+                };
+                (Some(estimate(bytes_in, output)), true)
+            }
+            None => (None, false),
+        };
         // Milliseconds with microsecond precision.
         let millis = |d: Duration| d.as_micros() as f64 / 1000.0;
         let duration = self.started.elapsed();
@@ -218,7 +259,8 @@ impl Drop for ExchangeLog {
             model = self.seen.model.as_deref(),
             input_tokens = tokens.map(|t| t.input),
             output_tokens = tokens.map(|t| t.output),
-            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            estimated = estimated.then_some(true),
+            bytes_in,
             bytes_out = self.bytes_out,
             ttfb_ms = self.first_byte.map(millis),
             duration_ms = millis(duration),
@@ -235,6 +277,7 @@ impl Drop for ExchangeLog {
                 upstream_status: self.upstream_status.map(|s| s.as_u16()),
                 end,
                 tokens,
+                estimated,
                 duration,
                 ttfb: self.first_byte,
                 upstream_ttfb: self
@@ -242,7 +285,7 @@ impl Drop for ExchangeLog {
                     .zip(self.upstream_wait)
                     .map(|(sent, wait)| sent.duration_since(self.started) + wait),
                 overhead: self.overhead,
-                bytes_in: self.bytes_in.load(Ordering::Relaxed),
+                bytes_in,
                 bytes_out: self.bytes_out,
                 request_id: self.request_id.take(),
             });

@@ -81,6 +81,8 @@ struct Metrics {
     quota_refusals: Family<QuotaLabels, Counter>,
     refreshes: Family<ResultLabels, Counter>,
     expires_in: Gauge<i64, AtomicI64>,
+    log_lines_dropped: Counter,
+    ledger_backlog: Gauge,
 }
 
 impl Metrics {
@@ -140,6 +142,18 @@ impl Metrics {
             "Requests refused with 429 by client and quota",
             quota_refusals.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because stderr was not read fast enough (--log-buffer was full)",
+            log_lines_dropped.clone(),
+        );
+        let ledger_backlog = Gauge::default();
+        registry.register(
+            "usage_ledger_backlog_bytes",
+            "Bytes of usage ledger lines waiting for the disk (over --usage-log-buffer, requests get 503)",
+            ledger_backlog.clone(),
+        );
         let refreshes = Family::<ResultLabels, Counter>::default();
         let expires_in = Gauge::<i64, AtomicI64>::default();
         if chatgpt {
@@ -167,6 +181,8 @@ impl Metrics {
             quota_refusals,
             refreshes,
             expires_in,
+            log_lines_dropped,
+            ledger_backlog,
         }
     }
 }
@@ -220,6 +236,8 @@ pub struct Telemetry {
     chatgpt: Option<Arc<TokenManager>>,
     /// Refresh counts already turned into metric increments.
     refreshes_seen: [AtomicU64; 2],
+    /// Dropped log lines already turned into metric increments.
+    log_dropped_seen: AtomicU64,
 }
 
 impl Telemetry {
@@ -236,6 +254,7 @@ impl Telemetry {
             quotas,
             chatgpt,
             refreshes_seen: [AtomicU64::new(0), AtomicU64::new(0)],
+            log_dropped_seen: AtomicU64::new(0),
         }
     }
 
@@ -311,8 +330,25 @@ impl Telemetry {
         }
     }
 
+    /// Whether the ledger's disk has fallen so far behind that new requests must wait.
+    pub fn ledger_behind(&self) -> bool {
+        self.ledger.as_ref().is_some_and(Ledger::is_behind)
+    }
+
     /// The metrics in Prometheus' text format.
     pub fn encode(&self) -> String {
+        if let Some(ledger) = &self.ledger {
+            self.metrics
+                .ledger_backlog
+                .set(i64::try_from(ledger.backlog()).unwrap_or(i64::MAX));
+        }
+        let dropped = crate::telemetry::log_writer::dropped_lines();
+        let before = self
+            .log_dropped_seen
+            .swap(dropped, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .log_lines_dropped
+            .inc_by(dropped.saturating_sub(before));
         if let Some(tokens) = &self.chatgpt {
             use std::sync::atomic::Ordering;
             let stats = &tokens.stats;

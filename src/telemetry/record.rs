@@ -16,6 +16,8 @@ pub struct Record {
     pub upstream_status: Option<u16>,
     pub end: End,
     pub tokens: Option<Tokens>,
+    /// `tokens` is keyward's estimate: the upstream reported no usage.
+    pub estimated: bool,
     pub duration: Duration,
     pub ttfb: Option<Duration>,
     pub upstream_ttfb: Option<Duration>,

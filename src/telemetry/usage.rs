@@ -1,11 +1,15 @@
 //! What a response used, read as it passes: the `usage` of `response.completed` (or
 //! `response.incomplete` / `response.failed`) in an event stream, or of a JSON response. The
-//! stream is never held back; only the one event that carries the usage is copied.
+//! stream is never held back; only the one event that carries the usage is copied, and of a JSON
+//! response only its `model`, `status` and `usage` ([`JsonSkim`]). The length of the text the
+//! stream delivered is counted too, for an estimate when the usage never comes.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The most bytes of one event line (or of a JSON response) kept to read the usage from.
+use crate::telemetry::json_skim::{JsonSkim, delta_len};
+
+/// The most bytes of one event line kept to read the usage from.
 const MAX_KEPT: usize = 16 << 20;
 
 /// Tokens a response used, from its `usage`.
@@ -55,6 +59,7 @@ impl From<ResponseParts> for Seen {
         Seen {
             model: parts.model,
             status: parts.status,
+            text_bytes: 0,
             tokens: parts.usage.map(|u| Tokens {
                 input: u.input_tokens,
                 cached_input: u
@@ -86,6 +91,8 @@ pub struct Seen {
     pub tokens: Option<Tokens>,
     /// The response's final status: `completed`, `incomplete` or `failed`.
     pub status: Option<String>,
+    /// Bytes of text (the `delta`s) an event stream delivered.
+    pub text_bytes: u64,
 }
 
 impl Seen {
@@ -104,12 +111,12 @@ pub enum Scanner {
     Sse {
         /// The start of a line split across chunks.
         partial: Vec<u8>,
-        /// The current event's name is one that carries the final response.
-        final_event: bool,
+        /// What the current event's `event:` line named.
+        event: EventName,
         seen: Seen,
     },
-    /// A JSON response: kept (up to a limit) and read at the end.
-    Json { kept: Vec<u8>, overflow: bool },
+    /// A JSON response: only its `model`, `status` and `usage` are kept.
+    Json(Box<JsonSkim>),
 }
 
 /// Event types whose `response` is the final one, with its usage.
@@ -124,40 +131,31 @@ impl Scanner {
         if sse {
             Scanner::Sse {
                 partial: Vec::new(),
-                final_event: false,
+                event: EventName::Other,
                 seen: Seen::default(),
             }
         } else {
-            Scanner::Json {
-                kept: Vec::new(),
-                overflow: false,
-            }
+            Scanner::Json(Box::default())
         }
     }
 
     pub fn feed(&mut self, mut chunk: &[u8]) {
         match self {
-            Scanner::Json { kept, overflow } => {
-                if kept.len() + chunk.len() > MAX_KEPT {
-                    *overflow = true;
-                } else if !*overflow {
-                    kept.extend_from_slice(chunk);
-                }
-            }
+            Scanner::Json(skim) => skim.feed(chunk),
             Scanner::Sse {
                 partial,
-                final_event,
+                event,
                 seen,
             } => {
                 while let Some(end) = chunk.iter().position(|&b| b == b'\n') {
                     let (line, rest) = chunk.split_at(end);
                     chunk = &rest[1..];
                     if partial.is_empty() {
-                        sse_line(line, final_event, seen);
+                        sse_line(line, event, seen);
                     } else {
                         partial.extend_from_slice(line);
                         let whole = std::mem::take(partial);
-                        sse_line(&whole, final_event, seen);
+                        sse_line(&whole, event, seen);
                     }
                 }
                 if !chunk.is_empty() && partial.len() + chunk.len() <= MAX_KEPT {
@@ -171,37 +169,59 @@ impl Scanner {
     pub fn finish(&mut self) -> Seen {
         match self {
             Scanner::Sse { seen, .. } => std::mem::take(seen),
-            Scanner::Json { kept, overflow } => {
-                if *overflow {
-                    return Seen::default();
-                }
-                serde_json::from_slice::<ResponseParts>(kept)
-                    .map(Seen::from)
-                    .unwrap_or_default()
-            }
+            Scanner::Json(skim) => serde_json::from_slice::<ResponseParts>(&skim.object())
+                .map(Seen::from)
+                .unwrap_or_default(),
         }
     }
 }
 
-fn sse_line(line: &[u8], final_event: &mut bool, seen: &mut Seen) {
+/// The events whose data the scanner reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventName {
+    /// `response.completed`, `.incomplete` or `.failed`: the final response, with its usage.
+    Final,
+    /// `response.created`: the model.
+    Created,
+    Other,
+}
+
+fn sse_line(line: &[u8], event: &mut EventName, seen: &mut Seen) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.is_empty() {
-        *final_event = false;
+        *event = EventName::Other;
     } else if let Some(name) = line.strip_prefix(b"event:") {
-        *final_event = FINAL_EVENTS.contains(&name.trim_ascii());
+        let name = name.trim_ascii();
+        *event = if FINAL_EVENTS.contains(&name) {
+            EventName::Final
+        } else if name == b"response.created" {
+            EventName::Created
+        } else {
+            EventName::Other
+        };
     } else if let Some(data) = line.strip_prefix(b"data:") {
         let data = data.trim_ascii_start();
         // Without an `event:` line, the type leads the data object.
-        let typed_final = data.starts_with(br#"{"type":"response."#)
-            && FINAL_EVENTS
-                .iter()
-                .any(|name| data.get(9..9 + name.len()) == Some(*name));
-        if (*final_event || typed_final)
-            && let Ok(EventParts {
-                response: Some(response),
-            }) = serde_json::from_slice::<EventParts>(data)
-        {
-            *seen = Seen::from(response);
+        let typed = |name: &[u8]| {
+            data.starts_with(br#"{"type":""#) && data.get(9..9 + name.len()) == Some(name)
+        };
+        let response = || match serde_json::from_slice::<EventParts>(data) {
+            Ok(EventParts { response }) => response,
+            Err(_) => None,
+        };
+        if *event == EventName::Final || FINAL_EVENTS.iter().any(|name| typed(name)) {
+            if let Some(response) = response() {
+                let text_bytes = seen.text_bytes;
+                *seen = Seen::from(response);
+                seen.text_bytes = text_bytes;
+            }
+        } else if *event == EventName::Created || typed(b"response.created") {
+            // The model, for a stream that ends before it says its usage.
+            if seen.model.is_none() {
+                seen.model = response().and_then(|r| r.model);
+            }
+        } else {
+            seen.text_bytes += delta_len(data) as u64;
         }
     }
 }
@@ -228,6 +248,7 @@ mod tests {
                 reasoning: 2,
             }),
             status: Some("completed".into()),
+            text_bytes: 2,
         };
         for size in [1, 2, 7, 64, stream.len()] {
             let mut scanner = Scanner::new(true);
@@ -239,14 +260,28 @@ mod tests {
         // Without `event:` lines.
         let mut scanner = Scanner::new(true);
         scanner.feed(format!("data: {COMPLETED}\n\n").as_bytes());
-        assert_eq!(scanner.finish(), want);
+        assert_eq!(
+            scanner.finish(),
+            Seen {
+                text_bytes: 0,
+                ..want
+            }
+        );
     }
 
     #[test]
-    fn a_stream_without_a_final_event_shows_nothing_and_json_is_read_whole() {
+    fn a_stream_without_a_final_event_shows_its_model_and_text_only_and_json_is_read_whole() {
         let mut scanner = Scanner::new(true);
         scanner.feed(b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"model\":\"m\",\"usage\":null}}\n\n");
-        assert_eq!(scanner.finish(), Seen::default());
+        scanner.feed(b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hello\"}\n\n");
+        assert_eq!(
+            scanner.finish(),
+            Seen {
+                model: Some("m".into()),
+                text_bytes: 5,
+                ..Seen::default()
+            }
+        );
 
         let mut scanner = Scanner::new(false);
         let response = r#"{"id":"resp_1","model":"gpt-5","status":"completed","usage":{"input_tokens":5,"output_tokens":1}}"#;

@@ -482,9 +482,14 @@ async fn an_https_client_is_served_on_a_non_loopback_listener_and_sighup_reloads
         .await
         .unwrap();
     tokio::spawn(connection);
-    let reply = sender.send_request(request(&token)).await.unwrap();
+    let reply = crate::support::within("a response head", sender.send_request(request(&token)))
+        .await
+        .unwrap();
     assert_eq!(reply.status(), StatusCode::OK);
-    let body = reply.into_body().collect().await.unwrap().to_bytes();
+    let body = crate::support::within("a response body", reply.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     assert!(!body.is_empty());
     assert_eq!(upstream.requests().len(), 1);
 
@@ -509,7 +514,9 @@ async fn an_https_client_is_served_on_a_non_loopback_listener_and_sighup_reloads
         .wait_for_log("TLS certificate and key re-read")
         .await;
     assert_eq!(ca.connect(keyward.addr).await.1, second);
-    let reply = sender.send_request(request(&token)).await.unwrap();
+    let reply = crate::support::within("a response head", sender.send_request(request(&token)))
+        .await
+        .unwrap();
     assert_eq!(
         reply.status(),
         StatusCode::OK,
@@ -691,4 +698,58 @@ async fn a_unix_socket_gets_its_mode_and_group_and_replaces_only_a_stale_socket(
 
     drop(keyward);
     assert!(!sock.exists(), "keyward removes its socket when it stops");
+}
+
+#[tokio::test]
+async fn an_allowed_user_is_served_while_a_refused_user_floods() {
+    use tokio::io::AsyncBufReadExt;
+    let Some(users) = users() else { return };
+    let upstream = FakeUpstream::ok_json().await;
+    let (addr, _keyward) = start_for(
+        &upstream.url(),
+        &["--allow-user", ALICE, "--max-connections-per-user", "100"],
+    )
+    .await;
+    // Bob, whom the policy refuses, opens 400 connections and leaves each head unfinished.
+    let mut flood = crate::support::users::python_command(
+        Some(users.bob),
+        include_str!("support/flood.py"),
+        json!({"host": "127.0.0.1", "port": addr.port(), "n": 400, "wait": 8}),
+    )
+    .spawn()
+    .unwrap();
+    let mut lines = tokio::io::BufReader::new(flood.stdout.take().unwrap()).lines();
+    let ready = crate::support::within("the flood to open its connections", lines.next_line())
+        .await
+        .unwrap();
+    assert_eq!(ready.as_deref(), Some("ready"));
+
+    // Meanwhile Alice is served at once, every time.
+    let started = std::time::Instant::now();
+    let alice = client_as(
+        Some(users.alice),
+        json!({ "target": format!("tcp:{addr}"), "requests": 50, "threads": 5 }),
+    )
+    .await;
+    assert_eq!(count(&alice, 200), 50, "{alice}");
+    assert!(
+        started.elapsed() < crate::support::SOON,
+        "Alice waited {:?}",
+        started.elapsed()
+    );
+
+    // Bob's connections are all ended within seconds, not held for --header-timeout (30 s):
+    // 300 turned away at accept, the 100 the cap lets in answered 403 or closed after a short
+    // budget.
+    let report = crate::support::within("the flood's report", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["still_open"], 0, "{report}");
+    assert!(
+        report["statuses"]["503"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
+    let _ = flood.wait().await;
 }

@@ -305,3 +305,34 @@ async fn a_client_token_appears_nowhere_and_never_reaches_the_upstream() {
         "the token reached the upstream"
     );
 }
+
+#[tokio::test]
+async fn a_key_left_in_the_environment_is_wiped_from_proc_environ_and_from_memory() {
+    // A non-dumpable process's environ and memory are readable by root only.
+    if keyward::secret::hardening::effective_uid() != 0 {
+        eprintln!("skipped: needs root to read keyward's /proc/PID/environ and memory");
+        return;
+    }
+    const IN_ENV: &str = "sk-env-canary-7f3a9c2e5b1d40680b";
+    let upstream = FakeUpstream::ok_json().await;
+    let keyward = Process::spawn(
+        &["--upstream-url", &upstream.url()],
+        format!("{CANARY}\n").as_bytes(),
+        &[("OPENAI_API_KEY", IN_ENV), ("LD_KEYWARD_TEST", "1")],
+    )
+    .await;
+    keyward.wait_for_log("OPENAI_API_KEY was set").await;
+    client::post_responses(keyward.addr, "{}").await;
+    let pid = keyward.pid();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains(IN_ENV), "{environ}");
+    assert!(!environ.contains("OPENAI_API_KEY"), "{environ}");
+    assert!(
+        environ.contains("LD_KEYWARD_TEST"),
+        "only the key is wiped: {environ}"
+    );
+    assert_eq!(find_in_memory(pid, IN_ENV.as_bytes()), Vec::<u64>::new());
+    // The scan does see what keyward holds.
+    assert!(!find_in_memory(pid, CANARY.as_bytes()).is_empty());
+}

@@ -566,7 +566,12 @@ async fn one_backend_connection_carries_streamed_and_assembled_answers_in_turn()
                 json!({"model": "gpt-5", "input": "hi", "stream": wants_stream}).to_string(),
             )))
             .unwrap();
-        let reply = client::read(sender.send_request(req).await.unwrap()).await;
+        let reply = client::read(
+            crate::support::within("a response head", sender.send_request(req))
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         if wants_stream {
             assert!(

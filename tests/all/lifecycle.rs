@@ -384,3 +384,94 @@ async fn the_open_file_limit_is_raised_to_its_ceiling() {
     );
     assert_ne!(open_files[3], "256");
 }
+
+#[tokio::test]
+async fn without_the_right_to_lock_all_memory_the_key_is_locked_on_its_own() {
+    // An unprivileged keyward under a finite memlock limit cannot lock all its memory; the key's
+    // own pages are still locked (VmLck). Needs root to start keyward as `nobody`.
+    if keyward::secret::hardening::effective_uid() != 0 {
+        eprintln!("skipped: needs root to start keyward as another user");
+        return;
+    }
+    let upstream = FakeUpstream::ok_json().await;
+    let mut cmd = tokio::process::Command::new("prlimit");
+    cmd.arg("--memlock=1048576:1048576")
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_keyward"))
+        .args(["--upstream-url", &upstream.url()])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .uid(65534)
+        .gid(65534);
+    let mut child = crate::support::keyward::spawn_fed(cmd, b"sk-key\n").await;
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
+    let mut log = String::new();
+    within("keyward to listen", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("keyward is listening") {
+                return;
+            }
+        }
+        panic!("keyward exited: {log}");
+    })
+    .await;
+    assert!(
+        log.contains("only the credential's own buffer is locked"),
+        "{log}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
+    let locked_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(locked_kb > 0, "the key's pages are locked: {status}");
+    let _ = child.kill().await;
+}
+
+#[tokio::test]
+async fn after_sigterm_a_stream_gets_the_grace_period_then_keyward_exits_0_saying_so_once() {
+    let (upstream, mut streams) = upstream::FakeUpstream::driven().await;
+    let mut keyward = Process::spawn(
+        &[
+            "--upstream-url",
+            &upstream.url(),
+            "--shutdown-grace",
+            "1s",
+            "--threads",
+            "2",
+        ],
+        b"sk-key\n",
+        &[],
+    )
+    .await;
+    let req = Request::post("/v1/responses")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let _body = client::send(keyward.addr, req).await.into_body();
+    // The upstream never ends this stream.
+    let _stream = within("the upstream stream", streams.recv()).await.unwrap();
+
+    let signalled = std::time::Instant::now();
+    keyward.signal(libc::SIGTERM);
+    assert_eq!(keyward.exit_code().await, Some(0), "{}", keyward.stderr());
+    let took = signalled.elapsed();
+    // Not before the grace period is over, and not much after (generous: a shared machine).
+    assert!(
+        took >= std::time::Duration::from_millis(900),
+        "exited after {took:?}"
+    );
+    assert!(took < crate::support::SOON, "exited after {took:?}");
+    let log = keyward.stderr();
+    // Said once, whatever the number of worker threads.
+    assert_eq!(
+        log.matches("the grace period (--shutdown-grace) ran out")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("shutting down: letting").count(), 1, "{log}");
+}

@@ -12,6 +12,7 @@ mod chatgpt;
 mod dump;
 mod e2e;
 mod forwarding;
+mod hardening;
 mod layout;
 mod lifecycle;
 mod operations;

@@ -138,8 +138,10 @@ async fn metrics_count_requests_tokens_bytes_and_how_streams_ended() {
             &[root, ("model", "gpt-5"), ("kind", kind)],
         )
     };
-    // sse and json carry usage (12 in, 7 out); the cut stream and the failure carry none.
-    assert_eq!(tokens("input"), 24.0, "{text}");
+    // sse and json carry usage (12 in, 7 out); the failure carries none; the cut stream (the
+    // upstream's 200, no usage) is charged an estimate: its body at 4 bytes a token, no text.
+    let cut_estimate = body("cut").len().div_ceil(4) as f64;
+    assert_eq!(tokens("input"), 24.0 + cut_estimate, "{text}");
     assert_eq!(tokens("output"), 14.0);
     assert_eq!(tokens("cached_input"), 0.0);
     let ended = |cause| metric(&text, "keyward_streams_ended_total", &[("cause", cause)]);
@@ -242,6 +244,12 @@ async fn the_ledger_has_a_line_per_request_and_keyward_usage_sums_it() {
     assert_eq!(failed["status"], 500);
     assert_eq!(failed["output_tokens"], 0);
     assert_eq!(gone["end"], "client_gone");
+    // The upstream had answered 200 and started: an estimate, from the body (no text yet).
+    assert_eq!(gone["estimated"], true);
+    let gone_input = body("slow").len().div_ceil(4);
+    assert_eq!(gone["input_tokens"], gone_input);
+    assert_eq!(gone["output_tokens"], 0);
+    assert!(ok.get("estimated").is_none());
 
     // A write cut short by a crash: skipped with a warning, the rest still read.
     std::fs::OpenOptions::new()
@@ -260,7 +268,7 @@ async fn the_ledger_has_a_line_per_request_and_keyward_usage_sums_it() {
     assert_eq!(
         rows,
         json!([{
-            "key": "root", "requests": 3, "errors": 2, "input_tokens": 12,
+            "key": "root", "requests": 3, "errors": 2, "input_tokens": 12 + gone_input,
             "cached_input_tokens": 0, "output_tokens": 7, "reasoning_tokens": 0
         }])
     );
@@ -276,7 +284,7 @@ async fn the_ledger_has_a_line_per_request_and_keyward_usage_sums_it() {
     assert!(
         table
             .lines()
-            .any(|l| l.starts_with("gpt-5") && l.contains(" 12 ")),
+            .any(|l| l.starts_with("gpt-5") && l.contains(&format!(" {} ", 12 + gone_input))),
         "{table}"
     );
 }

@@ -243,7 +243,12 @@ async fn one_upstream_connection_carries_request_after_request() {
             .header("host", addr.to_string())
             .body(Full::new(Bytes::from(body)))
             .unwrap();
-        let reply = client::read(sender.send_request(req).await.unwrap()).await;
+        let reply = client::read(
+            crate::support::within("a response head", sender.send_request(req))
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(reply.status, StatusCode::OK);
         if i % 2 == 0 {
             assert_eq!(

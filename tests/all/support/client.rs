@@ -31,18 +31,26 @@ impl Reply {
     }
 }
 
-/// Sends one request on a fresh connection and returns the response with its body unread.
+/// Sends one request on a fresh connection and returns the response with its body unread. Fails
+/// the test when no response head comes within [`super::SOON`].
 pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Response<Incoming> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    sender.send_request(req).await.unwrap()
+    super::within("a response head", async {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        sender.send_request(req).await.unwrap()
+    })
+    .await
 }
 
+/// Reads the whole body; fails the test when it does not end within [`super::SOON`].
 pub async fn read(response: Response<Incoming>) -> Reply {
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
+    let body = super::within("a response body", body.collect())
+        .await
+        .unwrap()
+        .to_bytes();
     Reply {
         status: parts.status,
         headers: parts.headers,

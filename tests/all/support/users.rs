@@ -1,8 +1,8 @@
 //! Real users for the access-control tests, and clients that run as them.
 //!
-//! The tests create (once, idempotently) two system users and a group with `useradd` and
-//! `groupadd`, so they need root, as CI has. Without root they fail and say so; set
-//! KEYWARD_SKIP_ROOT_TESTS=1 to skip them instead.
+//! The tests create (once, idempotently: a later run reuses them) two system users and a group
+//! with `useradd` and `groupadd`, so they need root, as CI has; without root they skip and say
+//! so. `scripts/test` removes the users and the group again if the run created them.
 
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -32,18 +32,12 @@ pub struct Users {
 
 /// The test users, created on first use; `None` when the tests were asked to skip.
 pub fn users() -> Option<&'static Users> {
-    if std::env::var_os("KEYWARD_SKIP_ROOT_TESTS").is_some() {
-        eprintln!("skipped: KEYWARD_SKIP_ROOT_TESTS is set");
+    if keyward::secret::hardening::effective_uid() != 0 {
+        eprintln!("skipped: needs root to create test users and connect as them");
         return None;
     }
     static USERS: OnceLock<Users> = OnceLock::new();
     Some(USERS.get_or_init(|| {
-        assert_eq!(
-            keyward::secret::hardening::effective_uid(),
-            0,
-            "the access-control tests create users and switch to them, so they need root (CI \
-             runs as root); set KEYWARD_SKIP_ROOT_TESTS=1 to skip them"
-        );
         run(&["groupadd", "--system", GROUP]);
         for name in [ALICE, BOB] {
             run(&[
@@ -97,6 +91,34 @@ fn lookup(name: &'static str) -> User {
 /// `None`, and returns its JSON report: `statuses` (status → count), `bodies` (status → first
 /// body), `ports` (local ports used), `errors`.
 pub async fn client_as(user: Option<User>, config: serde_json::Value) -> serde_json::Value {
+    python_as(user, include_str!("peer_client.py"), config).await
+}
+
+/// Runs the Python `source` as `user` (or as this process's user with `None`) with `config` as
+/// its argument, and returns the JSON it prints last.
+pub async fn python_as(
+    user: Option<User>,
+    source: &str,
+    config: serde_json::Value,
+) -> serde_json::Value {
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        python_command(user, source, config).output(),
+    )
+    .await
+    .expect("the peer client did not finish within 120 s")
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "peer client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
+}
+
+/// The command [`python_as`] runs, for a test that reads its output as it comes.
+pub fn python_command(user: Option<User>, source: &str, config: serde_json::Value) -> Command {
     let mut cmd = match user {
         Some(user) => {
             let mut cmd = Command::new("setpriv");
@@ -109,22 +131,13 @@ pub async fn client_as(user: Option<User>, config: serde_json::Value) -> serde_j
         None => Command::new(PYTHON),
     };
     cmd.arg("-c")
-        .arg(include_str!("peer_client.py"))
+        .arg(source)
         .arg(config.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let output = tokio::time::timeout(std::time::Duration::from_secs(120), cmd.output())
-        .await
-        .expect("the peer client did not finish within 120 s")
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "peer client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    cmd
 }
 
 /// How many requests got `status`.

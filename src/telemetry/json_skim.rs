@@ -1,0 +1,190 @@
+//! Reads a few top-level fields of a JSON object as its bytes pass, without keeping the rest: a
+//! 40 MiB response costs the bytes of `model`, `status` and `usage`, not 40 MiB.
+
+/// The most bytes kept of one field's value; a longer value is dropped.
+const MAX_FIELD: usize = 64 * 1024;
+
+/// The top-level fields kept.
+const FIELDS: [&[u8]; 3] = [b"model", b"status", b"usage"];
+
+/// A byte-at-a-time reader of one JSON document.
+#[derive(Debug, Default)]
+pub struct JsonSkim {
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// At depth 1, the next string is a key.
+    expect_key: bool,
+    /// The key being read (only short ones are kept).
+    key: Vec<u8>,
+    reading_key: bool,
+    /// The last key read at depth 1, if it names a kept field.
+    field: Option<usize>,
+    /// The value being copied: its field and bytes so far.
+    value: Option<(usize, Vec<u8>)>,
+    kept: [Option<Vec<u8>>; 3],
+}
+
+impl JsonSkim {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        for &b in chunk {
+            self.byte(b);
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        if self.in_string {
+            self.copy(b);
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = false;
+                if self.reading_key {
+                    self.reading_key = false;
+                    self.field = FIELDS.iter().position(|f| *f == self.key.as_slice());
+                }
+            } else if self.reading_key && self.key.len() < 16 {
+                self.key.push(b);
+            }
+            return;
+        }
+        match b {
+            b'"' => {
+                self.in_string = true;
+                if self.depth == 1 && self.expect_key {
+                    self.expect_key = false;
+                    self.reading_key = true;
+                    self.key.clear();
+                } else {
+                    self.copy(b);
+                }
+            }
+            b'{' | b'[' => {
+                self.copy(b);
+                self.depth += 1;
+                if self.depth == 1 {
+                    self.expect_key = b == b'{';
+                }
+            }
+            b'}' | b']' => {
+                if self.depth == 1 {
+                    self.end_value();
+                } else {
+                    self.copy(b);
+                }
+                self.depth = self.depth.saturating_sub(1);
+            }
+            b',' if self.depth == 1 => {
+                self.end_value();
+                self.expect_key = true;
+            }
+            b':' if self.depth == 1 && self.value.is_none() => {
+                if let Some(field) = self.field.take() {
+                    self.value = Some((field, Vec::new()));
+                }
+            }
+            _ => self.copy(b),
+        }
+    }
+
+    /// Copies a byte of a kept field's value.
+    fn copy(&mut self, b: u8) {
+        if let Some((_, bytes)) = &mut self.value
+            && bytes.len() < MAX_FIELD
+        {
+            bytes.push(b);
+        }
+    }
+
+    fn end_value(&mut self) {
+        self.field = None;
+        if let Some((field, bytes)) = self.value.take()
+            && bytes.len() < MAX_FIELD
+        {
+            self.kept[field] = Some(bytes);
+        }
+    }
+
+    /// The kept fields as one small JSON object, e.g. `{"model":"gpt-5","usage":{...}}`.
+    pub fn object(&self) -> Vec<u8> {
+        let mut out = b"{".to_vec();
+        for (name, value) in FIELDS.iter().zip(&self.kept) {
+            let Some(value) = value else { continue };
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            out.push(b'"');
+            out.extend_from_slice(name);
+            out.extend_from_slice(b"\":");
+            out.extend_from_slice(value);
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+/// The length of the `"delta":"..."` string in one event's data, as sent (escapes count as
+/// written): the text a stream delivered, for an estimate when no usage comes.
+pub fn delta_len(data: &[u8]) -> usize {
+    const KEY: &[u8] = br#""delta":""#;
+    let Some(at) = data.windows(KEY.len()).position(|w| w == KEY) else {
+        return 0;
+    };
+    let rest = &data[at + KEY.len()..];
+    let mut escaped = false;
+    for (i, &b) in rest.iter().enumerate() {
+        if escaped {
+            escaped = false;
+        } else if b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            return i;
+        }
+    }
+    rest.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_kept_fields_are_copied_whatever_the_chunks() {
+        let doc = br#"{"id":"resp_1","output":[{"type":"message","content":[{"text":"a \"usage\": {} , model"}]}],"model":"gpt-5","status":"completed","usage":{"input_tokens":5,"output_tokens":1},"extra":[1,{"usage":2}]}"#;
+        for size in [1, 3, 17, doc.len()] {
+            let mut skim = JsonSkim::default();
+            for chunk in doc.chunks(size) {
+                skim.feed(chunk);
+            }
+            let object: serde_json::Value = serde_json::from_slice(&skim.object()).unwrap();
+            assert_eq!(
+                object,
+                serde_json::json!({"model":"gpt-5","status":"completed","usage":{"input_tokens":5,"output_tokens":1}}),
+                "chunks of {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_huge_field_is_dropped_and_memory_stays_small() {
+        let mut skim = JsonSkim::default();
+        skim.feed(br#"{"model":""#);
+        let filler = vec![b'x'; 1 << 20];
+        for _ in 0..8 {
+            skim.feed(&filler);
+        }
+        skim.feed(br#"","usage":{"input_tokens":1}}"#);
+        assert_eq!(skim.object(), br#"{"usage":{"input_tokens":1}}"#.to_vec());
+    }
+
+    #[test]
+    fn delta_text_is_measured_up_to_its_closing_quote() {
+        assert_eq!(
+            delta_len(br#"{"type":"response.output_text.delta","delta":"he said \"hi\"","x":1}"#),
+            14
+        );
+        assert_eq!(delta_len(br#"{"type":"response.created"}"#), 0);
+    }
+}
