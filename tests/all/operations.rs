@@ -14,7 +14,7 @@ use crate::support::client::{self, next_chunk};
 use crate::support::keyward::{Process, TEST_KEY, start_for};
 use crate::support::responses::{response_events, response_object};
 use crate::support::upstream::{self, FakeUpstream, Seen, sse_event};
-use crate::support::within;
+use crate::support::{me, within};
 
 /// An upstream that answers by the request's `kind`: `sse` (a whole stream with usage 12 in / 7
 /// out), `json` (the same as one object), `cut` (a stream that ends before response.completed),
@@ -115,7 +115,7 @@ async fn metrics_count_requests_tokens_bytes_and_how_streams_ended() {
     // Not a forwarded request: not counted.
     client::get(addr, "/nowhere").await;
 
-    let root = ("client", "root");
+    let root = ("client", me());
     wait_metric(
         metrics,
         "keyward_requests_total",
@@ -231,7 +231,7 @@ async fn the_ledger_has_a_line_per_request_and_keyward_usage_sums_it() {
     );
     let (ok, failed, gone) = (&lines[0], &lines[1], &lines[2]);
     for line in &lines {
-        assert_eq!(line["client"], "root");
+        assert_eq!(line["client"], me());
         assert!(line["time"].as_str().unwrap().ends_with('Z'));
         assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
     }
@@ -268,7 +268,7 @@ async fn the_ledger_has_a_line_per_request_and_keyward_usage_sums_it() {
     assert_eq!(
         rows,
         json!([{
-            "key": "root", "requests": 3, "errors": 2, "input_tokens": 12 + gone_input,
+            "key": me(), "requests": 3, "errors": 2, "input_tokens": 12 + gone_input,
             "cached_input_tokens": 0, "output_tokens": 7, "reasoning_tokens": 0
         }])
     );
@@ -302,7 +302,8 @@ fn retry_after(reply: &client::Reply) -> u64 {
 #[tokio::test]
 async fn over_the_concurrent_quota_a_request_gets_429_and_the_running_stream_goes_on() {
     let (upstream, mut streams) = FakeUpstream::driven().await;
-    let (addr, _keyward) = start_for(&upstream.url(), &["--quota", "root:concurrent=1"]).await;
+    let quota = format!("{}:concurrent=1", me());
+    let (addr, _keyward) = start_for(&upstream.url(), &["--quota", &quota]).await;
     let req = Request::post("/v1/responses")
         .body(Full::new(Bytes::from(body("sse"))))
         .unwrap();
@@ -384,7 +385,7 @@ async fn over_the_requests_per_minute_quota_a_request_gets_429_with_retry_after(
     wait_metric(
         keyward.metrics.unwrap(),
         "keyward_quota_refusals_total",
-        &[("client", "root"), ("quota", "requests_per_minute")],
+        &[("client", me()), ("quota", "requests_per_minute")],
         1.0,
     )
     .await;
@@ -395,9 +396,10 @@ async fn token_quota_counts_survive_a_restart_through_the_ledger() {
     let upstream = responses_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("usage.jsonl");
+    let quota = format!("{}:tokens-per-day=30", me());
     let args = [
         "--quota",
-        "root:tokens-per-day=30",
+        &quota,
         "--usage-log",
         ledger.to_str().unwrap(),
     ];
@@ -566,7 +568,7 @@ async fn sighup_applies_a_good_file_and_refuses_a_bad_one_while_a_stream_runs() 
         )
         .unwrap();
     };
-    write("root", 1000);
+    write(me(), 1000);
     let keyward = Process::spawn(
         &["--config", file.to_str().unwrap()],
         TEST_KEY.as_bytes(),
@@ -596,7 +598,7 @@ async fn sighup_applies_a_good_file_and_refuses_a_bad_one_while_a_stream_runs() 
     next_chunk(&mut stream).await.unwrap();
 
     // One request a minute: the running stream was it.
-    write("root", 1);
+    write(me(), 1);
     keyward.signal(libc::SIGHUP);
     reloads(1).await;
     let reply = client::post_responses(keyward.addr, &body("sse")).await;
@@ -665,7 +667,7 @@ async fn refused_requests_are_counted_and_logged_for_the_user_who_sent_them() {
         keyward.metrics.unwrap(),
         "keyward_requests_total",
         &[
-            ("client", "root"),
+            ("client", me()),
             ("status", "403"),
             ("upstream_status", ""),
         ],
@@ -673,7 +675,7 @@ async fn refused_requests_are_counted_and_logged_for_the_user_who_sent_them() {
     )
     .await;
     let line = &wait_lines(&ledger, 1).await[0];
-    assert_eq!(line["client"], "root");
+    assert_eq!(line["client"], me());
     assert_eq!(line["status"], 403);
     assert_eq!(line["upstream_status"], Value::Null);
     assert!(upstream.requests().is_empty());

@@ -20,3 +20,15 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
+
+/// The name of the user the tests run as: keyward counts this process's requests under it.
+pub fn me() -> &'static str {
+    static ME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ME.get_or_init(|| {
+        let uid = ::keyward::secret::hardening::effective_uid();
+        nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .map_or_else(|| format!("uid:{uid}"), |user| user.name)
+    })
+}
