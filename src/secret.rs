@@ -188,4 +188,21 @@ mod tests {
         assert_eq!(header.expose().as_bytes().as_ptr(), ptr, "no copy was made");
         assert!(header.expose().is_sensitive());
     }
+
+    #[test]
+    fn secrets_are_wiped_before_their_memory_is_freed() {
+        use crate::secret::hardening::freed_watch::{hits, watch};
+        const CANARY: &[u8] = b"wipe-canary-5c1e0d7a9b3f4e2d8a6c";
+        let text = || String::from_utf8(CANARY.to_vec()).unwrap_or_default();
+        watch(CANARY);
+        // The watcher sees a plain copy freed...
+        drop(text());
+        assert_eq!(hits(), 1, "the watcher sees a freed copy");
+        // ...and none of the secret types.
+        drop(SecretString::new(text()));
+        drop(LockedSecret::copy_from(CANARY));
+        drop(SecretHeader::new(LockedSecret::copy_from(CANARY)).unwrap());
+        drop(bearer_header(&SecretString::new(text())).unwrap());
+        assert_eq!(hits(), 1, "a secret's memory was freed unwiped");
+    }
 }

@@ -212,3 +212,61 @@ pub fn effective_uid() -> u32 {
     // SAFETY: `geteuid` takes no arguments and cannot fail.
     unsafe { libc::geteuid() }
 }
+
+/// For tests: a global allocator that notices memory freed while it still holds a given
+/// canary, so a test can see that a secret was wiped before its memory went back.
+#[cfg(test)]
+pub mod freed_watch {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+    static CANARY: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+    static CANARY_LEN: AtomicUsize = AtomicUsize::new(0);
+    static HITS: AtomicUsize = AtomicUsize::new(0);
+
+    struct Watcher;
+
+    // SAFETY: every call is passed to the system allocator unchanged; `dealloc` only reads the
+    // block it is given (still owned until `System.dealloc`) before passing it on.
+    unsafe impl GlobalAlloc for Watcher {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: as the caller's contract.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            let canary = CANARY.load(Ordering::Acquire);
+            let len = CANARY_LEN.load(Ordering::Acquire);
+            if !canary.is_null() && len > 0 && layout.size() >= len {
+                // SAFETY: `ptr` is a live block of `layout.size()` bytes until the dealloc
+                // below; the canary is a `'static` byte string of `len` bytes.
+                let (block, canary) = unsafe {
+                    (
+                        std::slice::from_raw_parts(ptr, layout.size()),
+                        std::slice::from_raw_parts(canary, len),
+                    )
+                };
+                if block.windows(len).any(|w| w == canary) {
+                    HITS.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // SAFETY: as the caller's contract.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static WATCHER: Watcher = Watcher;
+
+    /// Starts counting freed blocks that hold `canary`.
+    pub fn watch(canary: &'static [u8]) {
+        HITS.store(0, Ordering::Relaxed);
+        CANARY_LEN.store(canary.len(), Ordering::Release);
+        CANARY.store(canary.as_ptr().cast_mut(), Ordering::Release);
+    }
+
+    /// How many freed blocks held the canary since [`watch`].
+    pub fn hits() -> usize {
+        HITS.load(Ordering::Relaxed)
+    }
+}

@@ -971,3 +971,61 @@ async fn metrics_readiness_and_the_default_ledger_cover_the_chatgpt_login() {
         "no token in the metrics"
     );
 }
+
+#[tokio::test]
+async fn the_browser_opener_inherits_neither_ld_variables_nor_a_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let seen = tmp.path().join("opener-env");
+    let opener = bin.join("xdg-open");
+    std::fs::write(
+        &opener,
+        format!(
+            "#!/bin/sh\nenv > {}.tmp && mv {0}.tmp {0}\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&opener, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let home = tmp.path().join("h");
+    let child = command(
+        &[
+            "login",
+            "--callback-port",
+            "0",
+            "--timeout",
+            "1s",
+            "--issuer",
+            "http://127.0.0.1:9",
+            "--home",
+            home.to_str().unwrap(),
+        ],
+        &[
+            ("PATH", &path),
+            ("LD_KEYWARD_TEST", "1"),
+            ("OPENAI_API_KEY", "sk-env-canary-for-the-opener"),
+            ("KEYWARD_TEST_MARK", "passed-on"),
+        ],
+    )
+    .stdin(Stdio::null())
+    .stderr(Stdio::null())
+    .kill_on_drop(true)
+    .spawn()
+    .unwrap();
+    let _ = within("keyward login to give up", child.wait_with_output()).await;
+    let env = within("the opener to run", async {
+        loop {
+            if let Ok(env) = std::fs::read_to_string(&seen) {
+                return env;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(env.contains("KEYWARD_TEST_MARK=passed-on"), "{env}");
+    assert!(!env.contains("LD_KEYWARD_TEST"), "{env}");
+    assert!(!env.contains("OPENAI_API_KEY"), "{env}");
+}

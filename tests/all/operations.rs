@@ -397,12 +397,7 @@ async fn token_quota_counts_survive_a_restart_through_the_ledger() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("usage.jsonl");
     let quota = format!("{}:tokens-per-day=30", me());
-    let args = [
-        "--quota",
-        &quota,
-        "--usage-log",
-        ledger.to_str().unwrap(),
-    ];
+    let args = ["--quota", &quota, "--usage-log", ledger.to_str().unwrap()];
     {
         let (addr, _keyward) = start_for(&upstream.url(), &args).await;
         // Each answer uses 19 tokens: the first two are under 30 when they start.
@@ -666,11 +661,7 @@ async fn refused_requests_are_counted_and_logged_for_the_user_who_sent_them() {
     wait_metric(
         keyward.metrics.unwrap(),
         "keyward_requests_total",
-        &[
-            ("client", me()),
-            ("status", "403"),
-            ("upstream_status", ""),
-        ],
+        &[("client", me()), ("status", "403"), ("upstream_status", "")],
         1.0,
     )
     .await;
