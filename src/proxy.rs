@@ -4,11 +4,18 @@
 //! backend's rules ([`backend`]), dumps ([`dump`]), and the one place an error becomes a response
 //! ([`error`]). Uses every room below `server`.
 
+pub mod assemble;
 pub mod backend;
 pub mod body;
+pub mod credential;
 pub mod dump;
 pub mod error;
 pub mod forward;
 pub mod handler;
 pub mod headers;
+pub mod open;
 pub mod request_body;
+pub mod websocket;
+
+/// The one path keyward forwards (POST, and GET for a WebSocket).
+pub const RESPONSES_PATH: &str = "/v1/responses";

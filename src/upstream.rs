@@ -108,8 +108,40 @@ where
         .build(connector(settings)?))
 }
 
+/// A raw connection to the upstream for a WebSocket (TLS with ALPN `http/1.1` only: the upgrade
+/// is an HTTP/1.1 request).
+pub type WsIo = TokioIo<hyper_rustls::MaybeHttpsStream<TokioIo<TcpStream>>>;
+
+/// Opens connections for WebSockets to the upstream, with the same TLS, proxy and timeouts as
+/// forwarded requests.
+#[derive(Clone)]
+pub struct WsConnector(HttpsConnector<Connector>);
+
+impl WsConnector {
+    pub fn new(settings: &ClientSettings) -> Result<Self, UpstreamError> {
+        Ok(Self(connector_for(settings, false)?))
+    }
+
+    /// A connection to `uri`'s host (`https` for TLS, `http` for plain), ready for the handshake.
+    pub async fn connect(&self, uri: Uri) -> Result<WsIo, SendError> {
+        let mut connector = self.0.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(SendError::Connect)?;
+        let io = connector.call(uri).await.map_err(SendError::Connect)?;
+        Ok(TokioIo::new(io))
+    }
+}
+
 /// TCP (direct or tunnelled), then TLS with ALPN offering HTTP/2 and HTTP/1.1, or plain HTTP.
 fn connector(settings: &ClientSettings) -> Result<HttpsConnector<Connector>, UpstreamError> {
+    connector_for(settings, true)
+}
+
+fn connector_for(
+    settings: &ClientSettings,
+    http2: bool,
+) -> Result<HttpsConnector<Connector>, UpstreamError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -138,11 +170,14 @@ fn connector(settings: &ClientSettings) -> Result<HttpsConnector<Connector>, Ups
         .with_root_certificates(roots)
         .with_no_client_auth();
 
-    Ok(HttpsConnectorBuilder::new()
+    let builder = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(connector))
+        .https_or_http();
+    Ok(if http2 {
+        builder.enable_all_versions().wrap_connector(connector)
+    } else {
+        builder.enable_http1().wrap_connector(connector)
+    })
 }
 
 fn add_pem_roots(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), UpstreamError> {

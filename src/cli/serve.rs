@@ -13,7 +13,7 @@ use crate::credential::chatgpt::home::Home;
 use crate::credential::chatgpt::issuer::Issuer;
 use crate::credential::chatgpt::tokens::TokenManager;
 use crate::proxy::backend::Backend;
-use crate::proxy::handler::Credential;
+use crate::proxy::credential::Credential;
 use crate::upstream::ClientSettings;
 
 /// `keyward serve`: load the credential, listen, forward until told to stop.

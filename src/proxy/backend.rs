@@ -7,15 +7,16 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use crate::config::ChatGptConfig;
 use crate::credential::chatgpt::tokens::{AuthError, Session, TokenManager};
+use crate::proxy::assemble::{assemble, read_limited};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::body::UpstreamBody;
 use crate::proxy::dump::ExchangeId;
@@ -142,6 +143,54 @@ impl Backend {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         request.insert("stream".into(), Value::Bool(true));
+        self.apply_rules(&mut request);
+        let bytes = serde_json::to_vec(&request).map_err(|e| ProxyError::BadJson(e.to_string()))?;
+        Ok((Bytes::from(bytes), wants_stream))
+    }
+
+    /// The headers the backend gets for a client's request (HTTP or a WebSocket handshake): the
+    /// client's own, less the ones keyward decides, with the login's credential and account. A
+    /// Codex CLI's `originator`, `version` and `User-Agent` pass on as they are (the backend
+    /// judges a model's availability by them); other clients get the configured ones.
+    pub(crate) fn upstream_headers(
+        &self,
+        client_headers: &HeaderMap,
+        session: &Session,
+    ) -> HeaderMap {
+        let mut headers = headers::upstream_request_headers(client_headers);
+        for name in [CHATGPT_ACCOUNT_ID, header::COOKIE, FEDRAMP] {
+            headers.remove(name);
+        }
+        headers.insert(header::AUTHORIZATION, session.authorization.expose());
+        headers.insert(CHATGPT_ACCOUNT_ID, session.account_id.clone());
+        if session.fedramp {
+            headers.insert(FEDRAMP, HeaderValue::from_static("true"));
+        }
+        let codex = client_headers.contains_key(ORIGINATOR) && client_headers.contains_key(VERSION);
+        if !codex {
+            headers.insert(ORIGINATOR, self.config.originator.clone());
+            headers.insert(VERSION, self.config.version.clone());
+            headers.insert(header::USER_AGENT, self.config.user_agent.clone());
+        } else if !client_headers.contains_key(header::USER_AGENT) {
+            headers.insert(header::USER_AGENT, self.config.user_agent.clone());
+        }
+        headers
+    }
+
+    /// The backend's rules for one `response.create` message on a WebSocket: `store: false`,
+    /// instructions supplied, refused parameters dropped (a socket has no `stream` flag).
+    pub(crate) fn adapt_ws_message(&self, message: &[u8]) -> Option<Vec<u8>> {
+        let mut request: Map<String, Value> = match serde_json::from_slice(message) {
+            Ok(Value::Object(map)) => map,
+            _ => return None,
+        };
+        self.apply_rules(&mut request);
+        serde_json::to_vec(&request).ok()
+    }
+
+    /// What the backend insists on in every request: nothing stored, instructions present, the
+    /// parameters it refuses gone.
+    fn apply_rules(&self, request: &mut Map<String, Value>) {
         request.insert("store".into(), Value::Bool(false));
         let has_instructions = request
             .get("instructions")
@@ -156,8 +205,6 @@ impl Backend {
         for name in &self.config.drop_params {
             request.remove(name);
         }
-        let bytes = serde_json::to_vec(&request).map_err(|e| ProxyError::BadJson(e.to_string()))?;
-        Ok((Bytes::from(bytes), wants_stream))
     }
 
     async fn send(
@@ -167,18 +214,8 @@ impl Backend {
         payload: &Bytes,
         session: &Session,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let mut headers = headers::upstream_request_headers(client_headers);
-        for name in [CHATGPT_ACCOUNT_ID, header::COOKIE, FEDRAMP, CONTENT_LENGTH] {
-            headers.remove(name);
-        }
-        headers.insert(header::AUTHORIZATION, session.authorization.expose());
-        headers.insert(CHATGPT_ACCOUNT_ID, session.account_id.clone());
-        if session.fedramp {
-            headers.insert(FEDRAMP, HeaderValue::from_static("true"));
-        }
-        headers.insert(ORIGINATOR, self.config.originator.clone());
-        headers.insert(VERSION, self.config.version.clone());
-        headers.insert(header::USER_AGENT, self.config.user_agent.clone());
+        let mut headers = self.upstream_headers(client_headers, session);
+        headers.remove(CONTENT_LENGTH);
         headers.insert(
             header::ACCEPT,
             HeaderValue::from_static("text/event-stream"),
@@ -207,153 +244,6 @@ enum Reply {
     Local(Box<Response<ProxyBody>>),
 }
 
-/// Reads a whole request body, refusing more than `limit` bytes.
-async fn read_limited(
-    body: Incoming,
-    headers: &HeaderMap,
-    limit: u64,
-) -> Result<Bytes, ProxyError> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(ProxyError::BodyTooLarge { limit });
-    }
-    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(body, cap).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(ProxyError::BodyTooLarge { limit })
-        }
-        Err(err) => Err(ProxyError::ClientBody(err.to_string())),
-    }
-}
-
-/// Reads the backend's event stream to its end and returns what a non-streaming call to the
-/// Responses API returns: the final response object (or the error).
-async fn assemble(
-    mut body: UpstreamBody,
-    idle: std::time::Duration,
-) -> Result<(StatusCode, Value), ProxyError> {
-    let mut buffer = BytesMut::new();
-    let mut items: Vec<Value> = Vec::new();
-    let answer = 'read: loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => {
-                return Err(ProxyError::BackendStream(format!(
-                    "the backend sent nothing for {}s",
-                    idle.as_secs()
-                )));
-            }
-            Ok(None) => {
-                return Err(ProxyError::BackendStream(
-                    "the backend ended the stream without response.completed".into(),
-                ));
-            }
-            Ok(Some(Err(err))) => {
-                return Err(ProxyError::BackendStream(format!(
-                    "the backend stream broke: {err}"
-                )));
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        buffer.extend_from_slice(&data);
-        while let Some(end) = find_event_end(&buffer) {
-            let event = buffer.split_to(end.0);
-            let _ = buffer.split_to(end.1);
-            let Some(json) = event_data(&event) else {
-                continue;
-            };
-            match json["type"].as_str().unwrap_or("") {
-                "response.output_item.done" => items.push(json["item"].clone()),
-                "response.completed" | "response.incomplete" => {
-                    let mut response = json["response"].clone();
-                    let empty = response["output"].as_array().is_none_or(|o| o.is_empty());
-                    if empty && !items.is_empty() {
-                        response["output"] = Value::Array(items);
-                    }
-                    break 'read (StatusCode::OK, response);
-                }
-                "response.failed" => {
-                    let error = &json["response"]["error"];
-                    break 'read (
-                        StatusCode::BAD_GATEWAY,
-                        openai_error(error, "response_failed"),
-                    );
-                }
-                "error" => {
-                    let error = if json["error"].is_object() {
-                        &json["error"]
-                    } else {
-                        &json
-                    };
-                    break 'read (
-                        StatusCode::BAD_GATEWAY,
-                        openai_error(error, "upstream_error"),
-                    );
-                }
-                _ => {}
-            }
-        }
-    };
-    finish_in_background(body);
-    Ok(answer)
-}
-
-/// Reads what follows the final event (normally just the stream's end) after the answer has gone,
-/// so that the connection can carry another request. A backend still talking after 5 s loses the
-/// connection instead.
-fn finish_in_background(mut body: UpstreamBody) {
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            while let Some(Ok(_)) = body.frame().await {}
-        })
-        .await;
-    });
-}
-
-/// Position of the end of the first complete event in `buf`: (event length, separator length).
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
-    let crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    }
-}
-
-/// The JSON in an SSE event's `data:` lines.
-fn event_data(event: &[u8]) -> Option<Value> {
-    let text = std::str::from_utf8(event).ok()?;
-    let data: Vec<&str> = text
-        .lines()
-        .filter_map(|line| line.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect();
-    if data.is_empty() {
-        return None;
-    }
-    serde_json::from_str(&data.join("\n")).ok()
-}
-
-fn openai_error(error: &Value, default_code: &str) -> Value {
-    serde_json::json!({
-        "error": {
-            "message": error["message"].as_str().unwrap_or("the backend reported a failure"),
-            "type": error["type"].as_str().unwrap_or("upstream_error"),
-            "code": error["code"].as_str().unwrap_or(default_code),
-            "param": null,
-        }
-    })
-}
-
 impl AuthError {
     pub fn code(&self) -> &'static str {
         match self {
@@ -362,22 +252,5 @@ impl AuthError {
             AuthError::RefreshFailed(_) => "chatgpt_refresh_failed",
             AuthError::Store(_) => "chatgpt_login_unreadable",
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_split_on_either_separator() {
-        assert_eq!(find_event_end(b"data: 1\n\ndata: 2"), Some((7, 2)));
-        assert_eq!(find_event_end(b"data: 1\r\n\r\nx"), Some((7, 4)));
-        assert_eq!(find_event_end(b"data: 1\n"), None);
-        assert_eq!(
-            event_data(b"event: x\ndata: {\"a\":\ndata: 1}").unwrap()["a"],
-            1
-        );
-        assert_eq!(event_data(b": comment"), None);
     }
 }

@@ -282,6 +282,11 @@ impl ProxyBody {
         ProxyBody::Full { data: Some(data) }
     }
 
+    /// No body (a 101's).
+    pub fn empty() -> Self {
+        ProxyBody::Full { data: None }
+    }
+
     pub fn relay(body: RelayBody) -> Self {
         ProxyBody::Relay { body }
     }

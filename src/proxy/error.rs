@@ -50,6 +50,8 @@ pub enum ProxyError {
     NotAdmin(String),
     #[error("{0}")]
     ClientToken(&'static str),
+    #[error("a WebSocket upgrade without its handshake headers")]
+    NotWebSocket,
     #[error("the usage ledger is behind: its disk is not keeping up")]
     LedgerBehind,
     #[error("client {client} is over its {} quota", exceeded.quota)]
@@ -75,7 +77,9 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::Auth(_) | ProxyError::LedgerBehind => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::BadJson(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadJson(_) | ProxyError::ClientBody(_) | ProxyError::NotWebSocket => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::BackendStream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::AccessDenied(_) | ProxyError::Browser(_) | ProxyError::NotAdmin(_) => {
                 StatusCode::FORBIDDEN
@@ -108,6 +112,7 @@ impl ProxyError {
             ProxyError::ClientToken(_) => "invalid_client_token",
             ProxyError::QuotaExceeded { .. } => "rate_limit_exceeded",
             ProxyError::LedgerBehind => "usage_ledger_behind",
+            ProxyError::NotWebSocket => "bad_websocket_handshake",
         }
     }
 
@@ -152,6 +157,9 @@ impl ProxyError {
             | ProxyError::Browser(why)
             | ProxyError::NotAdmin(why) => why.clone(),
             ProxyError::ClientToken(why) => (*why).into(),
+            ProxyError::NotWebSocket => {
+                "a WebSocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13".into()
+            }
             ProxyError::LedgerBehind => {
                 "keyward's usage ledger is behind (its disk is not keeping up), so keyward takes no \
                  new requests for now; retry in a second"

@@ -18,21 +18,29 @@ use crate::proxy::headers;
 use crate::proxy::request_body::{BodyFault, RequestBody};
 use crate::secret::SecretHeader;
 use crate::telemetry::log::ExchangeLog;
-use crate::upstream::ErrorChain;
+use crate::upstream::{ErrorChain, WsConnector};
 
 /// What forwarding needs, one per worker: its upstream connections, the limits, the dumper.
 pub struct Forwarder {
     /// This worker's connections to the upstream.
     pool: Arc<UpstreamPool>,
+    /// Connections for WebSockets to the upstream.
+    ws: WsConnector,
     upstream: Upstream,
     limits: Limits,
     dumper: Option<Arc<Dumper>>,
 }
 
 impl Forwarder {
-    pub fn new(config: &Config, pool: Arc<UpstreamPool>, dumper: Option<Arc<Dumper>>) -> Self {
+    pub fn new(
+        config: &Config,
+        pool: Arc<UpstreamPool>,
+        ws: WsConnector,
+        dumper: Option<Arc<Dumper>>,
+    ) -> Self {
         Self {
             pool,
+            ws,
             upstream: config.upstream.clone(),
             limits: config.limits.clone(),
             dumper,
@@ -147,6 +155,19 @@ impl Forwarder {
         let mut meta = Map::new();
         meta.insert("status".into(), Value::from(parts.status.as_u16()));
         Some(dumper.open(id, "response", meta, &parts.headers))
+    }
+
+    /// This worker's connections for WebSockets.
+    pub fn ws(&self) -> &WsConnector {
+        &self.ws
+    }
+
+    /// The dump of a WebSocket's messages from the upstream (after its 101).
+    pub fn open_ws_response_dump(&self, id: ExchangeId) -> Option<DumpSink> {
+        let dumper = self.dumper.as_ref()?;
+        let mut meta = Map::new();
+        meta.insert("status".into(), Value::from(101));
+        Some(dumper.open(id, "response", meta, &HeaderMap::new()))
     }
 
     /// Sends the request upstream with the credential and waits for the response headers.

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use http::{HeaderName, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -12,44 +12,25 @@ use crate::access::clients::ClientTokens;
 use crate::access::gate::{Gate, Peer, SharedPolicy};
 use crate::config::Config;
 use crate::config::access::HostCheck;
-use crate::proxy::backend::Backend;
+use crate::proxy::RESPONSES_PATH;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::body::UpstreamPool;
+use crate::proxy::credential::Credential;
 use crate::proxy::dump::Dumper;
 use crate::proxy::error::{ProxyError, json_response};
 use crate::proxy::forward::{Forwarder, body_len};
-use crate::secret::SecretHeader;
+use crate::proxy::open::OpenCount;
+use crate::proxy::websocket;
 use crate::telemetry::log::ExchangeLog;
 use crate::telemetry::metrics::Telemetry;
-
-pub const RESPONSES_PATH: &str = "/v1/responses";
-
-/// The credential keyward adds to forwarded requests.
-#[derive(Clone)]
-pub enum Credential {
-    /// An API key, sent in `header` (`Authorization` or Azure's `api-key`).
-    ApiKey {
-        header: HeaderName,
-        value: SecretHeader,
-    },
-    /// The ChatGPT login, sent to the Codex backend.
-    ChatGpt(Arc<Backend>),
-}
-
-impl Credential {
-    /// `api_key` or `chatgpt`, for health reports.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Credential::ApiKey { .. } => "api_key",
-            Credential::ChatGpt(_) => "chatgpt",
-        }
-    }
-}
+use crate::upstream::WsConnector;
 
 /// Everything a request needs, shared by all connections.
 pub struct Proxy {
     /// This worker's connections to the upstream, limits and dumper.
     forwarder: Forwarder,
+    /// The WebSockets this worker relays.
+    sockets: OpenCount,
     credential: Credential,
     max_headers: usize,
     http_shutdown: bool,
@@ -77,9 +58,10 @@ pub struct Shared {
 
 impl Proxy {
     /// One worker's proxy, with its own upstream connections.
-    pub fn new(config: &Config, pool: Arc<UpstreamPool>, shared: Shared) -> Self {
+    pub fn new(config: &Config, pool: Arc<UpstreamPool>, ws: WsConnector, shared: Shared) -> Self {
         Self {
-            forwarder: Forwarder::new(config, pool, shared.dumper),
+            forwarder: Forwarder::new(config, pool, ws, shared.dumper),
+            sockets: OpenCount::default(),
             credential: shared.credential,
             max_headers: config.limits.max_headers,
             http_shutdown: config.http_shutdown,
@@ -92,6 +74,33 @@ impl Proxy {
             hosts: config.access.hosts.clone(),
             telemetry: shared.telemetry,
         }
+    }
+
+    /// This worker's open WebSockets, which shutdown waits for.
+    pub fn open_websockets(&self) -> OpenCount {
+        self.sockets.clone()
+    }
+
+    /// A WebSocket: relayed to the upstream's, its turns counted as the client's.
+    async fn websocket(
+        &self,
+        req: Request<Incoming>,
+        peer: &Peer,
+        client: Arc<str>,
+        log: ExchangeLog,
+    ) -> Response<ProxyBody> {
+        let ctx = websocket::Accept {
+            forwarder: &self.forwarder,
+            credential: &self.credential,
+            owner: websocket::Owner {
+                uid: peer.uid(),
+                client,
+                telemetry: self.telemetry.clone(),
+            },
+            shutdown: self.shutdown.subscribe(),
+            sockets: &self.sockets,
+        };
+        websocket::accept(ctx, req, log).await
     }
 
     /// Runs `f` with this worker's access gate.
@@ -119,7 +128,11 @@ impl Proxy {
             Err(why) => Err(ProxyError::Browser(why)),
             Ok(()) => match self.route(&req) {
                 Route::Forward => match self.admit(&req, &peer, &mut log) {
-                    Ok(()) => return self.forward(req, log).await,
+                    Ok(_) => return self.forward(req, log).await,
+                    Err(err) => Err(err),
+                },
+                Route::WebSocket => match self.admit(&req, &peer, &mut log) {
+                    Ok(client) => return self.websocket(req, &peer, client, log).await,
                     Err(err) => Err(err),
                 },
                 Route::Health => Ok(self.health(req.uri().path())),
@@ -181,7 +194,7 @@ impl Proxy {
         req: &Request<Incoming>,
         peer: &Peer,
         log: &mut ExchangeLog,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Arc<str>, ProxyError> {
         // Refused requests are counted too, as the connecting user's.
         log.identify(peer.uid(), peer.name.clone());
         if let Some(telemetry) = &self.telemetry {
@@ -192,12 +205,12 @@ impl Proxy {
         }
         let client = self.check_token(req)?.or_else(|| peer.name.clone());
         log.identify(peer.uid(), client.clone());
+        // An owner the kernel could not name shares the `unknown` client's quotas.
+        let client = client.unwrap_or_else(|| Arc::from("unknown"));
         if let Some(telemetry) = &self.telemetry {
             if telemetry.ledger_behind() {
                 return Err(ProxyError::LedgerBehind);
             }
-            // An owner the kernel could not name shares the `unknown` client's quotas.
-            let client = client.unwrap_or_else(|| Arc::from("unknown"));
             match telemetry.quotas.admit(&client) {
                 Ok(permit) => log.hold(permit),
                 Err(exceeded) => {
@@ -209,7 +222,7 @@ impl Proxy {
                 }
             }
         }
-        Ok(())
+        Ok(client)
     }
 
     /// The client token's name, when tokens are required and the request has a valid one.
@@ -247,6 +260,9 @@ impl Proxy {
                     path: path.to_owned(),
                     why: "keyward forwards POST /v1/responses only without a query string",
                 });
+            }
+            if method == Method::GET && websocket::is_upgrade(req) {
+                return Route::WebSocket;
             }
             if method != Method::POST {
                 return Route::Refuse(ProxyError::MethodNotAllowed {
@@ -290,6 +306,7 @@ impl Proxy {
 
 enum Route {
     Forward,
+    WebSocket,
     Shutdown,
     Health,
     Refuse(ProxyError),

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::proxy::handler::Credential;
+use crate::proxy::credential::Credential;
 use crate::telemetry::ledger::{Ledger, LedgerError};
 use crate::telemetry::metrics::Telemetry;
 use crate::telemetry::quota::Quotas;

@@ -11,8 +11,9 @@ use tokio::sync::{oneshot, watch};
 use crate::access::clients::{ClientTokens, ClientsError};
 use crate::access::gate::SharedPolicy;
 use crate::config::Config;
+use crate::proxy::credential::Credential;
 use crate::proxy::dump::{DumpError, Dumper};
-use crate::proxy::handler::{Credential, Proxy, Shared};
+use crate::proxy::handler::{Proxy, Shared};
 use crate::server::caps::ConnectionCaps;
 use crate::server::listen::{SocketFile, StdListener, bind, bind_unix, write_server_info};
 use crate::server::metrics::{serve_metrics, telemetry};
@@ -207,6 +208,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         let proxy = Proxy::new(
             config,
             upstream::build(config)?,
+            upstream::WsConnector::new(&upstream::ClientSettings::from_config(config))?,
             Shared {
                 credential: credential.clone(),
                 dumper: dumper.clone(),

@@ -9,13 +9,13 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::access::gate::Peer;
 use crate::config::Config;
 use crate::proxy::handler::Proxy;
+use crate::proxy::open::OpenCount;
 use crate::server::caps::{ConnectionCaps, Full, Slot};
 use crate::server::listen::{Accepted, Listener, StdListener, accept};
 
@@ -49,7 +49,7 @@ impl Worker {
         };
         runtime.block_on(async move {
             let proxy = Arc::new(self.proxy);
-            let graceful = Arc::new(GracefulShutdown::new());
+            let connections = OpenCount::default();
             let mut accept_loops = Vec::with_capacity(self.listeners.len());
             for listener in self.listeners {
                 match Listener::from_std(listener) {
@@ -60,7 +60,8 @@ impl Worker {
                             builder: self.builder.clone(),
                             refused_builder: self.refused_builder.clone(),
                             caps: self.caps.clone(),
-                            graceful: graceful.clone(),
+                            connections: connections.clone(),
+                            stop: self.shutdown.subscribe(),
                             tls_timeout: self.tls_timeout,
                         },
                         self.shutdown.subscribe(),
@@ -75,12 +76,16 @@ impl Worker {
             for accept in accept_loops {
                 let _ = accept.await;
             }
+            let sockets = proxy.open_websockets();
             drop(proxy);
+            let deadline = tokio::time::Instant::now() + self.grace;
             // Every accept loop has ended, so this is the last reference.
-            match Arc::try_unwrap(graceful) {
-                Ok(graceful) => drain(graceful, self.grace).await,
-                Err(_) => true,
-            }
+            let drained = drain(&connections, deadline).await;
+            // WebSockets close when idle and once their running turn ends, within the grace.
+            let closed = tokio::time::timeout_at(deadline, sockets.all_closed())
+                .await
+                .is_ok();
+            drained && closed
         })
     }
 }
@@ -125,7 +130,9 @@ struct Serving {
     builder: http1::Builder,
     refused_builder: http1::Builder,
     caps: Arc<ConnectionCaps>,
-    graceful: Arc<GracefulShutdown>,
+    /// The connections open, which shutdown waits for; and the signal to end them.
+    connections: OpenCount,
+    stop: watch::Receiver<bool>,
     /// How long a TLS client may take over its handshake.
     tls_timeout: Duration,
 }
@@ -212,27 +219,39 @@ where
         let peer = peer.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
     });
-    let connection = serving
-        .graceful
-        .watch(builder.serve_connection(TokioIo::new(io), service));
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let open = serving.connections.enter();
+    let mut stop = serving.stop.clone();
     async move {
-        if let Err(err) = connection.await {
+        let mut connection = std::pin::pin!(connection);
+        // At shutdown: finish the request in flight, take no other on this connection.
+        let ended = tokio::select! {
+            ended = connection.as_mut() => ended,
+            () = async { let _ = stop.wait_for(|&stop| stop).await; } => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(err) = ended {
             tracing::debug!(error = %err, "connection ended with an error");
         }
+        drop(open);
         drop(slot);
     }
 }
 
-/// Lets this worker's in-flight requests finish, up to `grace`; whether they all did.
-async fn drain(graceful: GracefulShutdown, grace: Duration) -> bool {
-    let open = graceful.count();
+/// Lets this worker's in-flight requests finish, until `deadline`; whether they all did.
+async fn drain(connections: &OpenCount, deadline: tokio::time::Instant) -> bool {
+    let open = connections.count();
     if open > 0 {
         tracing::debug!(
             connections = open,
             "a worker waits for its open connections"
         );
     }
-    tokio::time::timeout(grace, graceful.shutdown())
+    tokio::time::timeout_at(deadline, connections.all_closed())
         .await
         .is_ok()
 }

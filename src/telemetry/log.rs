@@ -14,7 +14,7 @@ use crate::telemetry::log_writer::{self, FlushGuard};
 use crate::telemetry::metrics::{StreamGuard, Telemetry};
 use crate::telemetry::quota::Permit;
 use crate::telemetry::record::{End, Record};
-use crate::telemetry::usage::{Scanner, Seen, Tokens};
+use crate::telemetry::usage::{EventName, Scanner, Seen, Tokens};
 
 /// Installs the stderr logger. The level comes from `RUST_LOG`, `info` by default.
 ///
@@ -135,6 +135,12 @@ impl ExchangeLog {
         self.telemetry = Some(telemetry);
     }
 
+    /// Not counted in the metrics, ledger or quotas after all (a WebSocket handshake: its turns
+    /// are); the log line is still written.
+    pub fn untrack(&mut self) {
+        self.telemetry = None;
+    }
+
     /// Holds a concurrent-stream quota slot until the response ends.
     pub fn hold(&mut self, permit: Option<Permit>) {
         self.permit = permit;
@@ -175,6 +181,16 @@ impl ExchangeLog {
     pub fn scan(&mut self, data: &[u8]) {
         if let Some(scanner) = &mut self.scanner {
             scanner.feed(data);
+        }
+    }
+
+    /// One message from the upstream on a WebSocket, read like an event of a stream; says which
+    /// kind it was (a final one ends the turn).
+    pub fn scan_event(&mut self, data: &[u8]) -> EventName {
+        self.add_bytes_out(data.len());
+        match &mut self.scanner {
+            Some(scanner) => scanner.event(data),
+            None => Scanner::new(true).event(data),
         }
     }
 
@@ -236,7 +252,9 @@ impl Drop for ExchangeLog {
             Some(tokens) => (Some(tokens), false),
             // The upstream took the request and answered: it bills for what it generated, so
             // an answer that ended before its usage came is charged an estimate.
-            None if self.upstream_status.is_some_and(|s| s.is_success()) => {
+            None if self.telemetry.is_some()
+                && self.upstream_status.is_some_and(|s| s.is_success()) =>
+            {
                 let output = match &self.scanner {
                     Some(Scanner::Sse { .. }) => self.seen.text_bytes,
                     _ => self.bytes_out,

@@ -2,15 +2,8 @@
 //! Every request's figures arrive here once, when its response has ended ([`Record`]).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
-
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
 
 use crate::credential::chatgpt::tokens::TokenManager;
 use crate::telemetry::ledger::Ledger;
@@ -21,171 +14,9 @@ use crate::telemetry::record::Record;
 const MAX_CLIENTS: usize = 100;
 const MAX_MODELS: usize = 50;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    client: Arc<str>,
-    status: u16,
-    /// Empty when keyward answered itself.
-    upstream_status: Option<u16>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TokenLabels {
-    client: Arc<str>,
-    model: Arc<str>,
-    kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndLabels {
-    cause: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DirectionLabels {
-    direction: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct QuotaLabels {
-    pub client: Arc<str>,
-    pub quota: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
-fn latency_histogram() -> Histogram {
-    // 1 ms to about 9 minutes.
-    Histogram::new(exponential_buckets(0.001, 2.0, 20))
-}
-
-fn overhead_histogram() -> Histogram {
-    // 10 µs to about 160 ms.
-    Histogram::new(exponential_buckets(0.000_01, 2.0, 15))
-}
-
-/// The metric families.
-struct Metrics {
-    registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    upstream_ttfb: Histogram,
-    duration: Histogram,
-    overhead: Histogram,
-    active_streams: Gauge,
-    bytes: Family<DirectionLabels, Counter>,
-    ends: Family<EndLabels, Counter>,
-    tokens: Family<TokenLabels, Counter>,
-    quota_refusals: Family<QuotaLabels, Counter>,
-    refreshes: Family<ResultLabels, Counter>,
-    expires_in: Gauge<i64, AtomicI64>,
-    log_lines_dropped: Counter,
-    ledger_backlog: Gauge,
-}
-
-impl Metrics {
-    fn new(chatgpt: bool) -> Self {
-        let mut registry = Registry::with_prefix("keyward");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests to /v1/responses by client, keyward's status and the upstream's status (empty when keyward answered itself)",
-            requests.clone(),
-        );
-        let upstream_ttfb = latency_histogram();
-        registry.register(
-            "upstream_first_byte_seconds",
-            "Time from receiving a request to the upstream's response headers",
-            upstream_ttfb.clone(),
-        );
-        let duration = latency_histogram();
-        registry.register(
-            "request_duration_seconds",
-            "Time from receiving a request to the end of its response",
-            duration.clone(),
-        );
-        let overhead = overhead_histogram();
-        registry.register(
-            "overhead_seconds",
-            "keyward's own added latency: time to the response head minus the upstream's",
-            overhead.clone(),
-        );
-        let active_streams = Gauge::default();
-        registry.register(
-            "active_streams",
-            "Responses being relayed now",
-            active_streams.clone(),
-        );
-        let bytes = Family::<DirectionLabels, Counter>::default();
-        registry.register(
-            "bytes",
-            "Body bytes from clients (in) and to clients (out)",
-            bytes.clone(),
-        );
-        let ends = Family::<EndLabels, Counter>::default();
-        registry.register(
-            "streams_ended",
-            "Relayed responses by how they ended: completed, client_gone, upstream_stream_error, stream_idle_timeout, no_completed_event",
-            ends.clone(),
-        );
-        let tokens = Family::<TokenLabels, Counter>::default();
-        registry.register(
-            "tokens",
-            "Tokens used, from the usage of response.completed, by client, model and kind (input, cached_input, output, reasoning)",
-            tokens.clone(),
-        );
-        let quota_refusals = Family::<QuotaLabels, Counter>::default();
-        registry.register(
-            "quota_refusals",
-            "Requests refused with 429 by client and quota",
-            quota_refusals.clone(),
-        );
-        let log_lines_dropped = Counter::default();
-        registry.register(
-            "log_lines_dropped",
-            "Log lines dropped because stderr was not read fast enough (--log-buffer was full)",
-            log_lines_dropped.clone(),
-        );
-        let ledger_backlog = Gauge::default();
-        registry.register(
-            "usage_ledger_backlog_bytes",
-            "Bytes of usage ledger lines waiting for the disk (over --usage-log-buffer, requests get 503)",
-            ledger_backlog.clone(),
-        );
-        let refreshes = Family::<ResultLabels, Counter>::default();
-        let expires_in = Gauge::<i64, AtomicI64>::default();
-        if chatgpt {
-            registry.register(
-                "chatgpt_refreshes",
-                "ChatGPT access token refreshes by result (success, failure)",
-                refreshes.clone(),
-            );
-            registry.register(
-                "chatgpt_access_token_expires_in_seconds",
-                "Seconds until the ChatGPT access token expires",
-                expires_in.clone(),
-            );
-        }
-        Self {
-            registry,
-            requests,
-            upstream_ttfb,
-            duration,
-            overhead,
-            active_streams,
-            bytes,
-            ends,
-            tokens,
-            quota_refusals,
-            refreshes,
-            expires_in,
-            log_lines_dropped,
-            ledger_backlog,
-        }
-    }
-}
+use crate::telemetry::families::{
+    DirectionLabels, EndLabels, Metrics, QuotaLabels, RequestLabels, ResultLabels, TokenLabels,
+};
 
 /// A bounded set of label values: the first `cap` distinct ones keep their name, later ones are
 /// `other`.
@@ -262,6 +93,25 @@ impl Telemetry {
     pub fn stream_started(self: &Arc<Self>) -> StreamGuard {
         self.metrics.active_streams.inc();
         StreamGuard(self.clone())
+    }
+
+    /// A Responses WebSocket opened; the returned guard closes it.
+    pub fn websocket_opened(self: &Arc<Self>) -> WebSocketGuard {
+        self.metrics.websockets_open.inc();
+        WebSocketGuard(self.clone())
+    }
+
+    /// One message relayed on a WebSocket, `in` from the client or `out` to it.
+    pub fn websocket_message(&self, direction: &'static str) {
+        self.metrics
+            .websocket_messages
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
+
+    /// A `response.create` arrived on a WebSocket.
+    pub fn websocket_turn(&self) {
+        self.metrics.websocket_turns.inc();
     }
 
     pub fn quota_refused(&self, client: &str, quota: &'static str) {
@@ -379,6 +229,15 @@ impl Telemetry {
 
 /// Held while a response is relayed.
 pub struct StreamGuard(Arc<Telemetry>);
+
+/// An open WebSocket, counted until dropped.
+pub struct WebSocketGuard(Arc<Telemetry>);
+
+impl Drop for WebSocketGuard {
+    fn drop(&mut self) {
+        self.0.metrics.websockets_open.dec();
+    }
+}
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {

@@ -165,6 +165,26 @@ impl Scanner {
         }
     }
 
+    /// One whole event, as a WebSocket message carries it (its type inside the JSON); says
+    /// which kind it was, so that the caller knows when a response has ended.
+    pub fn event(&mut self, data: &[u8]) -> EventName {
+        #[derive(Deserialize)]
+        struct Typed<'a> {
+            #[serde(borrow, rename = "type")]
+            kind: std::borrow::Cow<'a, str>,
+        }
+        let name = match serde_json::from_slice::<Typed>(data) {
+            Ok(typed) if FINAL_EVENTS.contains(&typed.kind.as_bytes()) => EventName::Final,
+            Ok(typed) if typed.kind == "response.created" => EventName::Created,
+            _ => EventName::Other,
+        };
+        if let Scanner::Sse { seen, .. } = self {
+            let mut event = name;
+            sse_data(data, &mut event, seen);
+        }
+        name
+    }
+
     /// What the body showed, once it has ended.
     pub fn finish(&mut self) -> Seen {
         match self {
@@ -200,29 +220,33 @@ fn sse_line(line: &[u8], event: &mut EventName, seen: &mut Seen) {
             EventName::Other
         };
     } else if let Some(data) = line.strip_prefix(b"data:") {
-        let data = data.trim_ascii_start();
-        // Without an `event:` line, the type leads the data object.
-        let typed = |name: &[u8]| {
-            data.starts_with(br#"{"type":""#) && data.get(9..9 + name.len()) == Some(name)
-        };
-        let response = || match serde_json::from_slice::<EventParts>(data) {
-            Ok(EventParts { response }) => response,
-            Err(_) => None,
-        };
-        if *event == EventName::Final || FINAL_EVENTS.iter().any(|name| typed(name)) {
-            if let Some(response) = response() {
-                let text_bytes = seen.text_bytes;
-                *seen = Seen::from(response);
-                seen.text_bytes = text_bytes;
-            }
-        } else if *event == EventName::Created || typed(b"response.created") {
-            // The model, for a stream that ends before it says its usage.
-            if seen.model.is_none() {
-                seen.model = response().and_then(|r| r.model);
-            }
-        } else {
-            seen.text_bytes += delta_len(data) as u64;
+        sse_data(data.trim_ascii_start(), event, seen);
+    }
+}
+
+/// One event's data: the final response's usage, the model, or the length of its text.
+fn sse_data(data: &[u8], event: &mut EventName, seen: &mut Seen) {
+    // Without an `event:` line, the type leads the data object.
+    let typed = |name: &[u8]| {
+        data.starts_with(br#"{"type":""#) && data.get(9..9 + name.len()) == Some(name)
+    };
+    let response = || match serde_json::from_slice::<EventParts>(data) {
+        Ok(EventParts { response }) => response,
+        Err(_) => None,
+    };
+    if *event == EventName::Final || FINAL_EVENTS.iter().any(|name| typed(name)) {
+        if let Some(response) = response() {
+            let text_bytes = seen.text_bytes;
+            *seen = Seen::from(response);
+            seen.text_bytes = text_bytes;
         }
+    } else if *event == EventName::Created || typed(b"response.created") {
+        // The model, for a stream that ends before it says its usage.
+        if seen.model.is_none() {
+            seen.model = response().and_then(|r| r.model);
+        }
+    } else {
+        seen.text_bytes += delta_len(data) as u64;
     }
 }
 

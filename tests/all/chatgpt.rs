@@ -1029,3 +1029,61 @@ async fn the_browser_opener_inherits_neither_ld_variables_nor_a_key() {
     assert!(!env.contains("LD_KEYWARD_TEST"), "{env}");
     assert!(!env.contains("OPENAI_API_KEY"), "{env}");
 }
+
+#[tokio::test]
+async fn a_websocket_refused_with_401_refreshes_the_login_once_and_gets_the_backend_rules() {
+    use crate::support::ws::{Answer, FakeWsUpstream, connect, create, next_text, send_text};
+    let issuer = FakeIssuer::start().await;
+    let mut backend = FakeWsUpstream::answering(vec![Answer::Refuse(
+        StatusCode::UNAUTHORIZED,
+        r#"{"error":{"message":"token revoked"}}"#,
+    )])
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let minted = issuer.mint();
+    seed_login(tmp.path(), &minted);
+    let upstream = format!("http://{}/backend-api/codex/responses", backend.addr);
+    let issuer_url = issuer.url();
+    let (addr, _keyward) = start(&[
+        "--auth",
+        "chatgpt",
+        "--upstream-url",
+        &upstream,
+        "--issuer",
+        &issuer_url,
+        "--home",
+        tmp.path().to_str().unwrap(),
+    ])
+    .await;
+    let (mut client, _) = connect(
+        addr,
+        &[("originator", "codex_exec"), ("version", "0.171.0")],
+    )
+    .await
+    .unwrap();
+    let mut socket = backend.next_socket().await;
+    assert_eq!(issuer.refreshes(), 1);
+    let handshakes = backend.handshakes();
+    assert_eq!(handshakes.len(), 2, "refused once, then accepted");
+    let bearer = |h: &http::HeaderMap| h["authorization"].to_str().unwrap().to_owned();
+    assert_eq!(
+        bearer(&handshakes[0]),
+        format!("Bearer {}", minted.access_token)
+    );
+    assert_ne!(bearer(&handshakes[1]), bearer(&handshakes[0]));
+    assert_eq!(handshakes[1]["chatgpt-account-id"], ACCOUNT);
+    // A Codex CLI's own version passes on, not keyward's default.
+    assert_eq!(handshakes[1]["originator"], "codex_exec");
+    assert_eq!(handshakes[1]["version"], "0.171.0");
+
+    send_text(&mut client, &create("hi", None)).await;
+    let sent: Value = serde_json::from_str(&next_text(&mut socket).await).unwrap();
+    assert_eq!(sent["store"], false);
+    assert!(sent["instructions"].as_str().is_some_and(|i| !i.is_empty()));
+    send_text(
+        &mut socket,
+        r#"{"type":"response.created","response":{"id":"r"}}"#,
+    )
+    .await;
+    assert!(next_text(&mut client).await.contains("response.created"));
+}

@@ -279,3 +279,71 @@ async fn the_codex_cli_sends_its_client_token_and_a_wrong_one_is_refused() {
     assert_eq!(upstream.requests().len(), before, "nothing was forwarded");
     keyward.wait_for_log("status=401").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codex_cli_runs_a_two_turn_session_over_one_websocket_each() {
+    use crate::support::ws::FakeWsUpstream;
+    let upstream = FakeWsUpstream::responding(TEXT).await;
+    let keyward = Process::spawn(
+        &["--upstream-url", &upstream.url()],
+        format!("{KEY}\n").as_bytes(),
+        &[],
+    )
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let codex = |args: &[&str]| {
+        let provider = format!(
+            r#"model_providers.keyward={{name="keyward",base_url="http://{}/v1",wire_api="responses",supports_websockets=true}}"#,
+            keyward.addr
+        );
+        let mut command = tokio::process::Command::new(tool("node_modules/.bin/codex"));
+        command
+            .args([
+                "exec",
+                "--skip-git-repo-check",
+                "--color",
+                "never",
+                "-c",
+                "model_provider=\"keyward\"",
+                "-c",
+            ])
+            .arg(provider)
+            .args(["-m", "gpt-5"])
+            .args(args)
+            .current_dir(work.path())
+            .env("CODEX_HOME", home.path())
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command
+    };
+    let mut first = codex(&[]);
+    first.arg("Say hello");
+    let mut second = codex(&["resume", "--last"]);
+    second.arg("Say it again");
+    for (turn, mut command) in [first, second].into_iter().enumerate() {
+        let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+            .await
+            .expect("codex finished")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "codex exec (turn {turn}) failed:\nstdout: {stdout}\nstderr: {stderr}\nkeyward: {}",
+            keyward.stderr()
+        );
+        assert!(stdout.contains(TEXT), "{stdout}\n{stderr}");
+        assert!(!stderr.contains("Reconnecting"), "{stderr}");
+        // One socket per process, and nothing fell back to HTTP (this upstream has no HTTP).
+        assert_eq!(
+            upstream.accepted.load(std::sync::atomic::Ordering::SeqCst),
+            turn + 1,
+            "{stderr}"
+        );
+    }
+    let handshake = &upstream.handshakes()[0];
+    assert_eq!(handshake["authorization"], format!("Bearer {KEY}").as_str());
+}

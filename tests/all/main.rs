@@ -17,3 +17,4 @@ mod layout;
 mod lifecycle;
 mod operations;
 mod upstream;
+mod websocket;

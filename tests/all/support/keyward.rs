@@ -10,7 +10,7 @@ use clap::Parser;
 use keyward::config::args::Cli;
 use keyward::config::values::AuthHeader;
 use keyward::config::{Config, CredentialConfig};
-use keyward::proxy::handler::Credential;
+use keyward::proxy::credential::Credential;
 use keyward::secret::{LockedSecret, SecretHeader};
 use keyward::server::{self, Running};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};

@@ -9,6 +9,7 @@ pub mod keyward;
 pub mod responses;
 pub mod upstream;
 pub mod users;
+pub mod ws;
 
 use std::time::Duration;
 

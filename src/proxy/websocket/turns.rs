@@ -1,0 +1,137 @@
+//! The turns of one WebSocket: each `response.create` the client sends is a request, checked
+//! against the client's quotas, logged, and charged in the ledger when the upstream's final
+//! event (`response.completed`, `.incomplete`, `.failed`) or an `error` ends it. A socket that
+//! ends mid-turn is charged an estimate, as a cut stream is.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, StatusCode};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::proxy::RESPONSES_PATH;
+use crate::proxy::backend::Backend;
+use crate::proxy::error::ProxyError;
+use crate::proxy::websocket::Owner;
+use crate::telemetry::log::ExchangeLog;
+use crate::telemetry::record::End;
+use crate::telemetry::usage::EventName;
+
+#[derive(Deserialize)]
+struct Typed<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: std::borrow::Cow<'a, str>,
+}
+
+fn kind(text: &str) -> Option<String> {
+    serde_json::from_str::<Typed>(text)
+        .ok()
+        .map(|t| t.kind.into_owned())
+}
+
+/// What to do with a client's message.
+pub enum FromClient {
+    /// Send this upstream (the message itself, or as the ChatGPT backend's rules made it).
+    Forward(String),
+    /// Refused (over a quota): send this `error` message back, the socket stays open.
+    Refuse(String),
+}
+
+pub struct Turns {
+    owner: Owner,
+    backend: Option<Arc<Backend>>,
+    current: Option<ExchangeLog>,
+}
+
+impl Turns {
+    pub fn new(owner: Owner, backend: Option<Arc<Backend>>) -> Self {
+        Self {
+            owner,
+            backend,
+            current: None,
+        }
+    }
+
+    /// Whether a response is being generated (the upstream owes the client events).
+    pub fn running(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// A text message from the client.
+    pub fn client_message(&mut self, text: &str) -> FromClient {
+        if kind(text).as_deref() != Some("response.create") {
+            return FromClient::Forward(text.to_owned());
+        }
+        if let Some(telemetry) = &self.owner.telemetry {
+            telemetry.websocket_turn();
+        }
+        // A new turn before the last one ended: the last one is over, unfinished.
+        self.end(End::NoCompletedEvent);
+        let mut log = ExchangeLog::new(Method::GET, RESPONSES_PATH, Instant::now(), Arc::default());
+        log.identify(self.owner.uid, Some(self.owner.client.clone()));
+        if let Some(telemetry) = &self.owner.telemetry {
+            log.track(telemetry.clone());
+            match telemetry.quotas.admit(&self.owner.client) {
+                Ok(permit) => log.hold(permit),
+                Err(exceeded) => {
+                    telemetry.quota_refused(&self.owner.client, exceeded.quota);
+                    let err = ProxyError::QuotaExceeded {
+                        client: self.owner.client.to_string(),
+                        exceeded,
+                    };
+                    let message = error_message(&err);
+                    log.finish_local(err.status(), message.len() as u64);
+                    return FromClient::Refuse(message);
+                }
+            }
+        }
+        log.add_bytes_in(text.len());
+        let forwarded = match &self.backend {
+            Some(backend) => match backend.adapt_ws_message(text.as_bytes()) {
+                Some(adapted) => String::from_utf8(adapted).unwrap_or_else(|_| text.to_owned()),
+                None => text.to_owned(),
+            },
+            None => text.to_owned(),
+        };
+        log.sending();
+        log.upstream_head(StatusCode::OK, &HeaderMap::new());
+        log.relaying(true);
+        self.current = Some(log);
+        FromClient::Forward(forwarded)
+    }
+
+    /// A text message from the upstream: read for usage; a final event or an error ends the
+    /// turn.
+    pub fn upstream_message(&mut self, text: &str) {
+        let Some(log) = &mut self.current else {
+            return;
+        };
+        match log.scan_event(text.as_bytes()) {
+            EventName::Final => self.end(End::Completed),
+            _ if kind(text).as_deref() == Some("error") => self.end(End::UpstreamError),
+            _ => {}
+        }
+    }
+
+    /// Ends the running turn, if any, as `end` says; its line is written now.
+    pub fn end(&mut self, end: End) {
+        if let Some(mut log) = self.current.take() {
+            log.end(end);
+        }
+    }
+}
+
+/// keyward's own error as a WebSocket message, in the shape the upstream uses.
+pub fn error_message(err: &ProxyError) -> String {
+    serde_json::json!({
+        "type": "error",
+        "status": err.status().as_u16(),
+        "error": {
+            "type": if err.status().is_server_error() { "keyward_upstream_error" } else { "invalid_request_error" },
+            "code": err.code(),
+            "message": err.client_message(),
+            "param": null,
+        }
+    })
+    .to_string()
+}

@@ -1,0 +1,201 @@
+//! The metric families keyward serves and their registration, with their labels.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    pub(crate) client: Arc<str>,
+    pub(crate) status: u16,
+    /// Empty when keyward answered itself.
+    pub(crate) upstream_status: Option<u16>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TokenLabels {
+    pub(crate) client: Arc<str>,
+    pub(crate) model: Arc<str>,
+    pub(crate) kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EndLabels {
+    pub(crate) cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DirectionLabels {
+    pub(crate) direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabels {
+    pub client: Arc<str>,
+    pub quota: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ResultLabels {
+    pub(crate) result: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to about 9 minutes.
+    Histogram::new(exponential_buckets(0.001, 2.0, 20))
+}
+
+fn overhead_histogram() -> Histogram {
+    // 10 µs to about 160 ms.
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 15))
+}
+
+/// The metric families.
+pub(crate) struct Metrics {
+    pub(crate) registry: Registry,
+    pub(crate) requests: Family<RequestLabels, Counter>,
+    pub(crate) upstream_ttfb: Histogram,
+    pub(crate) duration: Histogram,
+    pub(crate) overhead: Histogram,
+    pub(crate) active_streams: Gauge,
+    pub(crate) websockets_open: Gauge,
+    pub(crate) websocket_turns: Counter,
+    pub(crate) websocket_messages: Family<DirectionLabels, Counter>,
+    pub(crate) bytes: Family<DirectionLabels, Counter>,
+    pub(crate) ends: Family<EndLabels, Counter>,
+    pub(crate) tokens: Family<TokenLabels, Counter>,
+    pub(crate) quota_refusals: Family<QuotaLabels, Counter>,
+    pub(crate) refreshes: Family<ResultLabels, Counter>,
+    pub(crate) expires_in: Gauge<i64, AtomicI64>,
+    pub(crate) log_lines_dropped: Counter,
+    pub(crate) ledger_backlog: Gauge,
+}
+
+impl Metrics {
+    pub(crate) fn new(chatgpt: bool) -> Self {
+        let mut registry = Registry::with_prefix("keyward");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests to /v1/responses by client, keyward's status and the upstream's status (empty when keyward answered itself)",
+            requests.clone(),
+        );
+        let upstream_ttfb = latency_histogram();
+        registry.register(
+            "upstream_first_byte_seconds",
+            "Time from receiving a request to the upstream's response headers",
+            upstream_ttfb.clone(),
+        );
+        let duration = latency_histogram();
+        registry.register(
+            "request_duration_seconds",
+            "Time from receiving a request to the end of its response",
+            duration.clone(),
+        );
+        let overhead = overhead_histogram();
+        registry.register(
+            "overhead_seconds",
+            "keyward's own added latency: time to the response head minus the upstream's",
+            overhead.clone(),
+        );
+        let active_streams = Gauge::default();
+        registry.register(
+            "active_streams",
+            "Responses being relayed now",
+            active_streams.clone(),
+        );
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "bytes",
+            "Body bytes from clients (in) and to clients (out)",
+            bytes.clone(),
+        );
+        let ends = Family::<EndLabels, Counter>::default();
+        registry.register(
+            "streams_ended",
+            "Relayed responses by how they ended: completed, client_gone, upstream_stream_error, stream_idle_timeout, no_completed_event",
+            ends.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens used, from the usage of response.completed, by client, model and kind (input, cached_input, output, reasoning)",
+            tokens.clone(),
+        );
+        let quota_refusals = Family::<QuotaLabels, Counter>::default();
+        registry.register(
+            "quota_refusals",
+            "Requests refused with 429 by client and quota",
+            quota_refusals.clone(),
+        );
+        let websockets_open = Gauge::default();
+        registry.register(
+            "websockets_open",
+            "Responses WebSockets open now",
+            websockets_open.clone(),
+        );
+        let websocket_turns = Counter::default();
+        registry.register(
+            "websocket_turns",
+            "response.create messages received on WebSockets (each a turn)",
+            websocket_turns.clone(),
+        );
+        let websocket_messages = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "websocket_messages",
+            "WebSocket messages relayed, by direction (in: from clients, out: to clients)",
+            websocket_messages.clone(),
+        );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because stderr was not read fast enough (--log-buffer was full)",
+            log_lines_dropped.clone(),
+        );
+        let ledger_backlog = Gauge::default();
+        registry.register(
+            "usage_ledger_backlog_bytes",
+            "Bytes of usage ledger lines waiting for the disk (over --usage-log-buffer, requests get 503)",
+            ledger_backlog.clone(),
+        );
+        let refreshes = Family::<ResultLabels, Counter>::default();
+        let expires_in = Gauge::<i64, AtomicI64>::default();
+        if chatgpt {
+            registry.register(
+                "chatgpt_refreshes",
+                "ChatGPT access token refreshes by result (success, failure)",
+                refreshes.clone(),
+            );
+            registry.register(
+                "chatgpt_access_token_expires_in_seconds",
+                "Seconds until the ChatGPT access token expires",
+                expires_in.clone(),
+            );
+        }
+        Self {
+            registry,
+            requests,
+            upstream_ttfb,
+            duration,
+            overhead,
+            active_streams,
+            websockets_open,
+            websocket_turns,
+            websocket_messages,
+            bytes,
+            ends,
+            tokens,
+            quota_refusals,
+            refreshes,
+            expires_in,
+            log_lines_dropped,
+            ledger_backlog,
+        }
+    }
+}
