@@ -149,7 +149,7 @@ pub struct ChatGptArgs {
 }
 
 /// The Codex CLI version keyward is tested with, sent as `version` by default.
-pub const CODEX_VERSION: &str = "0.169.0";
+pub const CODEX_VERSION: &str = "0.171.0";
 
 #[derive(Debug, Clone, Args)]
 pub struct LoginArgs {

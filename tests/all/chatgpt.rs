@@ -1087,3 +1087,30 @@ async fn a_websocket_refused_with_401_refreshes_the_login_once_and_gets_the_back
     .await;
     assert!(next_text(&mut client).await.contains("response.created"));
 }
+
+#[tokio::test]
+async fn a_codex_clis_own_version_reaches_the_backend() {
+    let issuer = FakeIssuer::start().await;
+    let backend = fake_backend(issuer.state.clone()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    seed_login(tmp.path(), &issuer.mint());
+    let (addr, _keyward) = chatgpt_keyward(&issuer, &backend, tmp.path(), &[]).await;
+    let req = Request::post("/v1/responses")
+        .header("originator", "codex_exec")
+        .header("version", "0.172.0")
+        .header("user-agent", "codex_exec/0.172.0 (Debian 12; x86_64)")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            json!({"model": "gpt-5", "input": "hi", "stream": true}).to_string(),
+        )))
+        .unwrap();
+    let reply = client::read(client::send(addr, req).await).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let seen = backend.next_request().await;
+    assert_eq!(seen.headers["originator"], "codex_exec");
+    assert_eq!(seen.headers["version"], "0.172.0");
+    assert_eq!(
+        seen.headers["user-agent"],
+        "codex_exec/0.172.0 (Debian 12; x86_64)"
+    );
+}

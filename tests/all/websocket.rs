@@ -287,3 +287,84 @@ async fn shutdown_closes_an_idle_socket_normally_and_lets_a_running_turn_finish(
     }
     within("keyward to stop", keyward.wait()).await;
 }
+
+#[tokio::test]
+async fn pings_pass_and_metrics_and_dumps_see_each_message() {
+    let mut upstream = FakeWsUpstream::start().await;
+    let dumps = tempfile::tempdir().unwrap();
+    let (addr, keyward) = start_for(
+        &upstream.url(),
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--dump-dir",
+            dumps.path().to_str().unwrap(),
+        ],
+    )
+    .await;
+    let (mut client, _) = connect(addr, &[("authorization", "Bearer client-secret")])
+        .await
+        .unwrap();
+    let mut socket = upstream.next_socket().await;
+    client
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    // The upstream sees the client's ping (and answers it itself).
+    loop {
+        match next(&mut socket).await {
+            Message::Ping(data) => {
+                assert_eq!(&data[..], b"are you there");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    send_text(&mut client, &create("hi", None)).await;
+    next_text(&mut socket).await;
+    for event in events("resp_1", "counted") {
+        send_text(&mut socket, &event).await;
+        next_text(&mut client).await;
+    }
+    let metrics = keyward.metrics.unwrap();
+    let text = within("the metrics", async {
+        loop {
+            let text = crate::support::client::get(metrics, "/metrics")
+                .await
+                .text();
+            if text.contains("keyward_websocket_turns_total 1") {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(text.contains("keyward_websockets_open 1"), "{text}");
+    // In: the ping and the turn; out: the upstream's pong and the three events.
+    assert!(
+        text.contains(r#"keyward_websocket_messages_total{direction="in"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"keyward_websocket_messages_total{direction="out"} 4"#),
+        "{text}"
+    );
+    drop(client);
+    // The dumps hold the handshake (its credential redacted) and every message.
+    let files = within("the dumps", async {
+        loop {
+            let files = crate::support::keyward::files_under(dumps.path());
+            let all: String = files
+                .iter()
+                .map(|(_, c)| String::from_utf8_lossy(c).into_owned())
+                .collect();
+            if all.contains("response.completed") && all.contains("response.create") {
+                return all;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(!files.contains("client-secret"), "{files}");
+    assert!(files.contains("[redacted]"), "{files}");
+}
