@@ -4,6 +4,7 @@
 //! and none uses it.
 
 pub mod commands;
+pub mod operations;
 mod serve;
 
 pub use serve::{chatgpt_credential, serve};

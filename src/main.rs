@@ -88,9 +88,11 @@ fn main() -> ExitCode {
         Command::Login(args) => keyward::cli::commands::login(args).map(|()| true),
         Command::Status(args) => keyward::cli::commands::status(args),
         Command::Logout(args) => keyward::cli::commands::logout(args).map(|()| true),
-        Command::Token(args) => keyward::cli::commands::token(args).map(|()| true),
-        Command::Usage(args) => keyward::cli::commands::usage(args).map(|()| true),
-        Command::CheckConfig { file } => keyward::cli::commands::check_config(file).map(|()| true),
+        Command::Token(args) => keyward::cli::operations::token(args).map(|()| true),
+        Command::Usage(args) => keyward::cli::operations::usage(args).map(|()| true),
+        Command::CheckConfig { file } => {
+            keyward::cli::operations::check_config(file).map(|()| true)
+        }
     };
     // Write out buffered log lines before anything printed below.
     drop(_log);

@@ -6,15 +6,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use serde_json::json;
 
-use crate::access::clients::TokenFile;
-use crate::config::command_args::{
-    HomeArgs, LoginArgs, LogoutArgs, NetArgs, StatusArgs, TokenAction, TokenArgs, UsageArgs,
-    UsageBy,
-};
+use crate::config::command_args::{HomeArgs, LoginArgs, LogoutArgs, NetArgs, StatusArgs};
 use crate::config::{Limits, UpstreamProxy};
 use crate::credential::chatgpt::home::Home;
 use crate::credential::chatgpt::issuer::Issuer;
 use crate::credential::chatgpt::login::{self, BrowserOptions};
+use crate::credential::chatgpt::plan::PlanUsage;
 use crate::credential::chatgpt::record::{Login, now};
 use crate::credential::chatgpt::store::{self, LoginStore};
 use crate::credential::chatgpt::{codex_import, device};
@@ -107,8 +104,9 @@ pub fn login(args: &LoginArgs) -> anyhow::Result<()> {
 
 /// `keyward status`. Returns whether the login is usable (the exit status).
 pub fn status(args: &StatusArgs) -> anyhow::Result<bool> {
-    let (_home, store) = open_store(&args.home)?;
+    let (home, store) = open_store(&args.home)?;
     let login = store.load()?;
+    let plan_usage = PlanUsage::read(home.dir());
     let state = match &login {
         None => "signed_out",
         Some(login) if login.dead.is_some() => "dead",
@@ -133,6 +131,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<bool> {
                 "last_refresh": login.last_refresh,
                 "dead": login.dead.as_ref().map(|d| json!({ "reason": d.reason, "at": d.at })),
                 "store": store.describe(),
+                "plan_usage": plan_usage,
             }),
         };
         writeln!(out, "{value}")?;
@@ -144,7 +143,10 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<bool> {
             "Not signed in ({}). Sign in with `keyward login`.",
             store.describe()
         )?,
-        Some(login) => describe(&mut out, login, state, &store.describe())?,
+        Some(login) => {
+            describe(&mut out, login, state, &store.describe())?;
+            describe_usage(&mut out, plan_usage.as_ref())?;
+        }
     }
     Ok(usable)
 }
@@ -185,6 +187,35 @@ fn describe(out: &mut impl Write, login: &Login, state: &str, store: &str) -> st
     writeln!(out, "  store:         {store}")
 }
 
+/// The plan's usage as `keyward serve` last heard it from the backend.
+fn describe_usage(out: &mut impl Write, usage: Option<&PlanUsage>) -> std::io::Result<()> {
+    let Some(usage) = usage else {
+        return writeln!(
+            out,
+            "  plan usage:    not reported yet (keyward serve records it from the backend's answers)"
+        );
+    };
+    for (name, window) in [("primary", &usage.primary), ("secondary", &usage.secondary)] {
+        let Some(window) = window else { continue };
+        let span_text = window.window_minutes.map_or(String::new(), |m| {
+            format!(" of a {} window", span(m as i64 * 60))
+        });
+        let reset = window
+            .reset_at
+            .map_or(String::new(), |at| format!(", resets {}", when(at)));
+        writeln!(
+            out,
+            "  plan usage:    {name} {:.1}% used{span_text}{reset}",
+            window.used_percent
+        )?;
+    }
+    writeln!(
+        out,
+        "                 (as the backend said at {})",
+        when(usage.seen_at)
+    )
+}
+
 /// `keyward logout`.
 pub fn logout(args: &LogoutArgs) -> anyhow::Result<()> {
     let (home, store) = open_store(&args.home)?;
@@ -214,157 +245,8 @@ pub fn logout(args: &LogoutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `keyward token add|list|revoke`.
-pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
-    let Some(path) = &args.client_tokens else {
-        anyhow::bail!(
-            "which client tokens file? Pass --client-tokens FILE or set KEYWARD_CLIENT_TOKENS \
-             (the file `serve --client-tokens` reads)"
-        );
-    };
-    let file = TokenFile::new(path.clone());
-    let mut out = std::io::stdout();
-    match &args.action {
-        TokenAction::Add { name } => {
-            let token = file.add(name)?;
-            // The token alone on stdout, so that it can be captured; the advice on stderr.
-            writeln!(out, "{}", token.expose())?;
-            eprintln!(
-                "Added client `{name}` to {}. This is the only time the token is shown: give it \
-                 to the client, which sends it as `Authorization: Bearer <token>` (for the Codex \
-                 CLI, in the environment variable its provider's env_key names).",
-                path.display()
-            );
-        }
-        TokenAction::List { json } => {
-            let clients = file.list()?;
-            if *json {
-                writeln!(out, "{}", serde_json::to_string(&clients)?)?;
-            } else if clients.is_empty() {
-                writeln!(out, "No clients in {}.", path.display())?;
-            } else {
-                writeln!(out, "{:<32} CREATED", "NAME")?;
-                for client in clients {
-                    let created = i64::try_from(client.created).unwrap_or(i64::MAX);
-                    writeln!(out, "{:<32} {}", client.name, when(created))?;
-                }
-            }
-        }
-        TokenAction::Revoke { name } => {
-            file.revoke(name)?;
-            writeln!(
-                out,
-                "Revoked client `{name}`; a running keyward refuses its token within a second."
-            )?;
-        }
-    }
-    Ok(())
-}
-
-/// `keyward check-config FILE`.
-pub fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
-    let source = crate::config::file::ConfigSource {
-        path: file.to_owned(),
-        argv: vec!["keyward".into(), "serve".into()],
-    };
-    let cli = <crate::config::args::Cli as clap::Parser>::try_parse_from(source.merged()?)
-        .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim()))?;
-    let args = cli
-        .into_serve()
-        .context("the file does not describe `keyward serve`")?;
-    let config = crate::config::Config::from_args(&args)?;
-    writeln!(std::io::stdout(), "{config:#?}")?;
-    eprintln!(
-        "{} is valid; the effective settings are above.",
-        file.display()
-    );
-    Ok(())
-}
-
-/// One row of `keyward usage`.
-#[derive(Debug, Default, serde::Serialize)]
-struct UsageRow {
-    key: String,
-    requests: u64,
-    errors: u64,
-    input_tokens: u64,
-    cached_input_tokens: u64,
-    output_tokens: u64,
-    reasoning_tokens: u64,
-}
-
-/// `keyward usage`.
-pub fn usage(args: &UsageArgs) -> anyhow::Result<()> {
-    let path = match &args.usage_log {
-        Some(path) => path.clone(),
-        None => Home::resolve(args.home.home.as_deref())?.join("usage.jsonl"),
-    };
-    let since = args.since.map_or(0.0, |span| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64())
-            - span.as_secs_f64()
-    });
-    if !path.exists() {
-        anyhow::bail!(
-            "there is no usage ledger at {}: keyward serve writes one with --usage-log FILE (and \
-             by default in the home with --auth chatgpt)",
-            path.display()
-        );
-    }
-    let mut rows: std::collections::BTreeMap<String, UsageRow> = Default::default();
-    crate::telemetry::ledger::read_since(&path, since, |entry| {
-        let key = match args.by {
-            UsageBy::Client => entry.client,
-            UsageBy::Model => entry.model.unwrap_or_else(|| "-".into()),
-        };
-        let row = rows.entry(key.clone()).or_insert_with(|| UsageRow {
-            key,
-            ..UsageRow::default()
-        });
-        row.requests += 1;
-        row.errors += u64::from(entry.status >= 400 || entry.end != "completed");
-        row.input_tokens += entry.input_tokens;
-        row.cached_input_tokens += entry.cached_input_tokens;
-        row.output_tokens += entry.output_tokens;
-        row.reasoning_tokens += entry.reasoning_tokens;
-    })?;
-    let mut out = std::io::stdout();
-    let rows: Vec<UsageRow> = rows.into_values().collect();
-    if args.json {
-        writeln!(out, "{}", serde_json::to_string(&rows)?)?;
-        return Ok(());
-    }
-    let by = match args.by {
-        UsageBy::Client => "CLIENT",
-        UsageBy::Model => "MODEL",
-    };
-    writeln!(
-        out,
-        "{by:<24} {:>9} {:>7} {:>13} {:>13} {:>13} {:>13}",
-        "REQUESTS", "ERRORS", "INPUT", "CACHED", "OUTPUT", "REASONING"
-    )?;
-    for row in &rows {
-        writeln!(
-            out,
-            "{:<24} {:>9} {:>7} {:>13} {:>13} {:>13} {:>13}",
-            row.key,
-            row.requests,
-            row.errors,
-            row.input_tokens,
-            row.cached_input_tokens,
-            row.output_tokens,
-            row.reasoning_tokens
-        )?;
-    }
-    if rows.is_empty() {
-        writeln!(out, "(no requests in {})", path.display())?;
-    }
-    Ok(())
-}
-
 /// A time as `Tue, 24 Nov 2026 01:00:00 GMT`.
-fn when(epoch_secs: i64) -> String {
+pub(crate) fn when(epoch_secs: i64) -> String {
     let at = UNIX_EPOCH + Duration::from_secs(epoch_secs.max(0) as u64);
     httpdate::fmt_http_date(at.min(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799)))
 }

@@ -77,6 +77,11 @@ pub async fn chatgpt_credential(config: &Config) -> anyhow::Result<Credential> {
         Err(err) => tracing::warn!("{err}; requests get 503 until then"),
     }
     tokio::spawn(tokens.clone().keep_fresh());
+    // What the backend says of the plan's usage, for `keyward status`.
+    tokio::spawn({
+        let (tokens, home) = (tokens.clone(), chatgpt.home.clone());
+        async move { tokens.plan.write_to(home).await }
+    });
     let backend = Backend::new(tokens, (**chatgpt).clone());
     Ok(Credential::ChatGpt(Arc::new(backend)))
 }

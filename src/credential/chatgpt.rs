@@ -8,6 +8,7 @@ pub mod issuer;
 pub mod jwt;
 pub mod login;
 pub mod pkce;
+pub mod plan;
 pub mod record;
 pub mod store;
 pub mod tokens;

@@ -15,6 +15,8 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use crate::config::ChatGptConfig;
+use crate::credential::chatgpt::plan::PlanUsage;
+use crate::credential::chatgpt::record::now;
 use crate::credential::chatgpt::tokens::{AuthError, Session, TokenManager};
 use crate::proxy::assemble::{assemble, read_limited};
 use crate::proxy::body::ProxyBody;
@@ -97,6 +99,9 @@ impl Backend {
             response = self.send(proxy, &parts.headers, &payload, &fresh).await?;
         }
         log.upstream_head(response.status(), response.headers());
+        if let Some(usage) = PlanUsage::from_headers(response.headers(), now()) {
+            self.tokens.plan.observe(usage);
+        }
 
         if wants_stream || !response.status().is_success() {
             let (parts, body) = response.into_parts();

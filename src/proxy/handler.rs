@@ -171,11 +171,15 @@ impl Proxy {
             Credential::ApiKey { .. } => Ok(()),
             Credential::ChatGpt(backend) => backend.tokens.readiness(),
         };
+        let mut answer = serde_json::json!({
+            "status": "ready",
+            "credential": self.credential.kind(),
+        });
+        if let Some(backend) = self.credential.chatgpt() {
+            answer["plan_usage"] = serde_json::json!(backend.tokens.plan.latest());
+        }
         match ready {
-            Ok(()) => json_response(
-                StatusCode::OK,
-                &serde_json::json!({ "status": "ready", "credential": self.credential.kind() }),
-            ),
+            Ok(()) => json_response(StatusCode::OK, &answer),
             Err(reason) => json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &serde_json::json!({

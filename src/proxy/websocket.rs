@@ -20,6 +20,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
+use crate::credential::chatgpt::plan::PlanUsage;
+use crate::credential::chatgpt::record::now;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::credential::Credential;
 use crate::proxy::error::ProxyError;
@@ -184,7 +186,14 @@ async fn open_upstream(
             headers.remove(name);
         }
         match open_websocket(ctx.forwarder, headers, generate_key(), config).await {
-            Ok(opened) => return Ok(opened),
+            Ok(opened) => {
+                if let Credential::ChatGpt(backend) = ctx.credential
+                    && let Some(usage) = PlanUsage::from_headers(&opened.1, now())
+                {
+                    backend.tokens.plan.observe(usage);
+                }
+                return Ok(opened);
+            }
             Err(Handshake::Refused(status, head, body))
                 if status == StatusCode::UNAUTHORIZED && !retried =>
             {

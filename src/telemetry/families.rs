@@ -1,7 +1,7 @@
 //! The metric families keyward serves and their registration, with their labels.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -42,6 +42,11 @@ pub struct QuotaLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct WindowLabels {
+    pub(crate) window: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ResultLabels {
     pub(crate) result: &'static str,
 }
@@ -73,6 +78,8 @@ pub(crate) struct Metrics {
     pub(crate) quota_refusals: Family<QuotaLabels, Counter>,
     pub(crate) refreshes: Family<ResultLabels, Counter>,
     pub(crate) expires_in: Gauge<i64, AtomicI64>,
+    pub(crate) limit_used: Family<WindowLabels, Gauge<f64, AtomicU64>>,
+    pub(crate) limit_resets_at: Family<WindowLabels, Gauge>,
     pub(crate) log_lines_dropped: Counter,
     pub(crate) ledger_backlog: Gauge,
 }
@@ -166,11 +173,23 @@ impl Metrics {
         );
         let refreshes = Family::<ResultLabels, Counter>::default();
         let expires_in = Gauge::<i64, AtomicI64>::default();
+        let limit_used = Family::<WindowLabels, Gauge<f64, AtomicU64>>::default();
+        let limit_resets_at = Family::<WindowLabels, Gauge>::default();
         if chatgpt {
             registry.register(
                 "chatgpt_refreshes",
                 "ChatGPT access token refreshes by result (success, failure)",
                 refreshes.clone(),
+            );
+            registry.register(
+                "chatgpt_limit_used_percent",
+                "How much of the ChatGPT plan's limit window is used, as the backend last said",
+                limit_used.clone(),
+            );
+            registry.register(
+                "chatgpt_limit_resets_at_seconds",
+                "When the ChatGPT plan's limit window resets (Unix time), as the backend last said",
+                limit_resets_at.clone(),
             );
             registry.register(
                 "chatgpt_access_token_expires_in_seconds",
@@ -194,6 +213,8 @@ impl Metrics {
             quota_refusals,
             refreshes,
             expires_in,
+            limit_used,
+            limit_resets_at,
             log_lines_dropped,
             ledger_backlog,
         }

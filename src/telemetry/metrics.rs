@@ -16,6 +16,7 @@ const MAX_MODELS: usize = 50;
 
 use crate::telemetry::families::{
     DirectionLabels, EndLabels, Metrics, QuotaLabels, RequestLabels, ResultLabels, TokenLabels,
+    WindowLabels,
 };
 
 /// A bounded set of label values: the first `cap` distinct ones keep their name, later ones are
@@ -218,6 +219,20 @@ impl Telemetry {
             self.metrics
                 .expires_in
                 .set(tokens.expires_in().unwrap_or(0));
+            if let Some(usage) = tokens.plan.latest() {
+                for (window, limit) in [("primary", usage.primary), ("secondary", usage.secondary)]
+                {
+                    let Some(limit) = limit else { continue };
+                    let labels = WindowLabels { window };
+                    self.metrics
+                        .limit_used
+                        .get_or_create(&labels)
+                        .set(limit.used_percent);
+                    if let Some(at) = limit.reset_at {
+                        self.metrics.limit_resets_at.get_or_create(&labels).set(at);
+                    }
+                }
+            }
         }
         let mut text = String::new();
         if prometheus_client::encoding::text::encode(&mut text, &self.metrics.registry).is_err() {

@@ -1086,6 +1086,15 @@ async fn a_websocket_refused_with_401_refreshes_the_login_once_and_gets_the_back
     )
     .await;
     assert!(next_text(&mut client).await.contains("response.created"));
+    // The plan's usage, as the backend reports it on a socket, passes on and is read.
+    let limits = r#"{"type":"codex.rate_limits","rate_limits":{"primary":{"used_percent":12.5,"window_minutes":300}}}"#;
+    send_text(&mut socket, limits).await;
+    assert_eq!(next_text(&mut client).await, limits);
+    let ready = client::get(addr, "/readyz").await.json();
+    assert_eq!(
+        ready["plan_usage"]["primary"]["used_percent"], 12.5,
+        "{ready}"
+    );
 }
 
 #[tokio::test]
@@ -1113,4 +1122,82 @@ async fn a_codex_clis_own_version_reaches_the_backend() {
         seen.headers["user-agent"],
         "codex_exec/0.172.0 (Debian 12; x86_64)"
     );
+}
+
+#[tokio::test]
+async fn the_plans_usage_shows_in_readyz_metrics_and_status_and_reaches_the_client() {
+    let issuer = FakeIssuer::start().await;
+    let backend = fake_backend(issuer.state.clone()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    seed_login(tmp.path(), &issuer.mint());
+    let upstream = format!("http://{}/backend-api/codex/responses", backend.addr);
+    let issuer_url = issuer.url();
+    let home = tmp.path().to_str().unwrap();
+    let keyward = Process::spawn(
+        &[
+            "serve",
+            "--auth",
+            "chatgpt",
+            "--upstream-url",
+            &upstream,
+            "--issuer",
+            &issuer_url,
+            "--home",
+            home,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        b"",
+        &[],
+    )
+    .await;
+    let reply = client::post_responses(
+        keyward.addr,
+        r#"{"model":"gpt-5","input":"hi","stream":true}"#,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    // The client gets the headers as they came.
+    assert_eq!(reply.headers["x-codex-primary-used-percent"], "42.5");
+
+    let ready = client::get(keyward.addr, "/readyz").await.json();
+    assert_eq!(
+        ready["plan_usage"]["primary"]["used_percent"], 42.5,
+        "{ready}"
+    );
+    assert_eq!(ready["plan_usage"]["primary"]["window_minutes"], 300);
+    assert_eq!(ready["plan_usage"]["secondary"]["used_percent"], 7.0);
+
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(&keyward.server_info).unwrap()).unwrap();
+    let metrics: std::net::SocketAddr = info["metrics"].as_str().unwrap().parse().unwrap();
+    let text = client::get(metrics, "/metrics").await.text();
+    assert!(
+        text.contains(r#"keyward_chatgpt_limit_used_percent{window="primary"} 42.5"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"keyward_chatgpt_limit_resets_at_seconds{window="primary"} 1795000000"#),
+        "{text}"
+    );
+
+    // `keyward status`, another process, shows what serve last heard.
+    let out = within("the plan usage file", async {
+        loop {
+            let (_, out, _) = run(&["status", "--home", home]).await;
+            if out.contains("plan usage:    primary") {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        out.contains("primary 42.5% used of a 5h 0 min window"),
+        "{out}"
+    );
+    assert!(out.contains("secondary 7.0% used"), "{out}");
+    let (_, json_out, _) = run(&["status", "--home", home, "--json"]).await;
+    let status: Value = serde_json::from_str(json_out.trim()).unwrap();
+    assert_eq!(status["plan_usage"]["primary"]["used_percent"], 42.5);
 }

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::credential::chatgpt::home::Home;
 use crate::credential::chatgpt::issuer::{Issuer, IssuerError};
+use crate::credential::chatgpt::plan::PlanLimits;
 use crate::credential::chatgpt::record::{Dead, Login, now};
 use crate::credential::chatgpt::store::{LoginStore, StoreError};
 use crate::secret::{SecretHeader, bearer_header};
@@ -78,6 +79,8 @@ pub struct TokenManager {
     gate: tokio::sync::Mutex<Gate>,
     dead: Mutex<Option<String>>,
     pub stats: RefreshStats,
+    /// How much of the plan's limits is used, as the backend last said.
+    pub plan: PlanLimits,
 }
 
 impl TokenManager {
@@ -94,6 +97,7 @@ impl TokenManager {
             issuer,
             margin: margin.as_secs() as i64,
             current: RwLock::new(None),
+            plan: PlanLimits::default(),
             generation: AtomicU64::new(0),
             gate: tokio::sync::Mutex::new(Gate {
                 generation: 0,

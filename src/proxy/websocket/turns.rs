@@ -9,6 +9,8 @@ use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use crate::credential::chatgpt::plan::PlanUsage;
+use crate::credential::chatgpt::record::now;
 use crate::proxy::RESPONSES_PATH;
 use crate::proxy::backend::Backend;
 use crate::proxy::error::ProxyError;
@@ -103,6 +105,13 @@ impl Turns {
     /// A text message from the upstream: read for usage; a final event or an error ends the
     /// turn.
     pub fn upstream_message(&mut self, text: &str) {
+        if let Some(backend) = &self.backend
+            && text.contains("codex.rate_limits")
+            && let Ok(event) = serde_json::from_str(text)
+            && let Some(usage) = PlanUsage::from_event(&event, now())
+        {
+            backend.tokens.plan.observe(usage);
+        }
         let Some(log) = &mut self.current else {
             return;
         };

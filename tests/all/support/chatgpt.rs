@@ -294,6 +294,15 @@ pub async fn fake_backend(issuer: Arc<Mutex<IssuerState>>) -> FakeUpstream {
             }
             let (mut response, tx) = upstream::stream("text/event-stream");
             response.headers_mut().remove("content-type");
+            // The plan's usage, as the real backend reports it on every answer.
+            for (name, value) in [
+                ("x-codex-primary-used-percent", "42.5"),
+                ("x-codex-primary-window-minutes", "300"),
+                ("x-codex-primary-reset-at", "1795000000"),
+                ("x-codex-secondary-used-percent", "7"),
+            ] {
+                response.headers_mut().insert(name, value.parse().unwrap());
+            }
             tokio::spawn(async move {
                 for event in response_events() {
                     if tx.send(event).await.is_err() {
