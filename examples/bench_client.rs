@@ -5,6 +5,9 @@
 //!   consecutive events as they arrive (microseconds).
 //! - `bench_client streams ADDR COUNT SECONDS`: COUNT streams held open at once, one event a
 //!   second for SECONDS; how many completed, and the errors.
+//! - `bench_client turns ADDR TURNS EVENTS`: a session of TURNS turns of EVENTS events each, over
+//!   one WebSocket (`response.create` out, events back until `response.completed`) and then as
+//!   TURNS streamed POSTs on one keep-alive connection; the time per turn (microseconds).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -88,6 +91,71 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+fn summary(mut times: Vec<f64>) -> serde_json::Value {
+    times.sort_by(f64::total_cmp);
+    serde_json::json!({
+        "p50": percentile(&times, 50.0),
+        "p90": percentile(&times, 90.0),
+        "max": times.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+/// A session of `turns` turns over one WebSocket, then the same over HTTP.
+async fn turns(addr: SocketAddr, turns: usize, events: usize) -> Result<serde_json::Value, String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/v1/responses")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    request.headers_mut().insert(
+        "x-bench-events",
+        events.to_string().parse().map_err(|_| "header")?,
+    );
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut socket, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let mut ws = Vec::with_capacity(turns);
+    for turn in 0..turns {
+        let create = format!(
+            r#"{{"type":"response.create","model":"gpt-5","input":"turn {turn}","store":false}}"#
+        );
+        let start = Instant::now();
+        socket
+            .send(Message::text(create))
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) if text.contains("response.completed") => break,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("the socket closed".into()),
+            }
+        }
+        ws.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    let _ = socket.close(None).await;
+
+    let mut sender = connect(addr).await?;
+    let mut http = Vec::with_capacity(turns);
+    for _ in 0..turns {
+        let start = Instant::now();
+        one_stream(&mut sender, addr, events, 0.0).await?;
+        http.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(serde_json::json!({
+        "turns": turns,
+        "events": events,
+        "ws_turn_us": summary(ws),
+        "http_turn_us": summary(http),
+    }))
+}
+
 async fn events(
     addr: SocketAddr,
     events: usize,
@@ -163,7 +231,7 @@ async fn main() {
         Ok(addr) => addr,
         Err(_) => {
             eprintln!(
-                "usage: bench_client events ADDR EVENTS GAP_MS REQUESTS | streams ADDR COUNT SECONDS"
+                "usage: bench_client events ADDR EVENTS GAP_MS REQUESTS | streams ADDR COUNT SECONDS | turns ADDR TURNS EVENTS"
             );
             std::process::exit(2);
         }
@@ -185,6 +253,13 @@ async fn main() {
             )
             .await
         }
+        "turns" => turns(
+            addr,
+            arg(3).parse().unwrap_or(20),
+            arg(4).parse().unwrap_or(20),
+        )
+        .await
+        .unwrap_or_else(|e| serde_json::json!({ "error": e })),
         other => {
             eprintln!("unknown measurement {other:?}");
             std::process::exit(2);

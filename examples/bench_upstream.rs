@@ -8,6 +8,10 @@
 //! - `x-bench-gap-ms: G` — G milliseconds between events (fractions allowed; default 0).
 //!
 //! The request body is read whole (and discarded) before answering.
+//!
+//! A `GET` with `Upgrade: websocket` becomes a Responses WebSocket: every `response.create`
+//! message is answered with `x-bench-events` (from the handshake, default 20) event messages, the
+//! last one `response.completed`.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -39,9 +43,58 @@ fn header<T: std::str::FromStr>(req: &Request<Incoming>, name: &str) -> Option<T
     req.headers().get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
+/// The Responses WebSocket: each `response.create` gets `events` messages.
+fn websocket(mut req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let events: usize = header(&req, "x-bench-events").unwrap_or(20);
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| tokio_tungstenite::tungstenite::handshake::derive_accept_key(k.as_bytes()))
+        .unwrap_or_default();
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(message)) = socket.next().await {
+            let Message::Text(text) = message else { continue };
+            if !text.contains("response.create") {
+                continue;
+            }
+            for n in 0..events {
+                let event = event(n, n + 1 == events);
+                let data = String::from_utf8_lossy(&event);
+                let json = data.split("data: ").nth(1).unwrap_or("").trim().to_owned();
+                if socket.send(Message::text(json)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()).boxed());
+    *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert("connection", http::HeaderValue::from_static("upgrade"));
+    headers.insert("upgrade", http::HeaderValue::from_static("websocket"));
+    if let Ok(accept) = http::HeaderValue::from_str(&key) {
+        headers.insert("sec-websocket-accept", accept);
+    }
+    response
+}
+
 async fn answer(
     req: Request<Incoming>,
 ) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
+    if req.headers().contains_key("upgrade") {
+        return Ok(websocket(req));
+    }
     let events: usize = header(&req, "x-bench-events").unwrap_or(0);
     let gap_ms: f64 = header(&req, "x-bench-gap-ms").unwrap_or(0.0);
     // Read the whole body, as a real API does before answering.
@@ -122,6 +175,7 @@ async fn main() -> std::io::Result<()> {
         tokio::spawn(async move {
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service_fn(answer))
+                .with_upgrades()
                 .await;
         });
     }
