@@ -64,7 +64,9 @@ fn websocket(mut req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>>
         )
         .await;
         while let Some(Ok(message)) = socket.next().await {
-            let Message::Text(text) = message else { continue };
+            let Message::Text(text) = message else {
+                continue;
+            };
             if !text.contains("response.create") {
                 continue;
             }

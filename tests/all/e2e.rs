@@ -280,16 +280,14 @@ async fn the_codex_cli_sends_its_client_token_and_a_wrong_one_is_refused() {
     keyward.wait_for_log("status=401").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_codex_cli_runs_a_two_turn_session_over_one_websocket_each() {
-    use crate::support::ws::FakeWsUpstream;
-    let upstream = FakeWsUpstream::responding(TEXT).await;
-    let keyward = Process::spawn(
-        &["--upstream-url", &upstream.url()],
-        format!("{KEY}\n").as_bytes(),
-        &[],
-    )
-    .await;
+/// `codex exec` then `codex exec resume` through keyward (started with `args`, `stdin`) against
+/// an upstream that speaks only WebSocket; checks one socket per process and no reconnects.
+async fn codex_websocket_session(
+    upstream: &crate::support::ws::FakeWsUpstream,
+    args: &[&str],
+    stdin: &[u8],
+) {
+    let keyward = Process::spawn(args, stdin, &[]).await;
     let home = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let codex = |args: &[&str]| {
@@ -344,6 +342,57 @@ async fn the_codex_cli_runs_a_two_turn_session_over_one_websocket_each() {
             "{stderr}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codex_cli_runs_a_two_turn_session_over_one_websocket_each() {
+    let upstream = crate::support::ws::FakeWsUpstream::responding(TEXT).await;
+    let url = upstream.url();
+    codex_websocket_session(
+        &upstream,
+        &["--upstream-url", &url],
+        format!("{KEY}\n").as_bytes(),
+    )
+    .await;
     let handshake = &upstream.handshakes()[0];
     assert_eq!(handshake["authorization"], format!("Bearer {KEY}").as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codex_cli_runs_a_websocket_session_through_a_chatgpt_sign_in() {
+    use crate::support::chatgpt::{FakeIssuer, seed_login};
+    let issuer = FakeIssuer::start().await;
+    let minted = issuer.mint();
+    let tmp = tempfile::tempdir().unwrap();
+    seed_login(tmp.path(), &minted);
+    let upstream = crate::support::ws::FakeWsUpstream::responding(TEXT).await;
+    let url = format!("http://{}/backend-api/codex/responses", upstream.addr);
+    let issuer_url = issuer.url();
+    codex_websocket_session(
+        &upstream,
+        &[
+            "serve",
+            "--auth",
+            "chatgpt",
+            "--upstream-url",
+            &url,
+            "--issuer",
+            &issuer_url,
+            "--home",
+            tmp.path().to_str().unwrap(),
+        ],
+        b"",
+    )
+    .await;
+    let handshake = &upstream.handshakes()[0];
+    assert_eq!(
+        handshake["authorization"],
+        format!("Bearer {}", minted.access_token).as_str()
+    );
+    assert!(handshake.contains_key("chatgpt-account-id"));
+    // The Codex CLI's own version reached the backend, not keyward's default.
+    let package: Value =
+        serde_json::from_str(&std::fs::read_to_string(tool("package.json")).unwrap()).unwrap();
+    let pinned = package["dependencies"]["@openai/codex"].as_str().unwrap();
+    assert_eq!(handshake["version"], pinned);
 }
