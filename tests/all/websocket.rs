@@ -53,10 +53,16 @@ async fn two_turns_relayed_one_message_at_a_time_with_the_key_on_the_upstream_ha
             ("session-id", "s-1"),
             ("x-codex-window-id", "w-1"),
             ("originator", "codex_exec"),
+            (
+                "sec-websocket-extensions",
+                "permessage-deflate; client_max_window_bits",
+            ),
         ],
     )
     .await
     .unwrap();
+    // Compression is declined cleanly: the answer names no extension.
+    assert!(response.headers().get("sec-websocket-extensions").is_none());
     // The upstream's handshake answer comes back.
     assert_eq!(response.headers()["x-codex-turn-state"], "ts-1");
     assert_eq!(response.headers()["x-models-etag"], "etag-7");
@@ -362,4 +368,34 @@ async fn pings_pass_and_metrics_and_dumps_see_each_message() {
     .await;
     assert!(!files.contains("client-secret"), "{files}");
     assert!(files.contains("[redacted]"), "{files}");
+}
+
+#[tokio::test]
+async fn a_socket_that_ends_mid_turn_is_charged_an_estimate() {
+    let mut upstream = FakeWsUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let usage = dir.path().join("usage.jsonl");
+    let (addr, _keyward) =
+        start_for(&upstream.url(), &["--usage-log", usage.to_str().unwrap()]).await;
+    let (mut client, _) = connect(addr, &[]).await.unwrap();
+    let mut socket = upstream.next_socket().await;
+    let turn = create("Say hello, please.", None);
+    send_text(&mut client, &turn).await;
+    next_text(&mut socket).await;
+    // The text, but not the completion, then the client hangs up.
+    let events = events("resp_1", "Hello there friend");
+    for event in &events[..events.len() - 1] {
+        send_text(&mut socket, event).await;
+        next_text(&mut client).await;
+    }
+    drop(client);
+    let line = &ledger_lines(&usage, 1).await[0];
+    assert_eq!(line["estimated"], true, "{line}");
+    assert_eq!(line["end"], "client_gone", "{line}");
+    assert_eq!(line["input_tokens"], turn.len().div_ceil(4), "{line}");
+    assert_eq!(
+        line["output_tokens"],
+        "Hello there friend".len().div_ceil(4),
+        "{line}"
+    );
 }
