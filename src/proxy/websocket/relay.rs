@@ -10,7 +10,6 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -137,8 +136,8 @@ impl Relay {
                             return Ended::UpstreamBroke;
                         }
                     }
-                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))
-                    | Some(Err(WsError::Capacity(_))) => return Ended::TooBig,
+                    // A message or frame over --max-body.
+                    Some(Err(WsError::Capacity(_))) => return Ended::TooBig,
                     Some(Err(_)) | None => return Ended::ClientGone,
                 },
                 message = self.upstream.next() => match message {
