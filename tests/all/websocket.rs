@@ -399,3 +399,22 @@ async fn a_socket_that_ends_mid_turn_is_charged_an_estimate() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn a_user_the_policy_refuses_gets_403_for_the_upgrade() {
+    let upstream = FakeWsUpstream::start().await;
+    // Nobody runs as uid 4242: this test's own user is refused.
+    let (addr, _keyward) = start_for(&upstream.url(), &["--allow-user", "4242"]).await;
+    match connect(addr, &[]).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403);
+            let body = String::from_utf8(response.body().clone().unwrap_or_default()).unwrap();
+            assert!(body.contains("access_denied"), "{body}");
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    assert!(
+        upstream.handshakes().is_empty(),
+        "nothing reached the upstream"
+    );
+}
