@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
@@ -37,6 +37,8 @@ pub struct Relay {
     telemetry: Option<Arc<Telemetry>>,
     /// The dumps of the client's and the upstream's messages.
     dumps: Option<(DumpSink, Option<DumpSink>)>,
+    /// What the upstream sent behind a batch of text messages, not yet handled.
+    held: Option<Option<Result<Message, WsError>>>,
 }
 
 /// Why the relay stopped.
@@ -68,6 +70,7 @@ impl Relay {
             shutdown,
             telemetry,
             dumps: dumps.map(|(_, request, response)| (request, response)),
+            held: None,
         }
     }
 
@@ -101,6 +104,13 @@ impl Relay {
         let mut grace_ends: Option<Instant> =
             draining.then(|| Instant::now() + self.limits.shutdown_grace);
         loop {
+            // A message read ahead while sending a batch goes first.
+            if let Some(held) = self.held.take() {
+                if let Some(ended) = self.relay_upstream(held).await {
+                    return ended;
+                }
+                continue;
+            }
             if draining && !self.turns.running() {
                 return Ended::Shutdown;
             }
@@ -140,25 +150,11 @@ impl Relay {
                     Some(Err(WsError::Capacity(_))) => return Ended::TooBig,
                     Some(Err(_)) | None => return Ended::ClientGone,
                 },
-                message = self.upstream.next() => match message {
-                    Some(Ok(Message::Text(text))) => {
-                        self.dump(false, text.as_str());
-                        self.turns.upstream_message(text.as_str());
-                        self.count("out");
-                        if self.client.send(Message::Text(text)).await.is_err() {
-                            return Ended::ClientGone;
-                        }
+                message = self.upstream.next() => {
+                    if let Some(ended) = self.relay_upstream(message).await {
+                        return ended;
                     }
-                    Some(Ok(Message::Close(frame))) => return Ended::UpstreamClosed(frame),
-                    Some(Ok(Message::Frame(_))) => {}
-                    Some(Ok(other)) => {
-                        self.count("out");
-                        if self.client.send(other).await.is_err() {
-                            return Ended::ClientGone;
-                        }
-                    }
-                    Some(Err(_)) | None => return Ended::UpstreamBroke,
-                },
+                }
                 () = sleep_until(idle_deadline.unwrap_or_else(far_future)), if idle_deadline.is_some() => {
                     return Ended::Idle;
                 }
@@ -173,6 +169,45 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// One item from the upstream. Text messages that have already arrived behind it leave with
+    /// it: they are fed to the client and flushed once (no waiting for more, as with events
+    /// that arrived together over HTTP).
+    async fn relay_upstream(&mut self, message: Option<Result<Message, WsError>>) -> Option<Ended> {
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(frame))) => return Some(Ended::UpstreamClosed(frame)),
+            Some(Ok(Message::Frame(_))) => return None,
+            Some(Ok(other)) => {
+                self.count("out");
+                return self
+                    .client
+                    .send(other)
+                    .await
+                    .err()
+                    .map(|_| Ended::ClientGone);
+            }
+            Some(Err(_)) | None => return Some(Ended::UpstreamBroke),
+        };
+        let mut text = text;
+        loop {
+            self.dump(false, text.as_str());
+            self.turns.upstream_message(text.as_str());
+            self.count("out");
+            if self.client.feed(Message::Text(text)).await.is_err() {
+                return Some(Ended::ClientGone);
+            }
+            match self.upstream.next().now_or_never() {
+                Some(Some(Ok(Message::Text(next)))) => text = next,
+                Some(other) => {
+                    self.held = Some(other);
+                    break;
+                }
+                None => break,
+            }
+        }
+        self.client.flush().await.err().map(|_| Ended::ClientGone)
     }
 
     /// Closes both sides as `ended` says, and ends the running turn.
