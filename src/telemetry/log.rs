@@ -24,7 +24,14 @@ use crate::telemetry::usage::{EventName, Scanner, Seen, Tokens};
 /// the returned guard until the process ends: dropping it
 /// writes out what is left.
 pub fn init(format: LogFormat, buffer: u64) -> std::io::Result<FlushGuard> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The WebSocket library logs whole handshake requests at trace, the upstream's credential
+    // among them: it never logs below info, whatever RUST_LOG says.
+    for quiet in ["tungstenite=info", "tokio_tungstenite=info"] {
+        if let Ok(directive) = quiet.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let (writer, guard) = log_writer::spawn(
         std::io::stderr(),
         usize::try_from(buffer).unwrap_or(usize::MAX),

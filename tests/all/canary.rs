@@ -48,6 +48,21 @@ async fn exercise(addr: std::net::SocketAddr) -> String {
     let mut body = client::send(addr, req).await.into_body();
     next_chunk(&mut body).await;
     drop(body);
+    // A WebSocket upgrade: the key goes on the upstream's handshake; whatever comes back (a
+    // refusal from this HTTP-only upstream, or a 502) must not carry it.
+    match crate::support::ws::connect(addr, &[("authorization", "Bearer client")]).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => seen.push_str(&format!(
+            "{} {:?} {}\n",
+            response.status(),
+            response.headers(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+        )),
+        Ok((mut socket, response)) => {
+            seen.push_str(&format!("{:?}\n", response.headers()));
+            let _ = futures_util::SinkExt::close(&mut socket).await;
+        }
+        Err(other) => seen.push_str(&format!("{other}\n")),
+    }
     seen
 }
 
