@@ -119,6 +119,20 @@ pub enum Scanner {
     Json(Box<JsonSkim>),
 }
 
+/// A message's `type`, read without building the rest.
+#[derive(Deserialize)]
+struct Typed<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: std::borrow::Cow<'a, str>,
+}
+
+/// The `type` of a JSON message (`response.create`, `response.completed`, ...).
+pub fn message_type(data: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Typed>(data)
+        .ok()
+        .map(|typed| typed.kind.into_owned())
+}
+
 /// Event types whose `response` is the final one, with its usage.
 const FINAL_EVENTS: [&[u8]; 3] = [
     b"response.completed",
@@ -168,14 +182,10 @@ impl Scanner {
     /// One whole event, as a WebSocket message carries it (its type inside the JSON); says
     /// which kind it was, so that the caller knows when a response has ended.
     pub fn event(&mut self, data: &[u8]) -> EventName {
-        #[derive(Deserialize)]
-        struct Typed<'a> {
-            #[serde(borrow, rename = "type")]
-            kind: std::borrow::Cow<'a, str>,
-        }
         let name = match serde_json::from_slice::<Typed>(data) {
             Ok(typed) if FINAL_EVENTS.contains(&typed.kind.as_bytes()) => EventName::Final,
             Ok(typed) if typed.kind == "response.created" => EventName::Created,
+            Ok(typed) if typed.kind == "error" => EventName::Error,
             _ => EventName::Other,
         };
         if let Scanner::Sse { seen, .. } = self {
@@ -203,6 +213,8 @@ pub enum EventName {
     Final,
     /// `response.created`: the model.
     Created,
+    /// An `error` message (on a WebSocket: the response has ended).
+    Error,
     Other,
 }
 

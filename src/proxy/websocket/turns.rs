@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, Method, StatusCode};
-use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::credential::chatgpt::plan::PlanUsage;
@@ -17,19 +16,7 @@ use crate::proxy::error::ProxyError;
 use crate::proxy::websocket::Owner;
 use crate::telemetry::log::ExchangeLog;
 use crate::telemetry::record::End;
-use crate::telemetry::usage::EventName;
-
-#[derive(Deserialize)]
-struct Typed<'a> {
-    #[serde(borrow, rename = "type")]
-    kind: std::borrow::Cow<'a, str>,
-}
-
-fn kind(text: &str) -> Option<String> {
-    serde_json::from_str::<Typed>(text)
-        .ok()
-        .map(|t| t.kind.into_owned())
-}
+use crate::telemetry::usage::{EventName, message_type};
 
 /// What to do with a client's message.
 pub enum FromClient {
@@ -61,7 +48,7 @@ impl Turns {
 
     /// A text message from the client.
     pub fn client_message(&mut self, text: &str) -> FromClient {
-        if kind(text).as_deref() != Some("response.create") {
+        if message_type(text.as_bytes()).as_deref() != Some("response.create") {
             return FromClient::Forward(text.to_owned());
         }
         if let Some(telemetry) = &self.owner.telemetry {
@@ -117,8 +104,8 @@ impl Turns {
         };
         match log.scan_event(text.as_bytes()) {
             EventName::Final => self.end(End::Completed),
-            _ if kind(text).as_deref() == Some("error") => self.end(End::UpstreamError),
-            _ => {}
+            EventName::Error => self.end(End::UpstreamError),
+            EventName::Created | EventName::Other => {}
         }
     }
 
