@@ -143,25 +143,21 @@ async fn sdk_check(
     }
 }
 
-/// Runs `codex exec "Say hello"` with a provider for keyward; `provider_extra` is added to the
-/// provider's table, `env` to codex's environment.
-async fn run_codex(
+/// `codex exec` through keyward, with its home in `home` and working directory `work`:
+/// `provider_extra` is added to the provider's table, `args` follow the common flags.
+fn codex_command(
     keyward: &Process,
     provider_extra: &str,
-    env: &[(&str, &str)],
-) -> std::process::Output {
-    let codex = tool("node_modules/.bin/codex");
-    let home = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
+    home: &std::path::Path,
+    work: &std::path::Path,
+    args: &[&str],
+) -> tokio::process::Command {
     let provider = format!(
         r#"model_providers.keyward={{name="keyward",base_url="http://{}/v1",wire_api="responses"{provider_extra}}}"#,
         keyward.addr
     );
-    let mut command = tokio::process::Command::new(codex);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let run = command
+    let mut command = tokio::process::Command::new(tool("node_modules/.bin/codex"));
+    command
         .args([
             "exec",
             "--skip-git-repo-check",
@@ -172,15 +168,37 @@ async fn run_codex(
             "-c",
         ])
         .arg(provider)
-        .args(["-m", "gpt-5", "Say hello"])
-        .current_dir(work.path())
-        .env("CODEX_HOME", home.path())
+        .args(["-m", "gpt-5"])
+        .args(args)
+        .current_dir(work)
+        .env("CODEX_HOME", home)
         .env_remove("OPENAI_API_KEY")
         .env_remove("OPENAI_BASE_URL")
         .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(120), run)
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `codex exec "Say hello"` with a provider for keyward; `provider_extra` is added to the
+/// provider's table, `env` to codex's environment.
+async fn run_codex(
+    keyward: &Process,
+    provider_extra: &str,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut command = codex_command(
+        keyward,
+        provider_extra,
+        home.path(),
+        work.path(),
+        &["Say hello"],
+    );
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    tokio::time::timeout(Duration::from_secs(120), command.output())
         .await
         .expect("codex finished")
         .unwrap()
@@ -291,36 +309,16 @@ async fn codex_websocket_session(
     let home = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let codex = |args: &[&str]| {
-        let provider = format!(
-            r#"model_providers.keyward={{name="keyward",base_url="http://{}/v1",wire_api="responses",supports_websockets=true}}"#,
-            keyward.addr
-        );
-        let mut command = tokio::process::Command::new(tool("node_modules/.bin/codex"));
-        command
-            .args([
-                "exec",
-                "--skip-git-repo-check",
-                "--color",
-                "never",
-                "-c",
-                "model_provider=\"keyward\"",
-                "-c",
-            ])
-            .arg(provider)
-            .args(["-m", "gpt-5"])
-            .args(args)
-            .current_dir(work.path())
-            .env("CODEX_HOME", home.path())
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("OPENAI_BASE_URL")
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        command
+        codex_command(
+            &keyward,
+            ",supports_websockets=true",
+            home.path(),
+            work.path(),
+            args,
+        )
     };
-    let mut first = codex(&[]);
-    first.arg("Say hello");
-    let mut second = codex(&["resume", "--last"]);
-    second.arg("Say it again");
+    let first = codex(&["Say hello"]);
+    let second = codex(&["resume", "--last", "Say it again"]);
     for (turn, mut command) in [first, second].into_iter().enumerate() {
         let output = tokio::time::timeout(Duration::from_secs(120), command.output())
             .await
