@@ -149,14 +149,9 @@ fn has_cap_ipc_lock() -> bool {
 /// common default of 1,024 would stop keyward at about 500 concurrent streams. Returns the
 /// limit now in force.
 pub fn raise_open_files() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `getrlimit` writes into the struct we pass, which lives for the whole call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+    let Some(limit) = nofile() else {
         return 0;
-    }
+    };
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit {
             rlim_cur: limit.rlim_max,
@@ -173,15 +168,16 @@ pub fn raise_open_files() -> u64 {
 
 /// The open-file limit in force (0 when it cannot be read).
 pub fn open_files_limit() -> u64 {
+    nofile().map_or(0, |limit| limit.rlim_cur)
+}
+
+fn nofile() -> Option<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `getrlimit` writes into the struct we pass, which lives for the whole call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 0;
-    }
-    limit.rlim_cur
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
 }
 
 /// Locks the pages holding `buf` into RAM so they are never written to swap.
