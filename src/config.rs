@@ -14,12 +14,14 @@ pub mod args;
 pub mod command_args;
 pub mod file;
 pub mod quota;
+pub mod responses;
 mod upstream;
 pub mod values;
 
 use crate::config::access::{HostCheck, Policy};
 use crate::config::args::{AuthMode, LogFormat, ServeArgs};
 use crate::config::quota::QuotaConfig;
+use crate::config::responses::{Endpoints, Ownership};
 use crate::config::upstream::parse_upstream;
 pub use crate::config::upstream::{Upstream, UpstreamProxy, parse_proxy};
 use crate::config::values::{AuthHeader, KeySource, StoreKind};
@@ -152,6 +154,10 @@ pub struct Config {
     pub server_info: Option<PathBuf>,
     pub http_shutdown: bool,
     pub upstream: Upstream,
+    /// What is forwarded: the Responses family, or create alone.
+    pub endpoints: Endpoints,
+    /// The record of who created each response, when stored responses are served.
+    pub ownership: Option<Ownership>,
     pub credential: CredentialConfig,
     pub dump: Option<DumpConfig>,
     pub limits: Limits,
@@ -251,6 +257,11 @@ impl Config {
             },
             AuthMode::Chatgpt => CredentialConfig::ChatGpt(Box::new(chatgpt_config(args)?)),
         };
+        let (endpoints, ownership) = responses::settings(
+            &args.responses,
+            args.home.home.as_deref(),
+            matches!(credential, CredentialConfig::ApiKey { .. }),
+        )?;
         let usage_log = match (&ops.usage_log, &credential) {
             _ if ops.no_usage_log => None,
             (Some(path), _) => Some(path.clone()),
@@ -282,6 +293,8 @@ impl Config {
                 AuthMode::ApiKey => OPENAI_UPSTREAM,
                 AuthMode::Chatgpt => CHATGPT_UPSTREAM,
             }))?,
+            endpoints,
+            ownership,
             credential,
             dump: args.dump_dir.as_ref().map(|dir| DumpConfig {
                 dir: dir.clone(),

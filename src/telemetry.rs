@@ -3,6 +3,7 @@
 //! Every request's figures arrive once, when it has ended ([`record::Record`]). Uses `credential`
 //! (refresh counts for the metrics), `config` and `secret`; never `proxy` or `server`.
 
+pub mod charge;
 pub mod families;
 pub mod json_skim;
 pub mod ledger;

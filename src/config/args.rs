@@ -10,6 +10,7 @@ use crate::config::command_args::{
     ChatGptArgs, HomeArgs, IssuerArg, LoginArgs, LogoutArgs, NetArgs, StatusArgs, TokenArgs,
     UsageArgs,
 };
+use crate::config::responses::ResponsesArgs;
 use crate::config::values::{AuthHeader, parse_bytes, parse_duration, parse_mode};
 
 /// keyward: hold an OpenAI credential (an API key, or a ChatGPT sign-in) so that local users and
@@ -30,7 +31,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Forward POST /v1/responses to the upstream with the credential (the default): an API key
+    /// Forward the Responses API to the upstream with the credential (the default): an API key
     /// read from stdin or --api-key-file, or with --auth chatgpt the ChatGPT login.
     Serve(Box<ServeArgs>),
     /// Sign in to ChatGPT (the Codex subscription) and store the login for `serve --auth chatgpt`.
@@ -181,6 +182,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub net: NetArgs,
+
+    #[command(flatten)]
+    pub responses: ResponsesArgs,
 
     #[command(flatten)]
     pub home: HomeArgs,

@@ -16,6 +16,36 @@ pub struct Upstream {
     pub authority: Authority,
 }
 
+impl Upstream {
+    /// The URL of another endpoint beside the upstream's Responses one: the upstream URL's path
+    /// with its last `/responses` replaced by `suffix` (`/responses/ID/cancel`, `/models`), its
+    /// query kept (Azure's `api-version`), then the client's `query`, less any parameter the
+    /// upstream URL sets. `None` when the upstream URL does not end in `/responses`.
+    pub fn endpoint(&self, suffix: &str, query: Option<&str>) -> Option<Uri> {
+        let base = self.uri.path().trim_end_matches('/');
+        let base = base.strip_suffix("/responses")?;
+        let own = self.uri.query().filter(|q| !q.is_empty());
+        let key = |pair: &str| pair.split('=').next().unwrap_or_default().to_owned();
+        let own_keys: Vec<String> = own.into_iter().flat_map(|q| q.split('&')).map(key).collect();
+        let theirs = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|pair| !pair.is_empty() && !own_keys.contains(&key(pair)));
+        let pairs: Vec<&str> = own.into_iter().chain(theirs).collect();
+        let mut target = format!("{base}{suffix}");
+        if !pairs.is_empty() {
+            target.push('?');
+            target.push_str(&pairs.join("&"));
+        }
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(target)
+            .build()
+            .ok()
+    }
+}
+
 /// An HTTP proxy on the way to the upstream.
 #[derive(Clone)]
 pub struct UpstreamProxy {
@@ -105,4 +135,33 @@ fn percent_decode(text: &str) -> String {
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_derived_from_the_upstream_url_with_its_query_first() {
+        let openai = parse_upstream("https://api.openai.com/v1/responses").unwrap();
+        let url = |up: &Upstream, suffix, query| up.endpoint(suffix, query).map(|u| u.to_string());
+        assert_eq!(
+            url(&openai, "/responses/resp_1", Some("stream=true&starting_after=3")).as_deref(),
+            Some("https://api.openai.com/v1/responses/resp_1?stream=true&starting_after=3")
+        );
+        assert_eq!(
+            url(&openai, "/models", None).as_deref(),
+            Some("https://api.openai.com/v1/models")
+        );
+        let azure =
+            parse_upstream("https://x.openai.azure.com/openai/v1/responses?api-version=preview")
+                .unwrap();
+        assert_eq!(
+            url(&azure, "/responses/resp_1/input_items", Some("limit=5&api-version=evil"))
+                .as_deref(),
+            Some("https://x.openai.azure.com/openai/v1/responses/resp_1/input_items?api-version=preview&limit=5")
+        );
+        let elsewhere = parse_upstream("http://127.0.0.1:9/generate").unwrap();
+        assert_eq!(url(&elsewhere, "/models", None), None);
+    }
 }

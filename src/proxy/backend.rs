@@ -21,6 +21,7 @@ use crate::credential::chatgpt::tokens::{AuthError, Session, TokenManager};
 use crate::proxy::assemble::{assemble, read_limited};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::body::UpstreamBody;
+use crate::proxy::decode::decode;
 use crate::proxy::dump::ExchangeId;
 use crate::proxy::error::{ProxyError, classify_send, json_response};
 use crate::proxy::forward::Forwarder;
@@ -76,6 +77,13 @@ impl Backend {
         let limit = proxy.limits().max_body;
         let body = read_limited(body, &parts.headers, limit).await?;
         log.add_bytes_in(body.len());
+        // The rules change the body, so it is read plain and goes on plain.
+        let encoded_len = body.len();
+        let body = decode(&parts.headers, body, limit)?;
+        if body.len() != encoded_len {
+            log.plain_in()
+                .store(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         let (payload, wants_stream) = self.adapt(&body)?;
         // The dump shows the request as the backend receives it.
         let exchange = proxy.open_request_dump(&parts).map(|(id, mut sink)| {
@@ -182,6 +190,18 @@ impl Backend {
         headers
     }
 
+    /// The Codex version the backend is told of: a Codex CLI's own, else `--codex-version`.
+    pub(crate) fn client_version(&self, client_headers: &HeaderMap) -> String {
+        let codex = client_headers.contains_key(ORIGINATOR);
+        client_headers
+            .get(VERSION)
+            .filter(|_| codex)
+            .unwrap_or(&self.config.version)
+            .to_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// The backend's rules for one `response.create` message on a WebSocket: `store: false`,
     /// instructions supplied, refused parameters dropped (a socket has no `stream` flag).
     pub(crate) fn adapt_ws_message(&self, message: &[u8]) -> Option<Vec<u8>> {
@@ -221,6 +241,7 @@ impl Backend {
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let mut headers = self.upstream_headers(client_headers, session);
         headers.remove(CONTENT_LENGTH);
+        headers.remove(header::CONTENT_ENCODING);
         headers.insert(
             header::ACCEPT,
             HeaderValue::from_static("text/event-stream"),

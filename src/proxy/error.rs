@@ -5,6 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
+use crate::proxy::decode::DecodeError;
 use crate::credential::chatgpt::tokens::AuthError;
 use crate::proxy::body::ProxyBody;
 use crate::upstream::BoxError;
@@ -17,7 +18,18 @@ pub enum ProxyError {
     #[error("{path} is not forwarded")]
     Forbidden { path: String, why: &'static str },
     #[error("method {method} is not allowed on {path}")]
-    MethodNotAllowed { method: String, path: String },
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        /// The methods the path takes, for `Allow`.
+        allow: &'static str,
+    },
+    #[error("response {id} was not created by this client, or is unknown to keyward")]
+    UnknownResponse { id: String },
+    #[error("{0}")]
+    NotOffered(&'static str),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("request headers larger than {limit} bytes")]
@@ -67,6 +79,12 @@ impl ProxyError {
             ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::UnknownResponse { .. } | ProxyError::NotOffered(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ProxyError::Decode(DecodeError::Unsupported(_)) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ProxyError::Decode(DecodeError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Decode(DecodeError::Invalid { .. }) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
@@ -95,6 +113,11 @@ impl ProxyError {
             ProxyError::NotFound { .. } => "not_found",
             ProxyError::Forbidden { .. } => "not_forwarded",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::UnknownResponse { .. } => "response_not_found",
+            ProxyError::NotOffered(_) => "not_offered_by_chatgpt_backend",
+            ProxyError::Decode(DecodeError::Unsupported(_)) => "unsupported_content_encoding",
+            ProxyError::Decode(DecodeError::TooLarge(_)) => "request_too_large",
+            ProxyError::Decode(DecodeError::Invalid { .. }) => "bad_request_body",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::HeadersTooLarge { .. } => "request_headers_too_large",
             ProxyError::BadRequestBody(_) => "bad_request_body",
@@ -120,12 +143,28 @@ impl ProxyError {
     pub fn client_message(&self) -> String {
         match self {
             ProxyError::NotFound { .. } => {
-                "keyward serves POST /v1/responses, GET /healthz and GET /readyz (and GET /shutdown \
-                 when enabled)"
+                "keyward serves the Responses API under /v1/responses, /v1/models, GET /healthz \
+                 and GET /readyz (and GET /shutdown when enabled)"
                     .into()
             }
             ProxyError::Forbidden { why, .. } => (*why).into(),
-            ProxyError::MethodNotAllowed { .. } => "use POST for /v1/responses".into(),
+            ProxyError::MethodNotAllowed { allow, path, .. } => {
+                format!("use {allow} for {path}")
+            }
+            // The API's own answer for an id it does not know: nothing tells another client's
+            // response from one that does not exist.
+            ProxyError::UnknownResponse { id } => format!("Response with id '{id}' not found."),
+            ProxyError::NotOffered(why) => (*why).into(),
+            ProxyError::Decode(DecodeError::Unsupported(encoding)) => format!(
+                "keyward cannot read a request body with Content-Encoding `{encoding}` (it must, \
+                 to apply the ChatGPT backend's rules); send it plain, or with gzip, deflate or \
+                 zstd"
+            ),
+            ProxyError::Decode(DecodeError::TooLarge(limit)) => format!(
+                "the request body is larger than keyward's limit of {limit} bytes (--max-body) \
+                 once decoded"
+            ),
+            ProxyError::Decode(err) => err.to_string(),
             ProxyError::BodyTooLarge { limit } => format!(
                 "the request body is larger than keyward's limit of {limit} bytes (--max-body)"
             ),
@@ -190,6 +229,17 @@ impl ProxyError {
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {
+        if let ProxyError::UnknownResponse { .. } = self {
+            let body = serde_json::json!({
+                "error": {
+                    "message": self.client_message(),
+                    "type": "invalid_request_error",
+                    "param": null,
+                    "code": null,
+                }
+            });
+            return json_response(self.status(), &body);
+        }
         let mut response = error_response(
             self.status(),
             self.kind(),
@@ -197,10 +247,10 @@ impl ProxyError {
             &self.client_message(),
         );
         match self {
-            ProxyError::MethodNotAllowed { .. } => {
+            ProxyError::MethodNotAllowed { allow, .. } => {
                 response
                     .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             ProxyError::ClientToken(_) => {
                 response.headers_mut().insert(

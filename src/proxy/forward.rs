@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderMap, HeaderName, Method, Request, Response};
+use http::{HeaderMap, HeaderName, Request, Response, Uri};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use crate::config::{Config, Limits, Upstream};
 use crate::proxy::body::{ProxyBody, RelayBody};
 use crate::proxy::body::{UpstreamBody, UpstreamPool};
+use crate::proxy::decode::PlainCount;
 use crate::proxy::dump::{DumpSink, Dumper, ExchangeId};
 use crate::proxy::error::{ProxyError, classify_send};
 use crate::proxy::headers;
@@ -60,15 +61,18 @@ impl Forwarder {
         &self.pool
     }
 
-    /// `serve` with an API key: the request goes upstream as it came, with the key added.
+    /// `serve` with an API key: the request goes to `target` as it came (method, headers, body),
+    /// with the key added.
     pub async fn forward_api_key(
         &self,
         req: Request<Incoming>,
+        target: Uri,
         header: &HeaderName,
         value: &SecretHeader,
         mut log: ExchangeLog,
     ) -> Response<ProxyBody> {
-        let (upstream, exchange) = match self.send_upstream(req, header, value, &mut log).await {
+        let sent = self.send_upstream(req, target, header, value, &mut log).await;
+        let (upstream, exchange) = match sent {
             Ok(sent) => sent,
             Err(err) => return self.fail(err, log),
         };
@@ -119,7 +123,10 @@ impl Forwarder {
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BadJson(_)
             | ProxyError::ClientBody(_)
-            | ProxyError::BadRequestBody(_) => {
+            | ProxyError::BadRequestBody(_)
+            | ProxyError::Decode(_)
+            | ProxyError::NotOffered(_)
+            | ProxyError::UnknownResponse { .. } => {
                 tracing::info!(error = %ErrorChain(&err), "request refused")
             }
             _ => tracing::warn!(error = %ErrorChain(&err), "request failed"),
@@ -174,6 +181,7 @@ impl Forwarder {
     async fn send_upstream(
         &self,
         req: Request<Incoming>,
+        target: Uri,
         credential_header: &HeaderName,
         credential: &SecretHeader,
         log: &mut ExchangeLog,
@@ -200,9 +208,18 @@ impl Forwarder {
         };
 
         let fault = Arc::new(BodyFault::default());
-        let body = RequestBody::new(body, limit, fault.clone(), log.bytes_in(), request_dump);
+        let plain = PlainCount::new(&parts.headers, limit, log.plain_in());
+        let body = RequestBody::new(
+            body,
+            limit,
+            fault.clone(),
+            log.bytes_in(),
+            request_dump,
+            plain,
+        );
         let mut upstream_req = Request::new(Either::Left(body));
-        *upstream_req.method_mut() = Method::POST;
+        *upstream_req.method_mut() = parts.method.clone();
+        *upstream_req.uri_mut() = target;
         let mut headers = headers::upstream_request_headers(&parts.headers);
         headers.insert(credential_header.clone(), credential.expose());
         *upstream_req.headers_mut() = headers;

@@ -9,17 +9,21 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::access::clients::ClientTokens;
+use crate::access::owners::Owners;
 use crate::access::gate::{Gate, Peer, SharedPolicy};
 use crate::config::Config;
 use crate::config::access::HostCheck;
+use crate::config::responses::Endpoints;
 use crate::proxy::RESPONSES_PATH;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::body::UpstreamPool;
+use crate::proxy::codex_endpoints;
 use crate::proxy::credential::Credential;
 use crate::proxy::dump::Dumper;
 use crate::proxy::error::{ProxyError, json_response};
 use crate::proxy::forward::{Forwarder, body_len};
 use crate::proxy::open::OpenCount;
+use crate::proxy::routes::Endpoint;
 use crate::proxy::websocket;
 use crate::telemetry::log::ExchangeLog;
 use crate::telemetry::metrics::Telemetry;
@@ -39,6 +43,9 @@ pub struct Proxy {
     gate: Mutex<Gate>,
     tokens: Option<Arc<ClientTokens>>,
     hosts: HostCheck,
+    endpoints: Endpoints,
+    /// Who created each stored response (API key, `--endpoints responses`).
+    owners: Option<Arc<Owners>>,
     /// Metrics, ledger and quotas, when any of them is on.
     telemetry: Option<Arc<Telemetry>>,
 }
@@ -50,6 +57,7 @@ pub struct Shared {
     pub dumper: Option<Arc<Dumper>>,
     pub policy: Arc<SharedPolicy>,
     pub tokens: Option<Arc<ClientTokens>>,
+    pub owners: Option<Arc<Owners>>,
     pub telemetry: Option<Arc<Telemetry>>,
     pub shutdown: watch::Sender<bool>,
     /// Ask the kernel who owns every connection, policy or not (for per-user connection caps).
@@ -72,6 +80,8 @@ impl Proxy {
             )),
             tokens: shared.tokens,
             hosts: config.access.hosts.clone(),
+            endpoints: config.endpoints,
+            owners: shared.owners,
             telemetry: shared.telemetry,
         }
     }
@@ -96,6 +106,7 @@ impl Proxy {
                 uid: peer.uid(),
                 client,
                 telemetry: self.telemetry.clone(),
+                owners: self.owners.clone(),
             },
             shutdown: self.shutdown.subscribe(),
             sockets: &self.sockets,
@@ -127,8 +138,8 @@ impl Proxy {
         let outcome = match self.hosts.check(req.headers()) {
             Err(why) => Err(ProxyError::Browser(why)),
             Ok(()) => match self.route(&req) {
-                Route::Forward => match self.admit(&req, &peer, &mut log) {
-                    Ok(_) => return self.forward(req, log).await,
+                Route::Forward(endpoint) => match self.admit(&req, &peer, &mut log) {
+                    Ok(client) => return self.forward(req, endpoint, &client, log).await,
                     Err(err) => Err(err),
                 },
                 Route::WebSocket => match self.admit(&req, &peer, &mut log) {
@@ -258,23 +269,14 @@ impl Proxy {
         }
         let path = req.uri().path();
         let method = req.method();
-        if path == RESPONSES_PATH {
-            if req.uri().query().is_some() {
-                return Route::Refuse(ProxyError::Forbidden {
-                    path: path.to_owned(),
-                    why: "keyward forwards POST /v1/responses only without a query string",
-                });
-            }
-            if method == Method::GET && websocket::is_upgrade(req) {
-                return Route::WebSocket;
-            }
-            if method != Method::POST {
-                return Route::Refuse(ProxyError::MethodNotAllowed {
-                    method: method.to_string(),
-                    path: path.to_owned(),
-                });
-            }
-            return Route::Forward;
+        if path == RESPONSES_PATH && req.uri().query().is_some() {
+            return Route::Refuse(ProxyError::Forbidden {
+                path: path.to_owned(),
+                why: "keyward forwards /v1/responses only without a query string",
+            });
+        }
+        if path == RESPONSES_PATH && method == Method::GET && websocket::is_upgrade(req) {
+            return Route::WebSocket;
         }
         if path == "/shutdown" && self.http_shutdown && method == Method::GET {
             return Route::Shutdown;
@@ -282,26 +284,86 @@ impl Proxy {
         if (path == "/healthz" || path == "/readyz") && method == Method::GET {
             return Route::Health;
         }
-        if path.starts_with("/v1/") {
-            return Route::Refuse(ProxyError::Forbidden {
+        match Endpoint::parse(method, path) {
+            Err(err) => Route::Refuse(err),
+            Ok(Some(Endpoint::Create)) => Route::Forward(Endpoint::Create),
+            Ok(Some(_)) if self.endpoints == Endpoints::Create => Route::Refuse(ProxyError::Forbidden {
                 path: path.to_owned(),
-                why: "keyward forwards only POST /v1/responses; other OpenAI endpoints are not reachable through it",
-            });
+                why: "keyward forwards only POST /v1/responses (--endpoints create)",
+            }),
+            Ok(Some(endpoint)) => Route::Forward(endpoint),
+            Ok(None) if path.starts_with("/v1/") => Route::Refuse(ProxyError::Forbidden {
+                path: path.to_owned(),
+                why: "keyward forwards only the Responses API (/v1/responses and the responses \
+                      under it) and the model list; other OpenAI endpoints are not reachable \
+                      through it",
+            }),
+            Ok(None) => Route::Refuse(ProxyError::NotFound {
+                path: path.to_owned(),
+            }),
         }
-        Route::Refuse(ProxyError::NotFound {
-            path: path.to_owned(),
-        })
     }
 
-    async fn forward(&self, req: Request<Incoming>, log: ExchangeLog) -> Response<ProxyBody> {
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        endpoint: Endpoint,
+        client: &Arc<str>,
+        mut log: ExchangeLog,
+    ) -> Response<ProxyBody> {
+        if let Some(id) = endpoint.stored_response()
+            && let Some(owners) = &self.owners
+            && !owners.permits(id, client)
+        {
+            let owner = owners.owner(id);
+            tracing::warn!(
+                client = %client,
+                response = id,
+                known = owner.is_some(),
+                "refused a stored response to a client that did not create it"
+            );
+            return self.forwarder.fail(
+                ProxyError::UnknownResponse { id: id.to_owned() },
+                log,
+            );
+        }
+        log.charge(endpoint.charge(), self.owners.clone());
         match &self.credential {
             // Boxed: the ChatGPT path's future is large, and would make every request's so.
-            Credential::ChatGpt(backend) => {
+            Credential::ChatGpt(backend) if endpoint == Endpoint::Create => {
                 Box::pin(backend.forward(&self.forwarder, req, log)).await
             }
+            Credential::ChatGpt(backend) => {
+                Box::pin(codex_endpoints::forward(
+                    backend,
+                    &self.forwarder,
+                    req,
+                    &endpoint,
+                    log,
+                ))
+                .await
+            }
             Credential::ApiKey { header, value } => {
+                let target = match endpoint {
+                    Endpoint::Create => Some(self.forwarder.upstream().uri.clone()),
+                    _ => self
+                        .forwarder
+                        .upstream()
+                        .endpoint(&endpoint.suffix(), req.uri().query()),
+                };
+                let Some(target) = target else {
+                    return self.forwarder.fail(
+                        ProxyError::Forbidden {
+                            path: req.uri().path().to_owned(),
+                            why: "keyward forwards only POST /v1/responses here: --upstream-url \
+                                  does not end in /responses, so the other endpoints' URLs \
+                                  cannot be derived from it",
+                        },
+                        log,
+                    );
+                };
                 self.forwarder
-                    .forward_api_key(req, header, value, log)
+                    .forward_api_key(req, target, header, value, log)
                     .await
             }
         }
@@ -309,7 +371,7 @@ impl Proxy {
 }
 
 enum Route {
-    Forward,
+    Forward(Endpoint),
     WebSocket,
     Shutdown,
     Health,

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
+use crate::access::owners::Owners;
 use crate::credential::chatgpt::plan::PlanUsage;
 use crate::credential::chatgpt::record::now;
 use crate::proxy::body::ProxyBody;
@@ -57,6 +58,8 @@ pub struct Owner {
     pub uid: Option<u32>,
     pub client: Arc<str>,
     pub telemetry: Option<Arc<Telemetry>>,
+    /// The record the socket's responses go in as the client's.
+    pub owners: Option<Arc<Owners>>,
 }
 
 /// Everything a socket needs once accepted.

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
+use crate::access::owners::Owners;
+use crate::access::owners_file::OwnersError;
 use crate::access::clients::{ClientTokens, ClientsError};
 use crate::access::gate::SharedPolicy;
 use crate::config::Config;
@@ -44,6 +46,8 @@ pub enum ServeError {
     Dump(#[from] DumpError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Owners(#[from] OwnersError),
 }
 
 /// A started keyward: its addresses, and the means to stop it. Dropping it starts the graceful
@@ -129,6 +133,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         .transpose()?
         .map(Arc::new);
     let tls = config.tls.as_ref().map(Tls::new).transpose()?;
+    let owners = config.ownership.as_ref().map(Owners::open).transpose()?;
     let telemetry = telemetry(config, &credential)?;
     let policy = Arc::new(SharedPolicy::new(config.access.policy.clone()));
     let telemetry_handle = telemetry.clone();
@@ -214,6 +219,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
                 dumper: dumper.clone(),
                 policy: policy.clone(),
                 tokens: tokens.clone(),
+                owners: owners.clone(),
                 telemetry: telemetry.clone(),
                 shutdown: shutdown.clone(),
                 identify_peers: caps.counts_users(),

@@ -1,11 +1,11 @@
 //! Reads a few top-level fields of a JSON object as its bytes pass, without keeping the rest: a
-//! 40 MiB response costs the bytes of `model`, `status` and `usage`, not 40 MiB.
+//! 40 MiB response costs the bytes of `id`, `model`, `status` and `usage`, not 40 MiB.
 
 /// The most bytes kept of one field's value; a longer value is dropped.
 const MAX_FIELD: usize = 64 * 1024;
 
 /// The top-level fields kept.
-const FIELDS: [&[u8]; 3] = [b"model", b"status", b"usage"];
+const FIELDS: [&[u8]; 4] = [b"id", b"model", b"status", b"usage"];
 
 /// A byte-at-a-time reader of one JSON document.
 #[derive(Debug, Default)]
@@ -22,7 +22,7 @@ pub struct JsonSkim {
     field: Option<usize>,
     /// The value being copied: its field and bytes so far.
     value: Option<(usize, Vec<u8>)>,
-    kept: [Option<Vec<u8>>; 3],
+    kept: [Option<Vec<u8>>; 4],
 }
 
 impl JsonSkim {
@@ -107,6 +107,11 @@ impl JsonSkim {
         }
     }
 
+    /// The top-level `id`, once its value has been read whole.
+    pub fn id(&self) -> Option<String> {
+        serde_json::from_slice(self.kept[0].as_deref()?).ok()
+    }
+
     /// The kept fields as one small JSON object, e.g. `{"model":"gpt-5","usage":{...}}`.
     pub fn object(&self) -> Vec<u8> {
         let mut out = b"{".to_vec();
@@ -161,9 +166,10 @@ mod tests {
             let object: serde_json::Value = serde_json::from_slice(&skim.object()).unwrap();
             assert_eq!(
                 object,
-                serde_json::json!({"model":"gpt-5","status":"completed","usage":{"input_tokens":5,"output_tokens":1}}),
+                serde_json::json!({"id":"resp_1","model":"gpt-5","status":"completed","usage":{"input_tokens":5,"output_tokens":1}}),
                 "chunks of {size}"
             );
+            assert_eq!(skim.id().as_deref(), Some("resp_1"));
         }
     }
 

@@ -9,12 +9,14 @@ use http::{Method, StatusCode};
 use tokio::time::Instant;
 use tracing_subscriber::EnvFilter;
 
+use crate::access::owners::Owners;
 use crate::config::args::LogFormat;
+use crate::telemetry::charge::{self, Bill, Charge};
 use crate::telemetry::log_writer::{self, FlushGuard};
 use crate::telemetry::metrics::{StreamGuard, Telemetry};
 use crate::telemetry::quota::Permit;
 use crate::telemetry::record::{End, Record};
-use crate::telemetry::usage::{EventName, Scanner, Seen, Tokens};
+use crate::telemetry::usage::{EventName, Scanner, Seen};
 
 /// Installs the stderr logger. The level comes from `RUST_LOG`, `info` by default.
 ///
@@ -52,21 +54,6 @@ pub fn init(format: LogFormat, buffer: u64) -> std::io::Result<FlushGuard> {
     Ok(guard)
 }
 
-/// Bytes per token for estimates: OpenAI's rule of thumb for English text (about four
-/// characters a token).
-pub const BYTES_PER_TOKEN: u64 = 4;
-
-/// What a response that reported no usage is charged: the request body's bytes as input and the
-/// text relayed as output, [`BYTES_PER_TOKEN`] bytes a token, rounded up.
-fn estimate(bytes_in: u64, output_bytes: u64) -> Tokens {
-    Tokens {
-        input: bytes_in.div_ceil(BYTES_PER_TOKEN),
-        cached_input: 0,
-        output: output_bytes.div_ceil(BYTES_PER_TOKEN),
-        reasoning: 0,
-    }
-}
-
 /// Collects one request's figures and, when dropped (the response body finished or was
 /// abandoned), writes its log line and hands them to the metrics, the ledger and the quotas.
 pub struct ExchangeLog {
@@ -77,6 +64,8 @@ pub struct ExchangeLog {
     status: StatusCode,
     upstream_status: Option<StatusCode>,
     bytes_in: Arc<AtomicU64>,
+    /// The request body's size decoded, when it came compressed (0 until known).
+    plain_in: Arc<AtomicU64>,
     bytes_out: u64,
     first_byte: Option<Duration>,
     end: Option<End>,
@@ -99,6 +88,11 @@ pub struct ExchangeLog {
     /// The concurrent-stream quota slot and the active-stream count, held to the end.
     permit: Option<Permit>,
     stream: Option<StreamGuard>,
+    charge: Charge,
+    /// The record of response owners: a created response's id goes in as the client's.
+    owners: Option<Arc<Owners>>,
+    /// The response's id is in the record.
+    recorded: bool,
 }
 
 impl ExchangeLog {
@@ -111,6 +105,7 @@ impl ExchangeLog {
             status: StatusCode::OK,
             upstream_status: None,
             bytes_in,
+            plain_in: Arc::default(),
             bytes_out: 0,
             first_byte: None,
             end: None,
@@ -126,7 +121,17 @@ impl ExchangeLog {
             overhead: None,
             permit: None,
             stream: None,
+            charge: Charge::Generated,
+            owners: None,
+            recorded: false,
         }
+    }
+
+    /// How this request's answer is charged, and the record its response id goes in (or is
+    /// charged against, for a stored response).
+    pub fn charge(&mut self, charge: Charge, owners: Option<Arc<Owners>>) {
+        self.charge = charge;
+        self.owners = owners;
     }
 
     /// Who sent the request: the connection's uid and the client's name, as known.
@@ -178,9 +183,10 @@ impl ExchangeLog {
         }
         if let Some(telemetry) = &self.telemetry {
             self.stream = Some(telemetry.stream_started());
-            if !self.encoded {
-                self.scanner = Some(Scanner::new(sse));
-            }
+        }
+        let claims = self.owners.is_some() && self.charge != Charge::Free;
+        if (self.telemetry.is_some() || claims) && !self.encoded {
+            self.scanner = Some(Scanner::new(sse));
         }
     }
 
@@ -188,6 +194,22 @@ impl ExchangeLog {
     pub fn scan(&mut self, data: &[u8]) {
         if let Some(scanner) = &mut self.scanner {
             scanner.feed(data);
+            self.claim_id();
+        }
+    }
+
+    /// A created response's id goes in the record as soon as it passes: the client may retrieve
+    /// or cancel it before its stream ends.
+    fn claim_id(&mut self) {
+        if self.recorded || self.charge != Charge::Generated {
+            return;
+        }
+        let (Some(owners), Some(scanner)) = (&self.owners, &self.scanner) else {
+            return;
+        };
+        if let Some(id) = scanner.response_id() {
+            owners.record(&id, self.client.as_deref().unwrap_or("unknown"), false);
+            self.recorded = true;
         }
     }
 
@@ -195,10 +217,12 @@ impl ExchangeLog {
     /// kind it was (a final one ends the turn).
     pub fn scan_event(&mut self, data: &[u8]) -> EventName {
         self.add_bytes_out(data.len());
-        match &mut self.scanner {
+        let name = match &mut self.scanner {
             Some(scanner) => scanner.event(data),
             None => Scanner::new(true).event(data),
-        }
+        };
+        self.claim_id();
+        name
     }
 
     /// A whole response object keyward assembled itself (the ChatGPT backend, for a client that
@@ -214,6 +238,12 @@ impl ExchangeLog {
     /// The counter the request body adds to as it is forwarded.
     pub fn bytes_in(&self) -> Arc<AtomicU64> {
         self.bytes_in.clone()
+    }
+
+    /// Where the size of a compressed request body, decoded, goes once known: estimates count
+    /// the text, not its compressed bytes.
+    pub fn plain_in(&self) -> Arc<AtomicU64> {
+        self.plain_in.clone()
     }
 
     pub fn upstream_status(&mut self, status: StatusCode) {
@@ -255,21 +285,20 @@ impl Drop for ExchangeLog {
             }
         }
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
-        let (tokens, estimated) = match self.seen.tokens {
-            Some(tokens) => (Some(tokens), false),
-            // The upstream took the request and answered: it bills for what it generated, so
-            // an answer that ended before its usage came is charged an estimate.
-            None if self.telemetry.is_some()
-                && self.upstream_status.is_some_and(|s| s.is_success()) =>
-            {
-                let output = match &self.scanner {
-                    Some(Scanner::Sse { .. }) => self.seen.text_bytes,
-                    _ => self.bytes_out,
-                };
-                (Some(estimate(bytes_in, output)), true)
-            }
-            None => (None, false),
-        };
+        let (tokens, estimated) = charge::settle(&Bill {
+            charge: self.charge,
+            seen: &self.seen,
+            owners: self.owners.as_deref(),
+            client: self.client.as_deref().unwrap_or("unknown"),
+            answered: self.telemetry.is_some()
+                && self.upstream_status.is_some_and(|s| s.is_success()),
+            bytes_in,
+            plain_in: self.plain_in.load(Ordering::Relaxed),
+            output_bytes: match &self.scanner {
+                Some(Scanner::Sse { .. }) => self.seen.text_bytes,
+                _ => self.bytes_out,
+            },
+        });
         // Milliseconds with microsecond precision.
         let millis = |d: Duration| d.as_micros() as f64 / 1000.0;
         let duration = self.started.elapsed();

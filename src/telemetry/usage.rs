@@ -24,6 +24,7 @@ pub struct Tokens {
 /// The parts of a response object read here; the rest is skipped without being built.
 #[derive(Deserialize)]
 struct ResponseParts {
+    id: Option<String>,
     model: Option<String>,
     status: Option<String>,
     usage: Option<UsageParts>,
@@ -57,6 +58,7 @@ struct EventParts {
 impl From<ResponseParts> for Seen {
     fn from(parts: ResponseParts) -> Self {
         Seen {
+            id: parts.id,
             model: parts.model,
             status: parts.status,
             text_bytes: 0,
@@ -87,6 +89,8 @@ impl Tokens {
 /// What was learnt from a response.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Seen {
+    /// The response's id, from `response.created` or the final event, or a JSON answer.
+    pub id: Option<String>,
     pub model: Option<String>,
     pub tokens: Option<Tokens>,
     /// The response's final status: `completed`, `incomplete` or `failed`.
@@ -195,6 +199,14 @@ impl Scanner {
         name
     }
 
+    /// The response's id, as soon as the body has shown it.
+    pub fn response_id(&self) -> Option<String> {
+        match self {
+            Scanner::Sse { seen, .. } => seen.id.clone(),
+            Scanner::Json(skim) => skim.id(),
+        }
+    }
+
     /// What the body showed, once it has ended.
     pub fn finish(&mut self) -> Seen {
         match self {
@@ -253,9 +265,12 @@ fn sse_data(data: &[u8], event: &mut EventName, seen: &mut Seen) {
             seen.text_bytes = text_bytes;
         }
     } else if *event == EventName::Created || typed(b"response.created") {
-        // The model, for a stream that ends before it says its usage.
-        if seen.model.is_none() {
-            seen.model = response().and_then(|r| r.model);
+        // The id and the model, for a stream that ends before it says its usage.
+        if seen.model.is_none() || seen.id.is_none() {
+            if let Some(response) = response() {
+                seen.model = seen.model.take().or(response.model);
+                seen.id = seen.id.take().or(response.id);
+            }
         }
     } else {
         seen.text_bytes += delta_len(data) as u64;
@@ -276,6 +291,7 @@ mod tests {
              event: response.completed\r\ndata: {COMPLETED}\r\n\r\n"
         );
         let want = Seen {
+            id: Some("resp_1".into()),
             model: Some("gpt-5".into()),
             tokens: Some(Tokens {
                 input: 11,

@@ -65,10 +65,10 @@ pub enum SendError {
 /// One worker's connections to the upstream.
 pub struct Pool<B: Outgoing> {
     connector: HttpsConnector<Connector>,
-    /// The upstream's full URL (what the connector and HTTP/2 take).
+    /// The upstream's full URL: what the connector takes, and the target of a request that
+    /// names none.
     uri: Uri,
-    /// The request target and `Host` for HTTP/1.1.
-    target: Uri,
+    /// `Host` for HTTP/1.1.
     host: HeaderValue,
     /// Oldest first: connections are checked in at the back and reused from the back.
     idle: Mutex<VecDeque<Idle<B>>>,
@@ -140,21 +140,18 @@ struct Lease<B: Outgoing> {
 
 impl<B: Outgoing> Pool<B> {
     pub fn new(connector: HttpsConnector<Connector>, uri: Uri) -> Self {
-        let target = uri
-            .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
         Self {
             connector,
             host: host_header(&uri),
-            target,
             uri,
             idle: Mutex::new(VecDeque::new()),
             h2: Mutex::new(None),
         }
     }
 
-    /// Sends `req` (its method, headers and body; the target is the upstream's) and waits for
-    /// the response head.
+    /// Sends `req` and waits for the response head. The request's path and query are the
+    /// target (the scheme and host are always the upstream's); a request without a path goes
+    /// to the upstream URL itself.
     pub async fn send(
         self: &Arc<Self>,
         req: Request<B>,
@@ -168,10 +165,16 @@ impl<B: Outgoing> Pool<B> {
         req: Request<B>,
     ) -> Result<(Response<Incoming>, Option<Lease<B>>), SendError> {
         let mut req = req;
+        *req.uri_mut() = self.full_uri(req.uri());
         if let Some(sender) = self.h2_sender() {
             return Ok((Box::pin(self.send_h2(sender, req)).await?, None));
         }
-        *req.uri_mut() = self.target.clone();
+        // HTTP/1.1 takes the path and query as the target, the host in `Host`.
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        let full = std::mem::replace(req.uri_mut(), target);
         req.headers_mut().insert(HOST, self.host.clone());
         // A reused connection the upstream closed while it sat idle hands the request back
         // unsent; it then goes on the next one, or on a new connection.
@@ -190,6 +193,7 @@ impl<B: Outgoing> Pool<B> {
         match Box::pin(self.connect()).await? {
             Fresh::Http2(sender) => {
                 req.headers_mut().remove(HOST);
+                *req.uri_mut() = full;
                 Ok((Box::pin(self.send_h2(sender, req)).await?, None))
             }
             Fresh::Http1(mut lease) => {
@@ -205,11 +209,21 @@ impl<B: Outgoing> Pool<B> {
     async fn send_h2(
         &self,
         mut sender: http2::SendRequest<B>,
-        mut req: Request<B>,
+        req: Request<B>,
     ) -> Result<Response<Incoming>, SendError> {
-        *req.uri_mut() = self.uri.clone();
         sender.ready().await?;
         Ok(sender.send_request(req).await?)
+    }
+
+    /// The upstream's scheme and host with the request's path and query; the upstream URL itself
+    /// for a request that names no path.
+    fn full_uri(&self, requested: &Uri) -> Uri {
+        let Some(path) = requested.path_and_query().filter(|_| requested.path() != "/") else {
+            return self.uri.clone();
+        };
+        let mut parts = self.uri.clone().into_parts();
+        parts.path_and_query = Some(path.clone());
+        Uri::from_parts(parts).unwrap_or_else(|_| self.uri.clone())
     }
 
     /// The worker's HTTP/2 connection, if one is open.

@@ -453,7 +453,7 @@ async fn chatgpt_keyward(
     backend: &crate::support::upstream::FakeUpstream,
     home: &Path,
     extra: &[&str],
-) -> (std::net::SocketAddr, keyward::server::Running) {
+) -> (std::net::SocketAddr, crate::support::keyward::Started) {
     let upstream = format!("http://{}/backend-api/codex/responses", backend.addr);
     let issuer_url = issuer.url();
     let mut args = vec![

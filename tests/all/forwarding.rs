@@ -144,7 +144,19 @@ async fn other_paths_and_methods_are_refused_without_reaching_the_upstream() {
             StatusCode::FORBIDDEN,
             "not_forwarded",
         ),
-        ("GET", "/v1/models", StatusCode::FORBIDDEN, "not_forwarded"),
+        ("GET", "/v1/files", StatusCode::FORBIDDEN, "not_forwarded"),
+        (
+            "GET",
+            "/v1/responses/resp_1/other",
+            StatusCode::FORBIDDEN,
+            "not_forwarded",
+        ),
+        (
+            "GET",
+            "/v1/responses/..%2Ffiles",
+            StatusCode::FORBIDDEN,
+            "not_forwarded",
+        ),
         (
             "POST",
             "/v1/responses/",
@@ -167,7 +179,7 @@ async fn other_paths_and_methods_are_refused_without_reaching_the_upstream() {
         assert!(body["error"]["message"].as_str().unwrap().len() > 10);
         assert!(body["error"]["type"].is_string());
         if status == StatusCode::METHOD_NOT_ALLOWED {
-            assert_eq!(reply.headers["allow"], "POST");
+            assert!(reply.headers.contains_key("allow"), "{method} {path}");
         }
     }
     assert!(

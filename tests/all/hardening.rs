@@ -34,6 +34,7 @@ async fn spawn_unread(args: &[&str], env: &[(&str, &str)]) -> Unread {
     let info: PathBuf = dir.path().join("server-info.json");
     let mut cmd = command(args, env);
     cmd.arg("--server-info").arg(&info).stderr(Stdio::piped());
+    cmd.env("KEYWARD_HOME", dir.path().join("home"));
     let child = spawn_fed(cmd, format!("{TEST_KEY}\n").as_bytes()).await;
     let info: Value = within("keyward to write --server-info", async {
         loop {

@@ -277,6 +277,9 @@ async fn the_process_is_not_dumpable_so_its_own_user_cannot_read_its_memory() {
     use std::os::unix::fs::MetadataExt;
     let upstream = FakeUpstream::ok_json().await;
     let mut cmd = crate::support::keyward::command(&["--upstream-url", &upstream.url()], &[]);
+    // A home nobody may create: the record of response owners stays in memory.
+    let unreachable = tempfile::tempdir().unwrap();
+    cmd.env("KEYWARD_HOME", unreachable.path().join("home"));
     cmd.uid(65534).gid(65534);
     let mut child = crate::support::keyward::spawn_fed(cmd, b"sk-key\n").await;
 
@@ -297,13 +300,17 @@ async fn the_process_is_not_dumpable_so_its_own_user_cannot_read_its_memory() {
     );
 }
 
+fn completed() -> serde_json::Value {
+    json!({"type": "response.completed", "response": {"id": "resp_1", "status": "completed"}})
+}
+
 #[tokio::test]
 async fn each_request_gets_one_log_line_with_its_figures() {
     let upstream = FakeUpstream::start(|seen| async move {
         if seen.body.as_ref() == b"sse" {
             let (response, tx) = upstream::stream("text/event-stream");
             tokio::spawn(async move {
-                tx.send(sse_event("response.completed", &json!({})))
+                tx.send(sse_event("response.completed", &completed()))
                     .await
                     .unwrap();
             });
@@ -348,7 +355,7 @@ async fn each_request_gets_one_log_line_with_its_figures() {
     assert_eq!(sse_line["end"], "completed");
     assert_eq!(
         sse_line["bytes_out"],
-        sse_event("response.completed", &json!({})).len()
+        sse_event("response.completed", &completed()).len()
     );
     assert_eq!(refused["status"], 404);
     assert_eq!(refused["path"], "/elsewhere");

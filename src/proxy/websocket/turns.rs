@@ -14,6 +14,7 @@ use crate::proxy::RESPONSES_PATH;
 use crate::proxy::backend::Backend;
 use crate::proxy::error::ProxyError;
 use crate::proxy::websocket::Owner;
+use crate::telemetry::charge::Charge;
 use crate::telemetry::log::ExchangeLog;
 use crate::telemetry::record::End;
 use crate::telemetry::usage::{EventName, message_type};
@@ -58,6 +59,7 @@ impl Turns {
         self.end(End::NoCompletedEvent);
         let mut log = ExchangeLog::new(Method::GET, RESPONSES_PATH, Instant::now(), Arc::default());
         log.identify(self.owner.uid, Some(self.owner.client.clone()));
+        log.charge(Charge::Generated, self.owner.owners.clone());
         if let Some(telemetry) = &self.owner.telemetry {
             log.track(telemetry.clone());
             match telemetry.quotas.admit(&self.owner.client) {

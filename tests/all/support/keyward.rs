@@ -19,8 +19,36 @@ use tokio::sync::oneshot;
 
 pub const TEST_KEY: &str = "sk-test-0123456789";
 
-/// Starts keyward in this process with `args` (as on the command line) and the test key.
-pub async fn start(args: &[&str]) -> (SocketAddr, Running) {
+/// An in-process keyward, and the home it was given (removed when it is dropped).
+pub struct Started {
+    running: Running,
+    _home: Option<tempfile::TempDir>,
+}
+
+impl Started {
+    /// Waits until keyward has stopped (see [`Running::wait`]).
+    pub async fn wait(self) {
+        self.running.wait().await;
+    }
+}
+
+impl std::ops::Deref for Started {
+    type Target = Running;
+
+    fn deref(&self) -> &Running {
+        &self.running
+    }
+}
+
+/// Starts keyward in this process with `args` (as on the command line) and the test key. Without
+/// `--home` in `args`, it gets a temporary one (its record of response owners goes there).
+pub async fn start(args: &[&str]) -> (SocketAddr, Started) {
+    let home = (!args.contains(&"--home")).then(|| tempfile::tempdir().unwrap());
+    let home_path = home.as_ref().map(|h| h.path().join("home"));
+    let mut args = args.to_vec();
+    if let Some(path) = &home_path {
+        args.extend(["--home", path.to_str().unwrap()]);
+    }
     let cli = Cli::try_parse_from(std::iter::once("keyward").chain(args.iter().copied())).unwrap();
     let config = Config::from_args(&cli.into_serve().unwrap()).unwrap();
     let credential = match &config.credential {
@@ -43,11 +71,17 @@ pub async fn start(args: &[&str]) -> (SocketAddr, Running) {
         .first()
         .copied()
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    (addr, running)
+    (
+        addr,
+        Started {
+            running,
+            _home: home,
+        },
+    )
 }
 
 /// Starts keyward in-process in front of `upstream_url`.
-pub async fn start_for(upstream_url: &str, extra: &[&str]) -> (SocketAddr, Running) {
+pub async fn start_for(upstream_url: &str, extra: &[&str]) -> (SocketAddr, Started) {
     let mut args = vec!["--upstream-url", upstream_url];
     args.extend_from_slice(extra);
     start(&args).await
@@ -71,6 +105,9 @@ impl Process {
         let dir = tempfile::tempdir().unwrap();
         let server_info = dir.path().join("server-info.json");
         let mut cmd = command(args, env);
+        if !env.iter().any(|(k, _)| *k == "KEYWARD_HOME") {
+            cmd.env("KEYWARD_HOME", dir.path().join("home"));
+        }
         cmd.arg("--server-info").arg(&server_info);
         let mut child = spawn_fed(cmd, stdin).await;
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -156,7 +193,10 @@ pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
 
 /// Runs the binary to completion with `stdin`; returns (exit code, stderr).
 pub async fn run_to_exit(args: &[&str], stdin: &[u8]) -> (Option<i32>, String) {
-    let child = spawn_fed(command(args, &[]), stdin).await;
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = command(args, &[]);
+    cmd.env("KEYWARD_HOME", home.path().join("home"));
+    let child = spawn_fed(cmd, stdin).await;
     let output = super::within("keyward to exit", child.wait_with_output())
         .await
         .unwrap();
