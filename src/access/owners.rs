@@ -15,10 +15,10 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::access::owners_file::{Entry, OwnersError, OwnersFile, Table, Writer, now, oldest};
 use crate::access::owners_file::IdHash;
-use crate::credential::chatgpt::home::HomeError;
+use crate::access::owners_file::{Entry, OwnersError, OwnersFile, Table, Writer, now, oldest};
 use crate::config::responses::Ownership;
+use crate::credential::chatgpt::home::HomeError;
 
 /// The record of response owners, shared by every worker.
 pub struct Owners {
@@ -49,7 +49,9 @@ impl Owners {
         let opened = match &settings.file {
             Some(path) => OwnersFile::open(path, oldest(settings.ttl)).map(Some),
             None => {
-                tracing::warn!("keyward has no home (no --home, KEYWARD_HOME or HOME): the record of who created each response is kept in memory only, and a restart forgets it");
+                tracing::warn!(
+                    "keyward has no home (no --home, KEYWARD_HOME or HOME): the record of who created each response is kept in memory only, and a restart forgets it"
+                );
                 Ok(None)
             }
         };
@@ -151,7 +153,10 @@ fn cannot_create(error: &std::io::Error) -> bool {
     use std::io::ErrorKind;
     matches!(
         error.kind(),
-        ErrorKind::PermissionDenied | ErrorKind::NotFound | ErrorKind::ReadOnlyFilesystem
+        ErrorKind::PermissionDenied
+            | ErrorKind::NotFound
+            | ErrorKind::NotADirectory
+            | ErrorKind::ReadOnlyFilesystem
     )
 }
 
@@ -205,5 +210,50 @@ mod tests {
         })
         .unwrap();
         assert!(open.permits("resp_a", "bob"), "--no-ownership");
+    }
+
+    #[test]
+    fn a_corrupt_or_unsafe_record_is_refused_with_the_fix_and_a_cut_last_line_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path(), Duration::from_secs(86_400));
+        let file = settings.file.clone().unwrap();
+        Owners::open(&settings)
+            .unwrap()
+            .record("resp_a", "alice", false);
+        let good = std::fs::read_to_string(&file).unwrap();
+
+        std::fs::write(&file, format!("{good}garbage line\n")).unwrap();
+        let err = Owners::open(&settings).unwrap_err().to_string();
+        assert!(
+            err.contains("line 3") && err.contains("repair or remove"),
+            "{err}"
+        );
+
+        // keyward stopped mid-line: that line is skipped, the rest is kept.
+        std::fs::write(&file, format!("{good}1764000000 00ff")).unwrap();
+        let owners = Owners::open(&settings).unwrap();
+        assert_eq!(owners.owner("resp_a").as_deref(), Some("alice"));
+        drop(owners);
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Owners::open(&settings).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn without_a_usable_home_the_record_is_kept_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = dir.path().join("not-a-dir");
+        std::fs::write(&blocked, "").unwrap();
+        for file in [None, Some(blocked.join("home").join("response-owners"))] {
+            let owners = Owners::open(&Ownership {
+                file,
+                ttl: Duration::from_secs(60),
+                enforce: true,
+            })
+            .unwrap();
+            owners.record("resp_a", "alice", false);
+            assert!(owners.permits("resp_a", "alice") && !owners.permits("resp_a", "bob"));
+        }
     }
 }

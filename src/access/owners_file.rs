@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::credential::chatgpt::home::{Home, HomeError, check_private};
 
@@ -152,11 +152,18 @@ impl OwnersFile {
     }
 
     /// Replaces the file with `entries`, through a new file renamed over it.
-    fn rewrite(&mut self, entries: &HashMap<IdHash, Entry>, clients: &[Arc<str>]) -> io::Result<()> {
+    fn rewrite(
+        &mut self,
+        entries: &HashMap<IdHash, Entry>,
+        clients: &[Arc<str>],
+    ) -> io::Result<()> {
         let mut text = format!("{HEADER}\n");
         for (key, entry) in entries {
             let client = clients.get(entry.client as usize);
-            push_line(&mut text, &(*key, *entry, client.cloned().unwrap_or_default()));
+            push_line(
+                &mut text,
+                &(*key, *entry, client.cloned().unwrap_or_default()),
+            );
         }
         let temporary = self.path.with_extension("new");
         let _ = fs::remove_file(&temporary);
@@ -228,7 +235,10 @@ fn read(path: &Path, file: &File) -> Result<(Table, usize), OwnersError> {
             continue;
         }
         let (key, entry, client) = parse(line).ok_or_else(|| {
-            corrupt(number, "expected `<seconds> <32 hex digits> <0|1> <client>`")
+            corrupt(
+                number,
+                "expected `<seconds> <32 hex digits> <0|1> <client>`",
+            )
         })?;
         let entry = Entry {
             client: table.client_index(client),
@@ -316,30 +326,21 @@ fn run(
     ttl: Duration,
 ) {
     let mut failing = false;
+    let mut swept = Instant::now();
     loop {
-        let first = match receiver.recv_timeout(SWEEP_EVERY) {
+        let first = match receiver.recv_timeout(SWEEP_EVERY.saturating_sub(swept.elapsed())) {
             Ok(line) => Some(line),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let batch: Vec<Line> = first.into_iter().chain(receiver.try_iter()).collect();
-        let result = file.append(&batch).and_then(|()| {
-            let Some(table) = table.upgrade() else {
-                return Ok(());
-            };
-            let snapshot = {
-                let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
-                let expired = table.expire(oldest(ttl));
-                (expired > 0 || file.lines > 2 * table.entries.len() + SLACK)
-                    .then(|| (table.entries.clone(), table.clients.clone()))
-            };
-            // Rare (hourly at most for expiry, or once the file has doubled); the table is held
-            // only while it is copied, not while the disk writes.
-            match snapshot {
-                Some((entries, clients)) => file.rewrite(&entries, &clients),
-                None => Ok(()),
-            }
-        });
+        let sweep = swept.elapsed() >= SWEEP_EVERY;
+        if sweep {
+            swept = Instant::now();
+        }
+        let result = file
+            .append(&batch)
+            .and_then(|()| maintain(&mut file, table, ttl, sweep));
         match result {
             Ok(()) if failing => {
                 failing = false;
@@ -352,5 +353,29 @@ fn run(
             }
             Err(_) => {}
         }
+    }
+}
+
+/// Hourly (`sweep`), drops expired entries; rewrites the file when that dropped any, or when
+/// superseded lines have made it more than twice the table. The table is held only while it is
+/// swept or copied, never while the disk writes.
+fn maintain(
+    file: &mut OwnersFile,
+    table: &Weak<Mutex<Table>>,
+    ttl: Duration,
+    sweep: bool,
+) -> io::Result<()> {
+    let Some(table) = table.upgrade() else {
+        return Ok(());
+    };
+    let snapshot = {
+        let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
+        let expired = if sweep { table.expire(oldest(ttl)) } else { 0 };
+        (expired > 0 || file.lines > 2 * table.entries.len() + SLACK)
+            .then(|| (table.entries.clone(), table.clients.clone()))
+    };
+    match snapshot {
+        Some((entries, clients)) => file.rewrite(&entries, &clients),
+        None => Ok(()),
     }
 }

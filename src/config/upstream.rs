@@ -26,7 +26,11 @@ impl Upstream {
         let base = base.strip_suffix("/responses")?;
         let own = self.uri.query().filter(|q| !q.is_empty());
         let key = |pair: &str| pair.split('=').next().unwrap_or_default().to_owned();
-        let own_keys: Vec<String> = own.into_iter().flat_map(|q| q.split('&')).map(key).collect();
+        let own_keys: Vec<String> = own
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .map(key)
+            .collect();
         let theirs = query
             .into_iter()
             .flat_map(|q| q.split('&'))
@@ -146,7 +150,12 @@ mod tests {
         let openai = parse_upstream("https://api.openai.com/v1/responses").unwrap();
         let url = |up: &Upstream, suffix, query| up.endpoint(suffix, query).map(|u| u.to_string());
         assert_eq!(
-            url(&openai, "/responses/resp_1", Some("stream=true&starting_after=3")).as_deref(),
+            url(
+                &openai,
+                "/responses/resp_1",
+                Some("stream=true&starting_after=3")
+            )
+            .as_deref(),
             Some("https://api.openai.com/v1/responses/resp_1?stream=true&starting_after=3")
         );
         assert_eq!(
@@ -157,9 +166,15 @@ mod tests {
             parse_upstream("https://x.openai.azure.com/openai/v1/responses?api-version=preview")
                 .unwrap();
         assert_eq!(
-            url(&azure, "/responses/resp_1/input_items", Some("limit=5&api-version=evil"))
-                .as_deref(),
-            Some("https://x.openai.azure.com/openai/v1/responses/resp_1/input_items?api-version=preview&limit=5")
+            url(
+                &azure,
+                "/responses/resp_1/input_items",
+                Some("limit=5&api-version=evil")
+            )
+            .as_deref(),
+            Some(
+                "https://x.openai.azure.com/openai/v1/responses/resp_1/input_items?api-version=preview&limit=5"
+            )
         );
         let elsewhere = parse_upstream("http://127.0.0.1:9/generate").unwrap();
         assert_eq!(url(&elsewhere, "/models", None), None);

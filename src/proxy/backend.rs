@@ -81,8 +81,8 @@ impl Backend {
         let encoded_len = body.len();
         let body = decode(&parts.headers, body, limit)?;
         if body.len() != encoded_len {
-            log.plain_in()
-                .store(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let plain = body.len() as u64;
+            log.plain_size(Box::new(move || Some(plain)));
         }
         let (payload, wants_stream) = self.adapt(&body)?;
         // The dump shows the request as the backend receives it.

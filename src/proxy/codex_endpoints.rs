@@ -74,7 +74,16 @@ async fn compact(
     let body = read_limited(body, &parts.headers, proxy.limits().max_body).await?;
     log.add_bytes_in(body.len());
     let target = backend_url(proxy, "/responses/compact", None)?;
-    let response = send(backend, proxy, Method::POST, &target, &parts.headers, body, log).await?;
+    let response = send(
+        backend,
+        proxy,
+        Method::POST,
+        &target,
+        &parts.headers,
+        body,
+        log,
+    )
+    .await?;
     let (parts, body) = response.into_parts();
     Ok(Reply::Relay(parts, body))
 }
@@ -95,7 +104,16 @@ async fn models(
     let target = backend_url(proxy, "/models", Some(&query))?;
     let mut headers = req.headers().clone();
     headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-    let response = send(backend, proxy, Method::GET, &target, &headers, Bytes::new(), log).await?;
+    let response = send(
+        backend,
+        proxy,
+        Method::GET,
+        &target,
+        &headers,
+        Bytes::new(),
+        log,
+    )
+    .await?;
     let status = response.status();
     let body = read_answer(response.into_body(), proxy).await?;
     let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -226,6 +244,9 @@ mod tests {
                 {"id": "gpt-5.1", "object": "model", "created": 0, "owned_by": "openai"}
             ]})
         );
-        assert_eq!(openai_model_list(&json!({})), json!({"object": "list", "data": []}));
+        assert_eq!(
+            openai_model_list(&json!({})),
+            json!({"object": "list", "data": []})
+        );
     }
 }

@@ -4,13 +4,13 @@
 //! under the encoding it came in.
 
 use std::io::Read;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http::header::CONTENT_ENCODING;
 
+use crate::telemetry::charge::PlainSize;
 
 /// Why a body could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -48,46 +48,36 @@ fn decode_all(encodings: &[String], body: Bytes, limit: u64) -> Result<Bytes, De
     Ok(body)
 }
 
-/// The plain size of an encoded body forwarded as it came (API key): the encoded bytes are kept
-/// as they pass, and decoded once the body has ended, on a blocking thread, only to be counted,
-/// for the usage estimate of an answer that reports no usage.
-pub struct PlainCount {
-    encodings: Vec<String>,
-    kept: Vec<u8>,
-    limit: u64,
-    into: Arc<AtomicU64>,
-}
+/// The bytes of an encoded body forwarded as it came (API key), kept as they pass so that its
+/// plain size can be learnt afterwards, for the usage estimate of an answer that reported no
+/// usage. Nothing is decoded unless that estimate is needed.
+#[derive(Clone, Default)]
+pub struct Kept(Arc<Mutex<Vec<u8>>>);
 
-impl PlainCount {
-    /// `None` for a plain body: nothing to do.
-    pub fn new(headers: &HeaderMap, limit: u64, into: Arc<AtomicU64>) -> Option<Self> {
+impl Kept {
+    /// For an encoded body: where its bytes go, and how to learn its plain size from them.
+    /// `None` for a plain body.
+    pub fn new(headers: &HeaderMap, limit: u64) -> Option<(Self, PlainSize)> {
         let encodings = encodings(headers);
-        (!encodings.is_empty()).then(|| Self {
-            encodings,
-            kept: Vec::new(),
-            limit,
-            into,
-        })
-    }
-
-    pub fn keep(&mut self, data: &[u8]) {
-        self.kept.extend_from_slice(data);
-    }
-
-    /// The body has ended: count its plain bytes (a body that does not decode is counted as it
-    /// came).
-    pub fn finish(self) {
-        let Self {
-            encodings,
-            kept,
-            limit,
-            into,
-        } = self;
-        tokio::task::spawn_blocking(move || {
-            if let Ok(plain) = decode_all(&encodings, Bytes::from(kept), limit) {
-                into.store(plain.len() as u64, Ordering::Relaxed);
-            }
+        if encodings.is_empty() {
+            return None;
+        }
+        let kept = Self::default();
+        let bytes = kept.0.clone();
+        let size: PlainSize = Box::new(move || {
+            let body = std::mem::take(&mut *bytes.lock().unwrap_or_else(|p| p.into_inner()));
+            decode_all(&encodings, Bytes::from(body), limit)
+                .ok()
+                .map(|plain| plain.len() as u64)
         });
+        Some((kept, size))
+    }
+
+    pub fn keep(&self, data: &[u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(data);
     }
 }
 
@@ -140,8 +130,14 @@ mod tests {
     #[test]
     fn gzip_is_decoded_within_the_limit_and_unknown_encodings_are_refused() {
         let plain = br#"{"model":"gpt-5","input":"hi"}"#;
-        assert_eq!(decode(&headers("gzip"), gzip(plain), 1024).unwrap(), &plain[..]);
-        assert_eq!(decode(&HeaderMap::new(), Bytes::from_static(plain), 1024).unwrap(), &plain[..]);
+        assert_eq!(
+            decode(&headers("gzip"), gzip(plain), 1024).unwrap(),
+            &plain[..]
+        );
+        assert_eq!(
+            decode(&HeaderMap::new(), Bytes::from_static(plain), 1024).unwrap(),
+            &plain[..]
+        );
         let bomb = gzip(&vec![b' '; 1 << 20]);
         assert!(matches!(
             decode(&headers("gzip"), bomb, 4096),

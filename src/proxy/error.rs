@@ -5,9 +5,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::proxy::decode::DecodeError;
 use crate::credential::chatgpt::tokens::AuthError;
 use crate::proxy::body::ProxyBody;
+use crate::proxy::decode::DecodeError;
 use crate::upstream::BoxError;
 
 /// Why keyward answered a request itself instead of relaying the upstream's answer.
@@ -79,9 +79,7 @@ impl ProxyError {
             ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::UnknownResponse { .. } | ProxyError::NotOffered(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ProxyError::UnknownResponse { .. } | ProxyError::NotOffered(_) => StatusCode::NOT_FOUND,
             ProxyError::Decode(DecodeError::Unsupported(_)) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::Decode(DecodeError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Decode(DecodeError::Invalid { .. }) => StatusCode::BAD_REQUEST,

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use crate::config::{Config, Limits, Upstream};
 use crate::proxy::body::{ProxyBody, RelayBody};
 use crate::proxy::body::{UpstreamBody, UpstreamPool};
-use crate::proxy::decode::PlainCount;
+use crate::proxy::decode::Kept;
 use crate::proxy::dump::{DumpSink, Dumper, ExchangeId};
 use crate::proxy::error::{ProxyError, classify_send};
 use crate::proxy::headers;
@@ -71,7 +71,9 @@ impl Forwarder {
         value: &SecretHeader,
         mut log: ExchangeLog,
     ) -> Response<ProxyBody> {
-        let sent = self.send_upstream(req, target, header, value, &mut log).await;
+        let sent = self
+            .send_upstream(req, target, header, value, &mut log)
+            .await;
         let (upstream, exchange) = match sent {
             Ok(sent) => sent,
             Err(err) => return self.fail(err, log),
@@ -208,14 +210,17 @@ impl Forwarder {
         };
 
         let fault = Arc::new(BodyFault::default());
-        let plain = PlainCount::new(&parts.headers, limit, log.plain_in());
+        let kept = Kept::new(&parts.headers, limit).map(|(kept, size)| {
+            log.plain_size(size);
+            kept
+        });
         let body = RequestBody::new(
             body,
             limit,
             fault.clone(),
             log.bytes_in(),
             request_dump,
-            plain,
+            kept,
         );
         let mut upstream_req = Request::new(Either::Left(body));
         *upstream_req.method_mut() = parts.method.clone();

@@ -9,8 +9,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::access::clients::ClientTokens;
-use crate::access::owners::Owners;
 use crate::access::gate::{Gate, Peer, SharedPolicy};
+use crate::access::owners::Owners;
 use crate::config::Config;
 use crate::config::access::HostCheck;
 use crate::config::responses::Endpoints;
@@ -138,10 +138,13 @@ impl Proxy {
         let outcome = match self.hosts.check(req.headers()) {
             Err(why) => Err(ProxyError::Browser(why)),
             Ok(()) => match self.route(&req) {
-                Route::Forward(endpoint) => match self.admit(&req, &peer, &mut log) {
-                    Ok(client) => return self.forward(req, endpoint, &client, log).await,
-                    Err(err) => Err(err),
-                },
+                Route::Forward(endpoint) => {
+                    log.endpoint(endpoint.name(), endpoint.charge(), self.owners.clone());
+                    match self.admit(&req, &peer, &mut log) {
+                        Ok(client) => return self.forward(req, endpoint, &client, log).await,
+                        Err(err) => Err(err),
+                    }
+                }
                 Route::WebSocket => match self.admit(&req, &peer, &mut log) {
                     Ok(client) => return self.websocket(req, &peer, client, log).await,
                     Err(err) => Err(err),
@@ -287,10 +290,12 @@ impl Proxy {
         match Endpoint::parse(method, path) {
             Err(err) => Route::Refuse(err),
             Ok(Some(Endpoint::Create)) => Route::Forward(Endpoint::Create),
-            Ok(Some(_)) if self.endpoints == Endpoints::Create => Route::Refuse(ProxyError::Forbidden {
-                path: path.to_owned(),
-                why: "keyward forwards only POST /v1/responses (--endpoints create)",
-            }),
+            Ok(Some(_)) if self.endpoints == Endpoints::Create => {
+                Route::Refuse(ProxyError::Forbidden {
+                    path: path.to_owned(),
+                    why: "keyward forwards only POST /v1/responses (--endpoints create)",
+                })
+            }
             Ok(Some(endpoint)) => Route::Forward(endpoint),
             Ok(None) if path.starts_with("/v1/") => Route::Refuse(ProxyError::Forbidden {
                 path: path.to_owned(),
@@ -309,7 +314,7 @@ impl Proxy {
         req: Request<Incoming>,
         endpoint: Endpoint,
         client: &Arc<str>,
-        mut log: ExchangeLog,
+        log: ExchangeLog,
     ) -> Response<ProxyBody> {
         if let Some(id) = endpoint.stored_response()
             && let Some(owners) = &self.owners
@@ -322,12 +327,10 @@ impl Proxy {
                 known = owner.is_some(),
                 "refused a stored response to a client that did not create it"
             );
-            return self.forwarder.fail(
-                ProxyError::UnknownResponse { id: id.to_owned() },
-                log,
-            );
+            return self
+                .forwarder
+                .fail(ProxyError::UnknownResponse { id: id.to_owned() }, log);
         }
-        log.charge(endpoint.charge(), self.owners.clone());
         match &self.credential {
             // Boxed: the ChatGPT path's future is large, and would make every request's so.
             Credential::ChatGpt(backend) if endpoint == Endpoint::Create => {

@@ -10,7 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use crate::proxy::decode::PlainCount;
+use crate::proxy::decode::Kept;
 use crate::proxy::dump::DumpSink;
 use crate::upstream::BoxError;
 
@@ -52,7 +52,7 @@ pin_project! {
         fault: Arc<BodyFault>,
         bytes_in: Arc<AtomicU64>,
         dump: Option<DumpSink>,
-        plain: Option<PlainCount>,
+        kept: Option<Kept>,
     }
 }
 
@@ -63,7 +63,7 @@ impl RequestBody {
         fault: Arc<BodyFault>,
         bytes_in: Arc<AtomicU64>,
         dump: Option<DumpSink>,
-        plain: Option<PlainCount>,
+        kept: Option<Kept>,
     ) -> Self {
         Self {
             inner,
@@ -72,7 +72,7 @@ impl RequestBody {
             fault,
             bytes_in,
             dump,
-            plain,
+            kept,
         }
     }
 }
@@ -96,19 +96,15 @@ impl Body for RequestBody {
                     }
                     this.bytes_in
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if let Some(plain) = this.plain.as_mut() {
-                        plain.keep(data);
+                    if let Some(kept) = this.kept.as_ref() {
+                        kept.keep(data);
                     }
-                    // A sized body is not polled again once its last byte is in.
-                    let ended = this.inner.is_end_stream();
                     if let Some(dump) = this.dump.as_mut() {
                         dump.append(data);
-                        if ended {
+                        // A sized body is not polled again once its last byte is in.
+                        if this.inner.is_end_stream() {
                             dump.set_end("completed");
                         }
-                    }
-                    if ended && let Some(plain) = this.plain.take() {
-                        plain.finish();
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -122,9 +118,6 @@ impl Body for RequestBody {
             None => {
                 if let Some(dump) = this.dump.as_mut() {
                     dump.set_end("completed");
-                }
-                if let Some(plain) = this.plain.take() {
-                    plain.finish();
                 }
                 Poll::Ready(None)
             }

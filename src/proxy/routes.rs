@@ -101,6 +101,21 @@ impl Endpoint {
         }
     }
 
+    /// Its name in logs and the ledger, as the SDKs name the method.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Endpoint::Create => "responses.create",
+            Endpoint::Retrieve(_) => "responses.retrieve",
+            Endpoint::Delete(_) => "responses.delete",
+            Endpoint::Cancel(_) => "responses.cancel",
+            Endpoint::InputItems(_) => "responses.input_items",
+            Endpoint::InputTokens => "responses.input_tokens",
+            Endpoint::Compact => "responses.compact",
+            Endpoint::Models => "models.list",
+            Endpoint::Model(_) => "models.retrieve",
+        }
+    }
+
     pub fn charge(&self) -> Charge {
         match self {
             Endpoint::Create | Endpoint::Compact => Charge::Generated,
@@ -140,7 +155,10 @@ fn is_id(id: &str, model: bool) -> bool {
         && id.len() <= 256
         && !id.starts_with('.')
         && id.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (model && (b == b'.' || b == b':'))
+            b.is_ascii_alphanumeric()
+                || b == b'_'
+                || b == b'-'
+                || (model && (b == b'.' || b == b':'))
         })
 }
 
@@ -156,8 +174,14 @@ mod tests {
     fn each_endpoint_is_read_and_nothing_else() {
         let id = || "resp_1".to_owned();
         assert_eq!(parse(Method::POST, "/v1/responses"), Some(Endpoint::Create));
-        assert_eq!(parse(Method::GET, "/v1/responses/resp_1"), Some(Endpoint::Retrieve(id())));
-        assert_eq!(parse(Method::DELETE, "/v1/responses/resp_1"), Some(Endpoint::Delete(id())));
+        assert_eq!(
+            parse(Method::GET, "/v1/responses/resp_1"),
+            Some(Endpoint::Retrieve(id()))
+        );
+        assert_eq!(
+            parse(Method::DELETE, "/v1/responses/resp_1"),
+            Some(Endpoint::Delete(id()))
+        );
         assert_eq!(
             parse(Method::POST, "/v1/responses/resp_1/cancel"),
             Some(Endpoint::Cancel(id()))
@@ -170,7 +194,10 @@ mod tests {
             parse(Method::POST, "/v1/responses/input_tokens"),
             Some(Endpoint::InputTokens)
         );
-        assert_eq!(parse(Method::POST, "/v1/responses/compact"), Some(Endpoint::Compact));
+        assert_eq!(
+            parse(Method::POST, "/v1/responses/compact"),
+            Some(Endpoint::Compact)
+        );
         assert_eq!(parse(Method::GET, "/v1/models"), Some(Endpoint::Models));
         assert_eq!(
             parse(Method::GET, "/v1/models/ft:gpt-4o:org::x1.2"),
@@ -188,6 +215,12 @@ mod tests {
             assert_eq!(parse(Method::GET, path), None, "{path}");
         }
         let err = Endpoint::parse(&Method::PUT, "/v1/responses/resp_1").unwrap_err();
-        assert!(matches!(err, ProxyError::MethodNotAllowed { allow: "GET, DELETE", .. }));
+        assert!(matches!(
+            err,
+            ProxyError::MethodNotAllowed {
+                allow: "GET, DELETE",
+                ..
+            }
+        ));
     }
 }

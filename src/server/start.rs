@@ -8,10 +8,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-use crate::access::owners::Owners;
-use crate::access::owners_file::OwnersError;
 use crate::access::clients::{ClientTokens, ClientsError};
 use crate::access::gate::SharedPolicy;
+use crate::access::owners::Owners;
+use crate::access::owners_file::OwnersError;
 use crate::config::Config;
 use crate::proxy::credential::Credential;
 use crate::proxy::dump::{DumpError, Dumper};

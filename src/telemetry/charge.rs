@@ -3,6 +3,9 @@
 //! nothing; and a stored response's usage once, whoever's request shows it first.
 
 use crate::access::owners::Owners;
+
+/// How to learn the plain size of a request body that came compressed, if it is needed.
+pub type PlainSize = Box<dyn FnOnce() -> Option<u64> + Send>;
 use crate::telemetry::usage::{Seen, Tokens};
 
 /// Bytes per token for estimates: OpenAI's rule of thumb for English text (about four
@@ -35,15 +38,15 @@ pub struct Bill<'a> {
     /// The upstream took the request and answered with success.
     pub answered: bool,
     pub bytes_in: u64,
-    /// The request body's size decoded, when it came compressed (0 if not known).
-    pub plain_in: u64,
+    /// How to learn the request body's size decoded, when it came compressed.
+    pub plain_in: &'a mut Option<PlainSize>,
     /// What the answer delivered: the text of a stream, the bytes of anything else.
     pub output_bytes: u64,
 }
 
 /// The tokens charged, and whether they are an estimate. A created response goes in the record
 /// of owners (if it is not already), marked charged when it was.
-pub fn settle(bill: &Bill) -> (Option<Tokens>, bool) {
+pub fn settle(bill: Bill) -> (Option<Tokens>, bool) {
     let status = bill.seen.status.as_deref();
     let charged = match (bill.charge, bill.seen.tokens) {
         (Charge::Free, _) | (Charge::StoredOnce, None) => (None, false),
@@ -65,11 +68,8 @@ pub fn settle(bill: &Bill) -> (Option<Tokens>, bool) {
         // The upstream took the request and answered: it bills for what it generated, so an
         // answer that ended before its usage came is charged an estimate.
         (Charge::Generated, None) if bill.answered => {
-            let input = if bill.plain_in > 0 {
-                bill.plain_in
-            } else {
-                bill.bytes_in
-            };
+            let plain = bill.plain_in.take().and_then(|size| size());
+            let input = plain.unwrap_or(bill.bytes_in);
             (Some(estimate(input, bill.output_bytes)), true)
         }
         (Charge::Generated, None) => (None, false),

@@ -31,6 +31,10 @@ pub struct Entry {
     /// The same instant in seconds since the Unix epoch.
     pub ts: f64,
     pub client: String,
+    /// What was called (`responses.create`, `responses.retrieve`, `models.list`, ...); lines
+    /// written before keyward forwarded more than create have none.
+    #[serde(default = "create_endpoint")]
+    pub endpoint: String,
     pub model: Option<String>,
     pub status: u16,
     pub upstream_status: Option<u16>,
@@ -50,6 +54,10 @@ pub struct Entry {
     pub request_id: Option<String>,
 }
 
+fn create_endpoint() -> String {
+    "responses.create".to_owned()
+}
+
 impl Entry {
     pub fn from_record(record: &Record) -> Self {
         let ts = record
@@ -62,6 +70,7 @@ impl Entry {
             time: rfc3339(record.at),
             ts,
             client: record.client.to_string(),
+            endpoint: record.endpoint.to_owned(),
             model: record.model.clone(),
             status: record.status,
             upstream_status: record.upstream_status,
@@ -304,6 +313,7 @@ mod tests {
 
     fn record(at: SystemTime, output: u64) -> Record {
         Record {
+            endpoint: "responses.create",
             at,
             client: Arc::from("alice"),
             model: Some("gpt-5".into()),

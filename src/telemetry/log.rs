@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::access::owners::Owners;
 use crate::config::args::LogFormat;
-use crate::telemetry::charge::{self, Bill, Charge};
+use crate::telemetry::charge::{self, Bill, Charge, PlainSize};
 use crate::telemetry::log_writer::{self, FlushGuard};
 use crate::telemetry::metrics::{StreamGuard, Telemetry};
 use crate::telemetry::quota::Permit;
@@ -64,8 +64,8 @@ pub struct ExchangeLog {
     status: StatusCode,
     upstream_status: Option<StatusCode>,
     bytes_in: Arc<AtomicU64>,
-    /// The request body's size decoded, when it came compressed (0 until known).
-    plain_in: Arc<AtomicU64>,
+    /// How to learn the request body's size decoded, when it came compressed.
+    plain_size: Option<PlainSize>,
     bytes_out: u64,
     first_byte: Option<Duration>,
     end: Option<End>,
@@ -88,6 +88,8 @@ pub struct ExchangeLog {
     /// The concurrent-stream quota slot and the active-stream count, held to the end.
     permit: Option<Permit>,
     stream: Option<StreamGuard>,
+    /// What was called, and how its answer is charged.
+    endpoint: &'static str,
     charge: Charge,
     /// The record of response owners: a created response's id goes in as the client's.
     owners: Option<Arc<Owners>>,
@@ -105,7 +107,7 @@ impl ExchangeLog {
             status: StatusCode::OK,
             upstream_status: None,
             bytes_in,
-            plain_in: Arc::default(),
+            plain_size: None,
             bytes_out: 0,
             first_byte: None,
             end: None,
@@ -121,15 +123,22 @@ impl ExchangeLog {
             overhead: None,
             permit: None,
             stream: None,
+            endpoint: "responses.create",
             charge: Charge::Generated,
             owners: None,
             recorded: false,
         }
     }
 
-    /// How this request's answer is charged, and the record its response id goes in (or is
-    /// charged against, for a stored response).
-    pub fn charge(&mut self, charge: Charge, owners: Option<Arc<Owners>>) {
+    /// What was called (`responses.retrieve`, ...), how its answer is charged, and the record
+    /// its response id goes in (or is charged against, for a stored response).
+    pub fn endpoint(
+        &mut self,
+        endpoint: &'static str,
+        charge: Charge,
+        owners: Option<Arc<Owners>>,
+    ) {
+        self.endpoint = endpoint;
         self.charge = charge;
         self.owners = owners;
     }
@@ -240,10 +249,10 @@ impl ExchangeLog {
         self.bytes_in.clone()
     }
 
-    /// Where the size of a compressed request body, decoded, goes once known: estimates count
-    /// the text, not its compressed bytes.
-    pub fn plain_in(&self) -> Arc<AtomicU64> {
-        self.plain_in.clone()
+    /// How to learn the size of a compressed request body, decoded: an estimate counts the
+    /// text, not its compressed bytes. Asked only when an estimate is made.
+    pub fn plain_size(&mut self, size: PlainSize) {
+        self.plain_size = Some(size);
     }
 
     pub fn upstream_status(&mut self, status: StatusCode) {
@@ -285,7 +294,7 @@ impl Drop for ExchangeLog {
             }
         }
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
-        let (tokens, estimated) = charge::settle(&Bill {
+        let (tokens, estimated) = charge::settle(Bill {
             charge: self.charge,
             seen: &self.seen,
             owners: self.owners.as_deref(),
@@ -293,7 +302,7 @@ impl Drop for ExchangeLog {
             answered: self.telemetry.is_some()
                 && self.upstream_status.is_some_and(|s| s.is_success()),
             bytes_in,
-            plain_in: self.plain_in.load(Ordering::Relaxed),
+            plain_in: &mut self.plain_size,
             output_bytes: match &self.scanner {
                 Some(Scanner::Sse { .. }) => self.seen.text_bytes,
                 _ => self.bytes_out,
@@ -326,6 +335,7 @@ impl Drop for ExchangeLog {
             telemetry.record(&Record {
                 at: self.at,
                 client: self.client.clone().unwrap_or_else(|| Arc::from("unknown")),
+                endpoint: self.endpoint,
                 model: self.seen.model.take(),
                 status: self.status.as_u16(),
                 upstream_status: self.upstream_status.map(|s| s.as_u16()),

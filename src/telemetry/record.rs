@@ -11,6 +11,8 @@ use crate::telemetry::usage::Tokens;
 pub struct Record {
     pub at: SystemTime,
     pub client: Arc<str>,
+    /// What was called: `responses.create`, `responses.retrieve`, `models.list`, ...
+    pub endpoint: &'static str,
     pub model: Option<String>,
     pub status: u16,
     pub upstream_status: Option<u16>,

@@ -266,11 +266,11 @@ fn sse_data(data: &[u8], event: &mut EventName, seen: &mut Seen) {
         }
     } else if *event == EventName::Created || typed(b"response.created") {
         // The id and the model, for a stream that ends before it says its usage.
-        if seen.model.is_none() || seen.id.is_none() {
-            if let Some(response) = response() {
-                seen.model = seen.model.take().or(response.model);
-                seen.id = seen.id.take().or(response.id);
-            }
+        if (seen.model.is_none() || seen.id.is_none())
+            && let Some(response) = response()
+        {
+            seen.model = seen.model.take().or(response.model);
+            seen.id = seen.id.take().or(response.id);
         }
     } else {
         seen.text_bytes += delta_len(data) as u64;

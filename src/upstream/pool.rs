@@ -218,7 +218,10 @@ impl<B: Outgoing> Pool<B> {
     /// The upstream's scheme and host with the request's path and query; the upstream URL itself
     /// for a request that names no path.
     fn full_uri(&self, requested: &Uri) -> Uri {
-        let Some(path) = requested.path_and_query().filter(|_| requested.path() != "/") else {
+        let Some(path) = requested
+            .path_and_query()
+            .filter(|_| requested.path() != "/")
+        else {
             return self.uri.clone();
         };
         let mut parts = self.uri.clone().into_parts();

@@ -28,6 +28,23 @@ async fn exercise(addr: std::net::SocketAddr) -> String {
     record(&client::post_responses(addr, r#"{"kind":"error"}"#).await);
     record(&client::get(addr, "/v1/models").await);
     record(&client::get(addr, "/v1/responses").await);
+    // The other Responses endpoints: one of this client's responses, and one keyward never saw.
+    for (method, path) in [
+        ("GET", "/v1/responses/resp_canary?stream=true"),
+        ("GET", "/v1/responses/resp_canary/input_items"),
+        ("POST", "/v1/responses/resp_canary/cancel"),
+        ("DELETE", "/v1/responses/resp_canary"),
+        ("GET", "/v1/responses/resp_someone_elses"),
+        ("POST", "/v1/responses/input_tokens"),
+        ("POST", "/v1/responses/compact"),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        record(&client::read(client::send(addr, req).await).await);
+    }
     record(&client::get(addr, "/nowhere").await);
     let big = "x".repeat(2048);
     record(&client::post_responses(addr, &big).await);
@@ -105,7 +122,10 @@ async fn the_key_appears_nowhere_but_at_the_upstream() {
                 StatusCode::UNAUTHORIZED,
                 r#"{"error":{"message":"bad key"}}"#,
             ),
-            _ => upstream::json(StatusCode::OK, r#"{"status":"completed"}"#),
+            _ => upstream::json(
+                StatusCode::OK,
+                r#"{"id":"resp_canary","object":"response","status":"completed"}"#,
+            ),
         }
     })
     .await;
@@ -164,7 +184,9 @@ async fn the_key_appears_nowhere_but_at_the_upstream() {
             assert_clean("/proc/PID/environ", environ);
         }
         assert_clean("/proc/PID/cmdline", &cmdline);
-        let files = files_under(dumps.path());
+        let mut files = files_under(dumps.path());
+        // keyward's home: the record of response owners.
+        files.extend(files_under(keyward.dir.path()));
         for (path, contents) in &files {
             assert_clean(&path.display().to_string(), contents);
         }

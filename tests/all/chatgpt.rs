@@ -448,7 +448,7 @@ async fn a_codex_login_can_be_imported_with_a_warning_about_sharing_it() {
 }
 
 /// keyward in-process with `--auth chatgpt` against the fakes.
-async fn chatgpt_keyward(
+pub(crate) async fn chatgpt_keyward(
     issuer: &FakeIssuer,
     backend: &crate::support::upstream::FakeUpstream,
     home: &Path,

@@ -1,4 +1,4 @@
-//! End to end with clients nobody here wrote: the OpenAI Python SDK and the Codex CLI, through
+//! End to end with clients nobody here wrote: the OpenAI Python and Node SDKs and the Codex CLI, through
 //! the keyward binary, against a fake upstream that speaks the Responses API.
 //!
 //! The clients are installed by `e2e/setup` (the README's test command runs it first).
@@ -393,4 +393,91 @@ async fn the_codex_cli_runs_a_websocket_session_through_a_chatgpt_sign_in() {
         serde_json::from_str(&std::fs::read_to_string(tool("package.json")).unwrap()).unwrap();
     let pinned = package["dependencies"]["@openai/codex"].as_str().unwrap();
     assert_eq!(handshake["version"], pinned);
+}
+
+/// Runs an SDK script against keyward in front of the fake API, with two client tokens; returns
+/// what it printed.
+async fn sdk_endpoints(program: &str, script: &str) -> (Value, Vec<Seen>) {
+    let upstream = crate::support::api::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("clients");
+    let alice = add_client_token(&tokens, "alice").await;
+    let bob = add_client_token(&tokens, "bob").await;
+    let keyward = keyward_for(&upstream, &["--client-tokens", tokens.to_str().unwrap()]).await;
+    let base_url = format!("http://{}/v1", keyward.addr);
+    let output = tokio::process::Command::new(program)
+        .arg(tool(script))
+        .args([&base_url, &alice, &bob, TEXT])
+        .current_dir(tool(""))
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the SDK script finished within a minute")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{stdout}\n{stderr}\nkeyward:\n{}",
+        keyward.stderr()
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    (seen, upstream.requests())
+}
+
+/// What both SDKs must have seen: every method answered, Bob refused all four uses of Alice's
+/// response, a background response polled to its end and another cancelled.
+fn check_sdk_endpoints(seen: &Value, requests: &[Seen]) {
+    assert_eq!(seen["input_items"], serde_json::json!(["message"]));
+    assert_eq!(seen["input_tokens"], 11);
+    assert_eq!(seen["compacted"], serde_json::json!(["compaction"]));
+    assert_eq!(seen["models"], serde_json::json!(["gpt-5"]));
+    assert_eq!(seen["model"], "gpt-5");
+    assert_eq!(
+        seen["bob_refused"],
+        serde_json::json!(["retrieve", "input_items", "cancel", "delete"])
+    );
+    assert_eq!(
+        seen["background_polls"],
+        serde_json::json!(["queued", "in_progress", "completed"])
+    );
+    assert_eq!(seen["cancelled"], "cancelled");
+    assert_eq!(seen["deleted"], true);
+    for request in requests {
+        assert_eq!(
+            request.headers["authorization"],
+            format!("Bearer {KEY}").as_str(),
+            "{} {}",
+            request.method,
+            request.uri
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_responses_method_of_the_python_sdk_works_through_keyward() {
+    let (seen, requests) = sdk_endpoints(
+        tool(".venv/bin/python").to_str().unwrap(),
+        "sdk_endpoints.py",
+    )
+    .await;
+    check_sdk_endpoints(&seen, &requests);
+    assert_eq!(
+        seen["resumed_events"],
+        serde_json::json!(["response.output_text.delta", "response.completed"])
+    );
+    let resumed = requests
+        .iter()
+        .find(|r| r.uri.contains("stream=true"))
+        .expect("the resumed stream went upstream");
+    assert!(resumed.uri.contains("starting_after=1"), "{}", resumed.uri);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_responses_method_of_the_node_sdk_works_through_keyward() {
+    let (seen, requests) = sdk_endpoints("node", "sdk_endpoints.mjs").await;
+    check_sdk_endpoints(&seen, &requests);
 }

@@ -59,7 +59,11 @@ impl Turns {
         self.end(End::NoCompletedEvent);
         let mut log = ExchangeLog::new(Method::GET, RESPONSES_PATH, Instant::now(), Arc::default());
         log.identify(self.owner.uid, Some(self.owner.client.clone()));
-        log.charge(Charge::Generated, self.owner.owners.clone());
+        log.endpoint(
+            "responses.create",
+            Charge::Generated,
+            self.owner.owners.clone(),
+        );
         if let Some(telemetry) = &self.owner.telemetry {
             log.track(telemetry.clone());
             match telemetry.quotas.admit(&self.owner.client) {

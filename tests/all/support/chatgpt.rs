@@ -292,6 +292,18 @@ pub async fn fake_backend(issuer: Arc<Mutex<IssuerState>>) -> FakeUpstream {
             if !issuer.lock().unwrap().live_access.contains(&token) {
                 return reply(StatusCode::UNAUTHORIZED, json!({"error": {"message": "token expired or revoked", "code": "token_invalid"}}));
             }
+            // The backend's model list, in Codex's own shape, and compaction.
+            if seen.uri.starts_with("/backend-api/codex/models?") {
+                return reply(StatusCode::OK, json!({"models": [
+                    {"slug": "gpt-5.1-codex", "display_name": "GPT-5.1 Codex", "visibility": "list"},
+                    {"slug": "gpt-5.1", "display_name": "GPT-5.1", "visibility": "list"},
+                ]}));
+            }
+            if seen.uri == "/backend-api/codex/responses/compact" {
+                return reply(StatusCode::OK, json!({"output": [
+                    {"type": "compaction", "encrypted_content": "opaque"}
+                ]}));
+            }
             let (mut response, tx) = upstream::stream("text/event-stream");
             response.headers_mut().remove("content-type");
             // The plan's usage, as the real backend reports it on every answer.
