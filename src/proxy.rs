@@ -16,6 +16,7 @@ pub mod forward;
 pub mod handler;
 pub mod headers;
 pub mod open;
+pub mod previous;
 pub mod request_body;
 pub mod routes;
 pub mod websocket;

@@ -98,6 +98,11 @@ impl Owners {
         !self.enforce || self.owner(id).is_some_and(|owner| &*owner == client)
     }
 
+    /// Whether stored responses are refused to all but their creator (no `--no-ownership`).
+    pub fn enforced(&self) -> bool {
+        self.enforce
+    }
+
     /// Who created `id`, if keyward relayed it within the time it remembers.
     pub fn owner(&self, id: &str) -> Option<Arc<str>> {
         let table = self.lock();

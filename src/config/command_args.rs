@@ -94,8 +94,8 @@ pub struct NetArgs {
 /// Where the ChatGPT login lives.
 #[derive(Debug, Clone, Args)]
 pub struct HomeArgs {
-    /// keyward's home directory, holding the ChatGPT login and its lock (created 0700).
-    /// Default: $KEYWARD_HOME, else ~/.keyward.
+    /// keyward's home directory (created 0700): the ChatGPT login and its lock, and the record
+    /// of which client created each stored response. Default: $KEYWARD_HOME, else ~/.keyward.
     #[arg(long, value_name = "DIR")]
     pub home: Option<PathBuf>,
 

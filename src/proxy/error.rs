@@ -26,6 +26,8 @@ pub enum ProxyError {
     },
     #[error("response {id} was not created by this client, or is unknown to keyward")]
     UnknownResponse { id: String },
+    #[error("previous response {id} was not created by this client, or is unknown to keyward")]
+    UnknownPrevious { id: String },
     #[error("{0}")]
     NotOffered(&'static str),
     #[error(transparent)]
@@ -80,6 +82,7 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UnknownResponse { .. } | ProxyError::NotOffered(_) => StatusCode::NOT_FOUND,
+            ProxyError::UnknownPrevious { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Decode(DecodeError::Unsupported(_)) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::Decode(DecodeError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Decode(DecodeError::Invalid { .. }) => StatusCode::BAD_REQUEST,
@@ -112,6 +115,7 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => "not_forwarded",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::UnknownResponse { .. } => "response_not_found",
+            ProxyError::UnknownPrevious { .. } => "previous_response_not_found",
             ProxyError::NotOffered(_) => "not_offered_by_chatgpt_backend",
             ProxyError::Decode(DecodeError::Unsupported(_)) => "unsupported_content_encoding",
             ProxyError::Decode(DecodeError::TooLarge(_)) => "request_too_large",
@@ -152,6 +156,9 @@ impl ProxyError {
             // The API's own answer for an id it does not know: nothing tells another client's
             // response from one that does not exist.
             ProxyError::UnknownResponse { id } => format!("Response with id '{id}' not found."),
+            ProxyError::UnknownPrevious { id } => {
+                format!("Previous response with id '{id}' not found.")
+            }
             ProxyError::NotOffered(why) => (*why).into(),
             ProxyError::Decode(DecodeError::Unsupported(encoding)) => format!(
                 "keyward cannot read a request body with Content-Encoding `{encoding}` (it must, \
@@ -227,13 +234,21 @@ impl ProxyError {
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {
-        if let ProxyError::UnknownResponse { .. } = self {
+        // The API's own answers for ids it does not know, to the letter.
+        let api_answer = match self {
+            ProxyError::UnknownResponse { .. } => Some((None, None)),
+            ProxyError::UnknownPrevious { .. } => {
+                Some((Some("previous_response_id"), Some(self.code())))
+            }
+            _ => None,
+        };
+        if let Some((param, code)) = api_answer {
             let body = serde_json::json!({
                 "error": {
                     "message": self.client_message(),
                     "type": "invalid_request_error",
-                    "param": null,
-                    "code": null,
+                    "param": param,
+                    "code": code,
                 }
             });
             return json_response(self.status(), &body);

@@ -5,17 +5,19 @@ use std::sync::Arc;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, Request, Response, Uri};
-use http_body_util::Either;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use crate::config::{Config, Limits, Upstream};
+use crate::proxy::assemble::read_limited;
 use crate::proxy::body::{ProxyBody, RelayBody};
 use crate::proxy::body::{UpstreamBody, UpstreamPool};
-use crate::proxy::decode::Kept;
+use crate::proxy::decode::{self, Kept};
 use crate::proxy::dump::{DumpSink, Dumper, ExchangeId};
 use crate::proxy::error::{ProxyError, classify_send};
 use crate::proxy::headers;
+use crate::proxy::previous::PreviousCheck;
 use crate::proxy::request_body::{BodyFault, RequestBody};
 use crate::secret::SecretHeader;
 use crate::telemetry::log::ExchangeLog;
@@ -62,17 +64,17 @@ impl Forwarder {
     }
 
     /// `serve` with an API key: the request goes to `target` as it came (method, headers, body),
-    /// with the key added.
+    /// with the key added; `previous` watches its body for another client's previous response.
     pub async fn forward_api_key(
         &self,
         req: Request<Incoming>,
         target: Uri,
-        header: &HeaderName,
-        value: &SecretHeader,
+        (header, value): (&HeaderName, &SecretHeader),
+        previous: Option<PreviousCheck>,
         mut log: ExchangeLog,
     ) -> Response<ProxyBody> {
         let sent = self
-            .send_upstream(req, target, header, value, &mut log)
+            .send_upstream(req, target, (header, value), previous, &mut log)
             .await;
         let (upstream, exchange) = match sent {
             Ok(sent) => sent,
@@ -131,6 +133,10 @@ impl Forwarder {
             | ProxyError::UnknownResponse { .. } => {
                 tracing::info!(error = %ErrorChain(&err), "request refused")
             }
+            ProxyError::UnknownPrevious { id } => tracing::warn!(
+                previous_response = id,
+                "refused a request that continues a response its client did not create"
+            ),
             _ => tracing::warn!(error = %ErrorChain(&err), "request failed"),
         }
         let response = err.into_response();
@@ -184,8 +190,8 @@ impl Forwarder {
         &self,
         req: Request<Incoming>,
         target: Uri,
-        credential_header: &HeaderName,
-        credential: &SecretHeader,
+        (credential_header, credential): (&HeaderName, &SecretHeader),
+        previous: Option<PreviousCheck>,
         log: &mut ExchangeLog,
     ) -> Result<(Response<UpstreamBody>, Option<ExchangeId>), ProxyError> {
         let (parts, body) = req.into_parts();
@@ -210,19 +216,40 @@ impl Forwarder {
         };
 
         let fault = Arc::new(BodyFault::default());
-        let kept = Kept::new(&parts.headers, limit).map(|(kept, size)| {
-            log.plain_size(size);
-            kept
-        });
-        let body = RequestBody::new(
-            body,
-            limit,
-            fault.clone(),
-            log.bytes_in(),
-            request_dump,
-            kept,
-        );
-        let mut upstream_req = Request::new(Either::Left(body));
+        let body = match previous {
+            // A compressed body is read whole and decoded to be checked, then sent as it came.
+            Some(previous) if !decode::encodings(&parts.headers).is_empty() => {
+                let bytes = read_limited(body, &parts.headers, limit).await?;
+                log.add_bytes_in(bytes.len());
+                let plain = decode::decode(&parts.headers, bytes.clone(), limit)?;
+                previous
+                    .check_whole(&plain)
+                    .map_err(|id| ProxyError::UnknownPrevious { id })?;
+                let plain = plain.len() as u64;
+                log.plain_size(Box::new(move || Some(plain)));
+                if let Some(mut dump) = request_dump {
+                    dump.append(&bytes);
+                    dump.set_end("completed");
+                }
+                Either::Right(Full::new(bytes))
+            }
+            previous => {
+                let kept = Kept::new(&parts.headers, limit).map(|(kept, size)| {
+                    log.plain_size(size);
+                    kept
+                });
+                Either::Left(RequestBody::new(
+                    body,
+                    limit,
+                    fault.clone(),
+                    log.bytes_in(),
+                    request_dump,
+                    kept,
+                    previous,
+                ))
+            }
+        };
+        let mut upstream_req = Request::new(body);
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = target;
         let mut headers = headers::upstream_request_headers(&parts.headers);
@@ -235,6 +262,9 @@ impl Forwarder {
         let result = match sent {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.limits.response_timeout)),
             Ok(Err(_)) if fault.too_large() => Err(ProxyError::BodyTooLarge { limit }),
+            Ok(Err(_)) if let Some(id) = fault.foreign_previous() => {
+                Err(ProxyError::UnknownPrevious { id })
+            }
             Ok(Err(err)) if fault.client_failed() => {
                 Err(ProxyError::ClientBody(ErrorChain(&err).to_string()))
             }

@@ -23,6 +23,7 @@ use crate::proxy::dump::Dumper;
 use crate::proxy::error::{ProxyError, json_response};
 use crate::proxy::forward::{Forwarder, body_len};
 use crate::proxy::open::OpenCount;
+use crate::proxy::previous::PreviousCheck;
 use crate::proxy::routes::Endpoint;
 use crate::proxy::websocket;
 use crate::telemetry::log::ExchangeLog;
@@ -365,8 +366,18 @@ impl Proxy {
                         log,
                     );
                 };
+                // Continuing a response reads it: only the client's own may be named.
+                let previous = match (&endpoint, &self.owners) {
+                    (
+                        Endpoint::Create | Endpoint::Compact | Endpoint::InputTokens,
+                        Some(owners),
+                    ) if owners.enforced() => {
+                        Some(PreviousCheck::new(owners.clone(), client.clone()))
+                    }
+                    _ => None,
+                };
                 self.forwarder
-                    .forward_api_key(req, target, header, value, log)
+                    .forward_api_key(req, target, (header, value), previous, log)
                     .await
             }
         }

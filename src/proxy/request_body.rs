@@ -12,6 +12,7 @@ use pin_project_lite::pin_project;
 
 use crate::proxy::decode::Kept;
 use crate::proxy::dump::DumpSink;
+use crate::proxy::previous::PreviousCheck;
 use crate::upstream::BoxError;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,11 +22,20 @@ pub struct BodyTooLarge(pub u64);
 /// What went wrong with the client's body, noted by the body before its error reaches the
 /// upstream connection, so the failed send is blamed on the right side.
 #[derive(Debug, Default)]
-pub struct BodyFault(AtomicU8);
+pub struct BodyFault(AtomicU8, std::sync::Mutex<Option<String>>);
 
 impl BodyFault {
     const TOO_LARGE: u8 = 1;
     const CLIENT: u8 = 2;
+    const FOREIGN: u8 = 3;
+
+    /// The body names a previous response its client did not create: this one.
+    pub fn foreign_previous(&self) -> Option<String> {
+        if self.0.load(Ordering::Relaxed) != Self::FOREIGN {
+            return None;
+        }
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 
     fn set(&self, fault: u8) {
         self.0.store(fault, Ordering::Relaxed);
@@ -53,6 +63,7 @@ pin_project! {
         bytes_in: Arc<AtomicU64>,
         dump: Option<DumpSink>,
         kept: Option<Kept>,
+        previous: Option<PreviousCheck>,
     }
 }
 
@@ -64,6 +75,7 @@ impl RequestBody {
         bytes_in: Arc<AtomicU64>,
         dump: Option<DumpSink>,
         kept: Option<Kept>,
+        previous: Option<PreviousCheck>,
     ) -> Self {
         Self {
             inner,
@@ -73,6 +85,7 @@ impl RequestBody {
             bytes_in,
             dump,
             kept,
+            previous,
         }
     }
 }
@@ -96,6 +109,13 @@ impl Body for RequestBody {
                     }
                     this.bytes_in
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(previous) = this.previous.as_mut()
+                        && let Err(id) = previous.feed(data)
+                    {
+                        *this.fault.1.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+                        this.fault.set(BodyFault::FOREIGN);
+                        return Poll::Ready(Some(Err("a foreign previous_response_id".into())));
+                    }
                     if let Some(kept) = this.kept.as_ref() {
                         kept.keep(data);
                     }

@@ -4,12 +4,14 @@
 /// The most bytes kept of one field's value; a longer value is dropped.
 const MAX_FIELD: usize = 64 * 1024;
 
-/// The top-level fields kept.
-const FIELDS: [&[u8]; 4] = [b"id", b"model", b"status", b"usage"];
+/// The top-level fields of a response object kept by default.
+const RESPONSE_FIELDS: &[&[u8]] = &[b"id", b"model", b"status", b"usage"];
 
 /// A byte-at-a-time reader of one JSON document.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct JsonSkim {
+    /// The top-level fields kept.
+    fields: &'static [&'static [u8]],
     depth: u32,
     in_string: bool,
     escaped: bool,
@@ -22,10 +24,39 @@ pub struct JsonSkim {
     field: Option<usize>,
     /// The value being copied: its field and bytes so far.
     value: Option<(usize, Vec<u8>)>,
-    kept: [Option<Vec<u8>>; 4],
+    kept: Vec<Option<Vec<u8>>>,
+}
+
+impl Default for JsonSkim {
+    /// Keeps a response object's `id`, `model`, `status` and `usage`.
+    fn default() -> Self {
+        Self::new(RESPONSE_FIELDS)
+    }
 }
 
 impl JsonSkim {
+    /// Keeps the top-level `fields` (names of at most 32 bytes).
+    pub fn new(fields: &'static [&'static [u8]]) -> Self {
+        Self {
+            fields,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            expect_key: false,
+            key: Vec::new(),
+            reading_key: false,
+            field: None,
+            value: None,
+            kept: vec![None; fields.len()],
+        }
+    }
+
+    /// The value of the top-level field `name` (one of those kept), once read whole.
+    pub fn field(&self, name: &[u8]) -> Option<&[u8]> {
+        let at = self.fields.iter().position(|f| *f == name)?;
+        self.kept[at].as_deref()
+    }
+
     pub fn feed(&mut self, chunk: &[u8]) {
         for &b in chunk {
             self.byte(b);
@@ -43,9 +74,9 @@ impl JsonSkim {
                 self.in_string = false;
                 if self.reading_key {
                     self.reading_key = false;
-                    self.field = FIELDS.iter().position(|f| *f == self.key.as_slice());
+                    self.field = self.fields.iter().position(|f| *f == self.key.as_slice());
                 }
-            } else if self.reading_key && self.key.len() < 16 {
+            } else if self.reading_key && self.key.len() < 32 {
                 self.key.push(b);
             }
             return;
@@ -109,13 +140,13 @@ impl JsonSkim {
 
     /// The top-level `id`, once its value has been read whole.
     pub fn id(&self) -> Option<String> {
-        serde_json::from_slice(self.kept[0].as_deref()?).ok()
+        serde_json::from_slice(self.field(b"id")?).ok()
     }
 
     /// The kept fields as one small JSON object, e.g. `{"model":"gpt-5","usage":{...}}`.
     pub fn object(&self) -> Vec<u8> {
         let mut out = b"{".to_vec();
-        for (name, value) in FIELDS.iter().zip(&self.kept) {
+        for (name, value) in self.fields.iter().zip(&self.kept) {
             let Some(value) = value else { continue };
             if out.len() > 1 {
                 out.push(b',');

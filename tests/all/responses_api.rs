@@ -433,3 +433,137 @@ async fn a_corrupt_record_of_owners_stops_keyward_with_the_fix() {
         "the file is left as it was"
     );
 }
+
+#[tokio::test]
+async fn continuing_another_client_s_response_is_refused_over_http_and_websocket() {
+    let upstream = api::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, alice, bob) = two_clients(dir.path()).await;
+    let (addr, _keyward) = start_for(&upstream.url(), &["--client-tokens", &tokens]).await;
+    let first = call(addr, "POST", "/v1/responses", &alice, Some(created())).await;
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    let continuing =
+        |input: &str| json!({"model": "gpt-5", "input": input, "previous_response_id": id});
+
+    let before = upstream.requests().len();
+    // A short body, and one whose id comes after a megabyte of input, in many chunks.
+    let long = "x".repeat(1 << 20);
+    for body in [continuing("what did I say?"), continuing(&long)] {
+        for path in [
+            "/v1/responses",
+            "/v1/responses/input_tokens",
+            "/v1/responses/compact",
+        ] {
+            let reply = call(addr, "POST", path, &bob, Some(body.clone())).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::BAD_REQUEST,
+                "{path}: {}",
+                reply.text()
+            );
+            let error = &reply.json()["error"];
+            assert_eq!(
+                error["message"],
+                format!("Previous response with id '{id}' not found.")
+            );
+            assert_eq!(error["param"], "previous_response_id");
+            assert_eq!(error["code"], "previous_response_not_found");
+        }
+    }
+    // Compressed, it is decoded to be checked.
+    let gzipped = {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder
+            .write_all(continuing("hi").to_string().as_bytes())
+            .unwrap();
+        encoder.finish().unwrap()
+    };
+    let req = Request::post("/v1/responses")
+        .header("authorization", format!("Bearer {bob}"))
+        .header("content-encoding", "gzip")
+        .body(Full::new(Bytes::from(gzipped.clone())))
+        .unwrap();
+    let reply = client::read(client::send(addr, req).await).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    // A long body is already on its way when its last chunk shows the id: that chunk is never
+    // sent, so the upstream gets a cut request, which it cannot act on.
+    for cut in &upstream.requests()[before..] {
+        assert!(
+            serde_json::from_slice::<Value>(&cut.body).is_err(),
+            "bob's request reached the upstream whole: {} bytes",
+            cut.body.len()
+        );
+    }
+    let before = upstream.requests().len();
+
+    // Alice continues her own, compressed or not.
+    let mine = call(
+        addr,
+        "POST",
+        "/v1/responses",
+        &alice,
+        Some(continuing("go on")),
+    )
+    .await;
+    assert_eq!(mine.status, StatusCode::OK, "{}", mine.text());
+    assert_eq!(upstream.requests().len(), before + 1);
+    let req = Request::post("/v1/responses")
+        .header("authorization", format!("Bearer {alice}"))
+        .header("content-encoding", "gzip")
+        .body(Full::new(Bytes::from(gzipped.clone())))
+        .unwrap();
+    let mine = client::read(client::send(addr, req).await).await;
+    assert_eq!(mine.status, StatusCode::OK, "{}", mine.text());
+    let seen = upstream.requests();
+    assert_eq!(
+        seen.last().unwrap().body.as_ref(),
+        gzipped.as_slice(),
+        "sent as it came"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_turn_may_continue_only_its_client_s_responses() {
+    let mut upstream = ws::FakeWsUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, alice, bob) = two_clients(dir.path()).await;
+    let (addr, _keyward) = start_for(&upstream.url(), &["--client-tokens", &tokens]).await;
+    let (mut socket, _) = ws::connect(addr, &[("authorization", &format!("Bearer {alice}"))])
+        .await
+        .unwrap();
+    let mut up = upstream.next_socket().await;
+    ws::send_text(&mut socket, &ws::create("hi", None)).await;
+    let _ = ws::next_text(&mut up).await;
+    for event in ws::events("resp_ws_alice", "Hello") {
+        ws::send_text(&mut up, &event).await;
+    }
+    while !ws::next_text(&mut socket)
+        .await
+        .contains("response.completed")
+    {}
+    // Her next turn continues it, as Codex does.
+    ws::send_text(&mut socket, &ws::create("more", Some("resp_ws_alice"))).await;
+    assert!(ws::next_text(&mut up).await.contains("resp_ws_alice"));
+
+    let (mut bobs, _) = ws::connect(addr, &[("authorization", &format!("Bearer {bob}"))])
+        .await
+        .unwrap();
+    let mut bobs_up = upstream.next_socket().await;
+    ws::send_text(
+        &mut bobs,
+        &ws::create("what did she say?", Some("resp_ws_alice")),
+    )
+    .await;
+    let refusal: Value = serde_json::from_str(&ws::next_text(&mut bobs).await).unwrap();
+    assert_eq!(refusal["type"], "error");
+    assert_eq!(refusal["status"], 400);
+    assert_eq!(refusal["error"]["code"], "previous_response_not_found");
+    // The socket stays open, and a turn of his own goes through.
+    ws::send_text(&mut bobs, &ws::create("hello", None)).await;
+    let forwarded = ws::next_text(&mut bobs_up).await;
+    assert!(
+        !forwarded.contains("resp_ws_alice"),
+        "only bob's own turn reached the upstream"
+    );
+}

@@ -13,6 +13,7 @@ use crate::credential::chatgpt::record::now;
 use crate::proxy::RESPONSES_PATH;
 use crate::proxy::backend::Backend;
 use crate::proxy::error::ProxyError;
+use crate::proxy::previous::PreviousCheck;
 use crate::proxy::websocket::Owner;
 use crate::telemetry::charge::Charge;
 use crate::telemetry::log::ExchangeLog;
@@ -57,6 +58,14 @@ impl Turns {
         }
         // A new turn before the last one ended: the last one is over, unfinished.
         self.end(End::NoCompletedEvent);
+        // Continuing a response reads it: only the client's own may be named.
+        if let Some(owners) = self.owner.owners.as_ref().filter(|o| o.enforced())
+            && let Err(id) = PreviousCheck::new(owners.clone(), self.owner.client.clone())
+                .check_whole(text.as_bytes())
+        {
+            tracing::warn!(client = %self.owner.client, previous_response = id, "refused a turn that continues a response its client did not create");
+            return FromClient::Refuse(error_message(&ProxyError::UnknownPrevious { id }));
+        }
         let mut log = ExchangeLog::new(Method::GET, RESPONSES_PATH, Instant::now(), Arc::default());
         log.identify(self.owner.uid, Some(self.owner.client.clone()));
         log.endpoint(
