@@ -3,7 +3,8 @@
 //!
 //! `bench_upstream [ADDR]` listens (default 127.0.0.1:0) and prints `listening on ADDR`. Each
 //! `POST` is answered according to its headers, which pass through every proxy under test:
-//! - `x-bench-events: N` — an SSE stream of N events (the last one `response.completed`);
+//! - `x-bench-events: N` — an SSE stream of N events (the first `response.created`, the last
+//!   `response.completed`, text deltas between);
 //!   without it (or 0), a small JSON response;
 //! - `x-bench-gap-ms: G` — G milliseconds between events (fractions allowed; default 0).
 //!
@@ -27,8 +28,15 @@ use tokio::net::TcpListener;
 
 const JSON: &str = r#"{"id":"resp_bench","object":"response","status":"completed","model":"gpt-5","output":[{"type":"message","role":"assistant","content":[{"type":"output_text","text":"Hello!"}]}],"usage":{"input_tokens":12,"output_tokens":3,"total_tokens":15}}"#;
 
+const CREATED: &str = r#"{"id":"resp_bench","object":"response","status":"in_progress","model":"gpt-5","output":[],"usage":null}"#;
+
 fn event(n: usize, last: bool) -> Bytes {
-    if last {
+    if n == 0 && !last {
+        // As the API does, the stream opens with the response's id.
+        Bytes::from(format!(
+            "event: response.created\ndata: {{\"type\":\"response.created\",\"sequence_number\":0,\"response\":{CREATED}}}\n\n"
+        ))
+    } else if last {
         Bytes::from(format!(
             "event: response.completed\ndata: {{\"type\":\"response.completed\",\"sequence_number\":{n},\"response\":{JSON}}}\n\n"
         ))

@@ -35,6 +35,8 @@ pub struct Bill<'a> {
     /// The record a created response goes in, and a stored one is charged against.
     pub owners: Option<&'a Owners>,
     pub client: &'a str,
+    /// The response's id is in the record already (it was seen as the answer passed).
+    pub recorded: bool,
     /// The upstream took the request and answered with success.
     pub answered: bool,
     pub bytes_in: u64,
@@ -77,8 +79,9 @@ pub fn settle(bill: Bill) -> (Option<Tokens>, bool) {
     if bill.charge == Charge::Generated
         && let (Some(owners), Some(id)) = (bill.owners, &bill.seen.id)
     {
-        owners.record(id, bill.client, false);
-        if charged.0.is_some() {
+        if !bill.recorded {
+            owners.record(id, bill.client, charged.0.is_some());
+        } else if charged.0.is_some() {
             owners.bill(id);
         }
     }

@@ -51,15 +51,36 @@ impl JsonSkim {
         }
     }
 
+    /// Every kept field has been read.
+    fn complete(&self) -> bool {
+        self.kept.iter().all(Option::is_some)
+    }
+
     /// The value of the top-level field `name` (one of those kept), once read whole.
     pub fn field(&self, name: &[u8]) -> Option<&[u8]> {
         let at = self.fields.iter().position(|f| *f == name)?;
         self.kept[at].as_deref()
     }
 
-    pub fn feed(&mut self, chunk: &[u8]) {
-        for &b in chunk {
+    pub fn feed(&mut self, mut chunk: &[u8]) {
+        // Once every kept field has been read, the rest is not looked at.
+        while let Some((&b, rest)) = chunk.split_first().filter(|_| !self.complete()) {
             self.byte(b);
+            chunk = rest;
+            // Bytes that change nothing are passed over in a tight loop: the inside of a string
+            // that is not kept, and anything below the top level but the brackets and quotes.
+            if self.value.is_none() && !self.reading_key && !self.escaped {
+                let next = if self.in_string {
+                    chunk.iter().position(|&b| b == b'"' || b == b'\\')
+                } else if self.depth > 1 {
+                    chunk
+                        .iter()
+                        .position(|&b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']'))
+                } else {
+                    Some(0)
+                };
+                chunk = &chunk[next.unwrap_or(chunk.len())..];
+            }
         }
     }
 

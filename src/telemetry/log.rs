@@ -193,14 +193,23 @@ impl ExchangeLog {
         if let Some(telemetry) = &self.telemetry {
             self.stream = Some(telemetry.stream_started());
         }
-        let claims = self.owners.is_some() && self.charge != Charge::Free;
-        if (self.telemetry.is_some() || claims) && !self.encoded {
-            self.scanner = Some(Scanner::new(sse));
+        // Without telemetry the body is read only for a created response's id.
+        let claims = self.owners.is_some() && self.charge == Charge::Generated;
+        if !self.encoded {
+            if self.telemetry.is_some() {
+                self.scanner = Some(Scanner::new(sse));
+            } else if claims {
+                self.scanner = Some(Scanner::id_only(sse));
+            }
         }
     }
 
     /// A chunk of the upstream's body, on its way to the client.
     pub fn scan(&mut self, data: &[u8]) {
+        if self.recorded && self.telemetry.is_none() {
+            // The id is in the record, and nothing else is wanted from the body.
+            return;
+        }
         if let Some(scanner) = &mut self.scanner {
             scanner.feed(data);
             self.claim_id();
@@ -282,7 +291,9 @@ impl ExchangeLog {
 impl Drop for ExchangeLog {
     fn drop(&mut self) {
         let mut end = self.end.unwrap_or(End::ClientGone);
-        if let Some(scanner) = &mut self.scanner {
+        // Read for its id alone, a body that showed it has nothing more to give.
+        let wanted = self.telemetry.is_some() || !self.recorded;
+        if let Some(scanner) = self.scanner.as_mut().filter(|_| wanted) {
             let sse = matches!(scanner, Scanner::Sse { .. });
             self.seen = scanner.finish();
             if sse
@@ -299,6 +310,7 @@ impl Drop for ExchangeLog {
             seen: &self.seen,
             owners: self.owners.as_deref(),
             client: self.client.as_deref().unwrap_or("unknown"),
+            recorded: self.recorded,
             answered: self.telemetry.is_some()
                 && self.upstream_status.is_some_and(|s| s.is_success()),
             bytes_in,

@@ -199,6 +199,15 @@ impl Scanner {
         name
     }
 
+    /// A scanner that wants only the response's id: of a JSON answer nothing after it is read.
+    pub fn id_only(sse: bool) -> Self {
+        if sse {
+            Scanner::new(true)
+        } else {
+            Scanner::Json(Box::new(JsonSkim::new(&[b"id"])))
+        }
+    }
+
     /// The response's id, as soon as the body has shown it.
     pub fn response_id(&self) -> Option<String> {
         match self {
