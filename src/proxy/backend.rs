@@ -92,21 +92,11 @@ impl Backend {
             id
         });
 
-        let session = self.tokens.session().await.map_err(ProxyError::Auth)?;
-        log.sending();
-        let mut response = self.send(proxy, &parts.headers, &payload, &session).await?;
-        if response.status() == StatusCode::UNAUTHORIZED {
-            // The token may have been replaced or revoked: reload, refresh if it is still the
-            // current one, and try once more.
-            tracing::info!("the backend refused the access token; refreshing and retrying once");
-            let fresh = self
-                .tokens
-                .after_unauthorized(&session)
-                .await
-                .map_err(ProxyError::Auth)?;
-            response = self.send(proxy, &parts.headers, &payload, &fresh).await?;
-        }
-        log.upstream_head(response.status(), response.headers());
+        let response = self
+            .with_login(log, |session| {
+                self.send(proxy, &parts.headers, &payload, session)
+            })
+            .await?;
         if let Some(usage) = PlanUsage::from_headers(response.headers(), now()) {
             self.tokens.plan.observe(usage);
         }
@@ -190,6 +180,34 @@ impl Backend {
         headers
     }
 
+    /// Sends a request with the login (`send` builds and sends it for a session): after a 401
+    /// the token may have been replaced or revoked, so the store is re-read, the token refreshed
+    /// if it is still the current one, and the request sent once more.
+    pub(crate) async fn with_login<F, Fut>(
+        &self,
+        log: &mut ExchangeLog,
+        send: F,
+    ) -> Result<Response<UpstreamBody>, ProxyError>
+    where
+        F: Fn(Arc<Session>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<UpstreamBody>, ProxyError>>,
+    {
+        let session = self.tokens.session().await.map_err(ProxyError::Auth)?;
+        log.sending();
+        let mut response = send(session.clone()).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            tracing::info!("the backend refused the access token; refreshing and retrying once");
+            let fresh = self
+                .tokens
+                .after_unauthorized(&session)
+                .await
+                .map_err(ProxyError::Auth)?;
+            response = send(fresh).await?;
+        }
+        log.upstream_head(response.status(), response.headers());
+        Ok(response)
+    }
+
     /// The Codex version the backend is told of: a Codex CLI's own, else `--codex-version`.
     pub(crate) fn client_version(&self, client_headers: &HeaderMap) -> String {
         let codex = client_headers.contains_key(ORIGINATOR);
@@ -237,9 +255,9 @@ impl Backend {
         proxy: &Forwarder,
         client_headers: &HeaderMap,
         payload: &Bytes,
-        session: &Session,
+        session: Arc<Session>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let mut headers = self.upstream_headers(client_headers, session);
+        let mut headers = self.upstream_headers(client_headers, &session);
         headers.remove(CONTENT_LENGTH);
         headers.remove(header::CONTENT_ENCODING);
         headers.insert(

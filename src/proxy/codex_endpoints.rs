@@ -176,39 +176,27 @@ async fn send(
     body: Bytes,
     log: &mut ExchangeLog,
 ) -> Result<Response<UpstreamBody>, ProxyError> {
-    let session = backend.tokens.session().await.map_err(ProxyError::Auth)?;
-    log.sending();
-    let once = |session: Arc<Session>| {
-        let mut headers = backend.upstream_headers(client_headers, &session);
-        headers.remove(CONTENT_LENGTH);
-        if body.is_empty() {
-            headers.remove(CONTENT_TYPE);
-        }
-        let mut request = Request::new(Either::Right(Full::new(body.clone())));
-        *request.method_mut() = method.clone();
-        *request.uri_mut() = target.clone();
-        *request.headers_mut() = headers;
-        let timeout = proxy.limits().response_timeout;
-        async move {
-            match tokio::time::timeout(timeout, proxy.pool().send(request)).await {
-                Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
-                Ok(Err(err)) => Err(classify_send(err)),
-                Ok(Ok(response)) => Ok(response),
+    backend
+        .with_login(log, |session: Arc<Session>| {
+            let mut headers = backend.upstream_headers(client_headers, &session);
+            headers.remove(CONTENT_LENGTH);
+            if body.is_empty() {
+                headers.remove(CONTENT_TYPE);
             }
-        }
-    };
-    let mut response = once(session.clone()).await?;
-    if response.status() == StatusCode::UNAUTHORIZED {
-        tracing::info!("the backend refused the access token; refreshing and retrying once");
-        let fresh = backend
-            .tokens
-            .after_unauthorized(&session)
-            .await
-            .map_err(ProxyError::Auth)?;
-        response = once(fresh).await?;
-    }
-    log.upstream_head(response.status(), response.headers());
-    Ok(response)
+            let mut request = Request::new(Either::Right(Full::new(body.clone())));
+            *request.method_mut() = method.clone();
+            *request.uri_mut() = target.clone();
+            *request.headers_mut() = headers;
+            let timeout = proxy.limits().response_timeout;
+            async move {
+                match tokio::time::timeout(timeout, proxy.pool().send(request)).await {
+                    Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
+                    Ok(Err(err)) => Err(classify_send(err)),
+                    Ok(Ok(response)) => Ok(response),
+                }
+            }
+        })
+        .await
 }
 
 /// A small answer read whole, within the idle timeout and [`MAX_MODELS`].

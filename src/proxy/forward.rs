@@ -9,6 +9,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
+use crate::access::owners::Owners;
 use crate::config::{Config, Limits, Upstream};
 use crate::proxy::assemble::read_limited;
 use crate::proxy::body::{ProxyBody, RelayBody};
@@ -19,9 +20,19 @@ use crate::proxy::error::{ProxyError, classify_send};
 use crate::proxy::headers;
 use crate::proxy::previous::PreviousCheck;
 use crate::proxy::request_body::{BodyFault, RequestBody};
+use crate::proxy::routes::Endpoint;
 use crate::secret::SecretHeader;
 use crate::telemetry::log::ExchangeLog;
 use crate::upstream::{ErrorChain, WsConnector};
+
+/// An API-key request to one endpoint, from one client.
+pub struct ApiKeyRequest<'a> {
+    pub endpoint: &'a Endpoint,
+    pub client: &'a Arc<str>,
+    /// The record of response owners (`--endpoints responses`).
+    pub owners: Option<&'a Arc<Owners>>,
+    pub credential: (&'a HeaderName, &'a SecretHeader),
+}
 
 /// What forwarding needs, one per worker: its upstream connections, the limits, the dumper.
 pub struct Forwarder {
@@ -63,9 +74,42 @@ impl Forwarder {
         &self.pool
     }
 
+    /// `serve` with an API key: the request goes to its endpoint's upstream URL, derived from
+    /// `--upstream-url`, its body watched for another client's previous response.
+    pub async fn forward_endpoint(
+        &self,
+        req: Request<Incoming>,
+        ctx: ApiKeyRequest<'_>,
+        log: ExchangeLog,
+    ) -> Response<ProxyBody> {
+        let target = match ctx.endpoint {
+            Endpoint::Create => Some(self.upstream.uri.clone()),
+            endpoint => self
+                .upstream
+                .endpoint(&endpoint.suffix(), req.uri().query()),
+        };
+        let Some(target) = target else {
+            let path = req.uri().path().to_owned();
+            let why = "keyward forwards only POST /v1/responses here: --upstream-url does not end \
+                       in /responses, so the other endpoints' URLs cannot be derived from it";
+            return self.fail(ProxyError::Forbidden { path, why }, log);
+        };
+        // Continuing a response reads it: only the client's own may be named.
+        let previous = match (ctx.endpoint, ctx.owners) {
+            (Endpoint::Create | Endpoint::Compact | Endpoint::InputTokens, Some(owners))
+                if owners.enforced() =>
+            {
+                Some(PreviousCheck::new(owners.clone(), ctx.client.clone()))
+            }
+            _ => None,
+        };
+        self.forward_api_key(req, target, ctx.credential, previous, log)
+            .await
+    }
+
     /// `serve` with an API key: the request goes to `target` as it came (method, headers, body),
     /// with the key added; `previous` watches its body for another client's previous response.
-    pub async fn forward_api_key(
+    async fn forward_api_key(
         &self,
         req: Request<Incoming>,
         target: Uri,

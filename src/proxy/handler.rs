@@ -21,9 +21,8 @@ use crate::proxy::codex_endpoints;
 use crate::proxy::credential::Credential;
 use crate::proxy::dump::Dumper;
 use crate::proxy::error::{ProxyError, json_response};
-use crate::proxy::forward::{Forwarder, body_len};
+use crate::proxy::forward::{ApiKeyRequest, Forwarder, body_len};
 use crate::proxy::open::OpenCount;
-use crate::proxy::previous::PreviousCheck;
 use crate::proxy::routes::Endpoint;
 use crate::proxy::websocket;
 use crate::telemetry::log::ExchangeLog;
@@ -348,37 +347,13 @@ impl Proxy {
                 .await
             }
             Credential::ApiKey { header, value } => {
-                let target = match endpoint {
-                    Endpoint::Create => Some(self.forwarder.upstream().uri.clone()),
-                    _ => self
-                        .forwarder
-                        .upstream()
-                        .endpoint(&endpoint.suffix(), req.uri().query()),
+                let ctx = ApiKeyRequest {
+                    endpoint: &endpoint,
+                    client,
+                    owners: self.owners.as_ref(),
+                    credential: (header, value),
                 };
-                let Some(target) = target else {
-                    return self.forwarder.fail(
-                        ProxyError::Forbidden {
-                            path: req.uri().path().to_owned(),
-                            why: "keyward forwards only POST /v1/responses here: --upstream-url \
-                                  does not end in /responses, so the other endpoints' URLs \
-                                  cannot be derived from it",
-                        },
-                        log,
-                    );
-                };
-                // Continuing a response reads it: only the client's own may be named.
-                let previous = match (&endpoint, &self.owners) {
-                    (
-                        Endpoint::Create | Endpoint::Compact | Endpoint::InputTokens,
-                        Some(owners),
-                    ) if owners.enforced() => {
-                        Some(PreviousCheck::new(owners.clone(), client.clone()))
-                    }
-                    _ => None,
-                };
-                self.forwarder
-                    .forward_api_key(req, target, (header, value), previous, log)
-                    .await
+                self.forwarder.forward_endpoint(req, ctx, log).await
             }
         }
     }
