@@ -114,6 +114,7 @@ pub fn usage(args: &UsageArgs) -> anyhow::Result<()> {
         let key = match args.by {
             UsageBy::Client => entry.client,
             UsageBy::Model => entry.model.unwrap_or_else(|| "-".into()),
+            UsageBy::Endpoint => entry.endpoint,
         };
         let row = rows.entry(key.clone()).or_insert_with(|| UsageRow {
             key,
@@ -135,6 +136,7 @@ pub fn usage(args: &UsageArgs) -> anyhow::Result<()> {
     let by = match args.by {
         UsageBy::Client => "CLIENT",
         UsageBy::Model => "MODEL",
+        UsageBy::Endpoint => "ENDPOINT",
     };
     writeln!(
         out,

@@ -23,7 +23,7 @@ pub struct UsageArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub since: Option<Duration>,
 
-    /// Group by `client` or `model`.
+    /// Group by `client`, `model` or `endpoint`.
     #[arg(long, value_name = "KEY", value_enum, default_value_t = UsageBy::Client)]
     pub by: UsageBy,
 
@@ -36,6 +36,8 @@ pub struct UsageArgs {
 pub enum UsageBy {
     Client,
     Model,
+    /// What was called: `responses.create`, `responses.retrieve`, `models.list`, ...
+    Endpoint,
 }
 
 #[derive(Debug, Clone, Args)]

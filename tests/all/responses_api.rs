@@ -402,6 +402,43 @@ async fn a_background_response_is_charged_once_when_it_has_finished() {
         ],
         "queued: nothing yet; the first finished answer: its usage; later ones: nothing"
     );
+    let summary = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args([
+            "usage",
+            "--usage-log",
+            ledger.to_str().unwrap(),
+            "--by",
+            "endpoint",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        summary.status.success(),
+        "{}",
+        String::from_utf8_lossy(&summary.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&summary.stdout).unwrap();
+    let rows: Vec<(String, u64, u64)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let key = r["key"].as_str().unwrap().to_owned();
+            (
+                key,
+                r["requests"].as_u64().unwrap(),
+                r["output_tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("responses.create".to_owned(), 1, 0),
+            ("responses.retrieve".to_owned(), 3, 7)
+        ]
+    );
 }
 
 #[tokio::test]
@@ -566,4 +603,46 @@ async fn a_websocket_turn_may_continue_only_its_client_s_responses() {
         !forwarded.contains("resp_ws_alice"),
         "only bob's own turn reached the upstream"
     );
+}
+
+#[tokio::test]
+async fn a_refused_use_of_another_client_s_response_is_logged_with_who_tried() {
+    let upstream = api::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, alice, bob) = two_clients(dir.path()).await;
+    let keyward = crate::support::keyward::Process::spawn(
+        &[
+            "--upstream-url",
+            &upstream.url(),
+            "--client-tokens",
+            &tokens,
+        ],
+        b"sk-key\n",
+        &[],
+    )
+    .await;
+    let created = call(
+        keyward.addr,
+        "POST",
+        "/v1/responses",
+        &alice,
+        Some(created()),
+    )
+    .await;
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let refused = call(
+        keyward.addr,
+        "DELETE",
+        &format!("/v1/responses/{id}"),
+        &bob,
+        None,
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+    let line = keyward
+        .wait_for_log("refused a stored response to a client that did not create it")
+        .await;
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("client=bob") && line.contains(&id), "{line}");
+    assert!(line.contains("known=true"), "{line}");
 }
