@@ -837,6 +837,23 @@ async fn tokens_never_reach_logs_status_or_dumps() {
     .await;
     let reply = client::post_responses(keyward.addr, r#"{"model":"gpt-5","input":"hi"}"#).await;
     assert_eq!(reply.status, StatusCode::OK);
+    let mut replies = String::new();
+    // The other endpoints the backend serves, and one it does not.
+    for (method, path) in [
+        ("GET", "/v1/models"),
+        ("POST", "/v1/responses/compact"),
+        ("GET", "/v1/responses/resp_1"),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Full::new(Bytes::from_static(
+                br#"{"model":"gpt-5","input":"hi"}"#,
+            )))
+            .unwrap();
+        let reply = client::read(client::send(keyward.addr, req).await).await;
+        replies.push_str(&format!("{:?} {}\n", reply.headers, reply.text()));
+    }
     client::get(keyward.addr, "/shutdown").await;
     assert_eq!(keyward.exit_code().await, Some(0));
 
@@ -852,6 +869,7 @@ async fn tokens_never_reach_logs_status_or_dumps() {
     let (_, status_json, _) = run(&["status", "--home", home.to_str().unwrap(), "--json"]).await;
     let mut places = vec![
         ("stderr".to_owned(), keyward.stderr()),
+        ("the replies".into(), replies),
         ("status".into(), status_text),
         ("status --json".into(), status_json),
     ];
