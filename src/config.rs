@@ -15,6 +15,7 @@ pub mod command_args;
 pub mod file;
 pub mod quota;
 pub mod responses;
+pub mod state;
 mod upstream;
 pub mod values;
 
@@ -52,6 +53,8 @@ pub enum ConfigError {
     Quota(String),
     #[error("--upstream-url `{url}` is not usable: {why}")]
     BadUpstream { url: String, why: String },
+    #[error("--state: {0}")]
+    BadState(String),
     #[error("--upstream-proxy is not usable: {0}")]
     BadProxy(String),
     #[error("--{flag} must be greater than zero")]
@@ -103,6 +106,8 @@ pub enum CredentialConfig {
 #[derive(Debug, Clone)]
 pub struct ChatGptConfig {
     pub home: PathBuf,
+    /// The state database the login is shared in (`--state`), instead of the home.
+    pub state: Option<state::StateConfig>,
     pub store: StoreKind,
     pub issuer: String,
     pub originator: HeaderValue,
@@ -257,6 +262,14 @@ impl Config {
             },
             AuthMode::Chatgpt => CredentialConfig::ChatGpt(Box::new(chatgpt_config(args)?)),
         };
+        if args.auth == AuthMode::ApiKey && args.home.state.state.is_some() {
+            return Err(ConfigError::BadState(
+                "it shares the ChatGPT login between replicas (--auth chatgpt); with an API key \
+                 there is nothing in it to share yet: client tokens, the usage ledger, quotas and \
+                 response owners are still kept by each replica"
+                    .into(),
+            ));
+        }
         let (endpoints, ownership) = responses::settings(
             &args.responses,
             args.home.home.as_deref(),
@@ -352,6 +365,7 @@ fn chatgpt_config(args: &ServeArgs) -> Result<ChatGptConfig, ConfigError> {
     Ok(ChatGptConfig {
         home: values::home_dir(args.home.home.as_deref())
             .ok_or_else(|| ConfigError::Home(values::NO_HOME.into()))?,
+        state: state::settings(&args.home.state)?,
         store: args.home.store,
         issuer: args.issuer.issuer.trim_end_matches('/').to_owned(),
         originator: header("originator", &chatgpt.originator)?,

@@ -2,8 +2,10 @@
 //! for test upstreams, and an optional CONNECT proxy. The environment's
 //! `HTTP_PROXY`/`HTTPS_PROXY` are never read. Forwarded requests go through a worker's
 //! [`Pool`]; keyward's other calls (signing in, refreshing) through hyper's pooled client.
+//! The state database several replicas share (`--state`) is reached through [`state_db`].
 
 mod pool;
+pub mod state_db;
 
 pub use pool::{Outgoing, Pool, SendError, UpstreamBody};
 

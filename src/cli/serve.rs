@@ -59,12 +59,17 @@ pub async fn chatgpt_credential(config: &Config) -> anyhow::Result<Credential> {
         anyhow::bail!("not configured for --auth chatgpt");
     };
     let home = Home::open(&chatgpt.home)?;
-    let store = crate::credential::chatgpt::store::open(chatgpt.store, &home)?;
+    let (kind, state, opened) = (chatgpt.store, chatgpt.state.clone(), home.clone());
+    // Opening the state database connects to it: off the async threads.
+    let (store, lock) = tokio::task::spawn_blocking(move || {
+        crate::credential::chatgpt::refresh_lock::open_store(kind, &opened, state.as_ref())
+    })
+    .await??;
     let settings = ClientSettings::from_config(config);
     let issuer = Issuer::new(&chatgpt.issuer, &settings)?;
     let tokens = Arc::new(TokenManager::new(
         store,
-        Some(home),
+        Some(lock),
         issuer,
         chatgpt.refresh_margin,
     ));
@@ -77,6 +82,11 @@ pub async fn chatgpt_credential(config: &Config) -> anyhow::Result<Credential> {
         Err(err) => tracing::warn!("{err}; requests get 503 until then"),
     }
     tokio::spawn(tokens.clone().keep_fresh());
+    tokio::spawn(
+        tokens
+            .clone()
+            .watch_shared(std::time::Duration::from_secs(2)),
+    );
     // What the backend says of the plan's usage, for `keyward status`.
     tokio::spawn({
         let (tokens, home) = (tokens.clone(), chatgpt.home.clone());

@@ -51,6 +51,9 @@ pub enum Command {
     },
     /// Summarise the usage ledger (`serve --usage-log`): requests and tokens by client or model.
     Usage(UsageArgs),
+    /// The state database several replicas share (`--state`): make the key the login is
+    /// encrypted with, create the schema, import a login from the home.
+    State(crate::config::command_args::StateCommandArgs),
 }
 
 impl Cli {

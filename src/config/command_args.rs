@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 
+use crate::config::state::StateArgs;
 use crate::config::values::{StoreKind, parse_duration};
 
 /// The sign-in service keyward's logins come from.
@@ -105,6 +106,9 @@ pub struct HomeArgs {
     /// `keyring` (the OS keyring; needs a build with the `keyring` feature).
     #[arg(long, value_name = "STORE", value_enum, default_value_t = StoreKind::File, env = "KEYWARD_STORE")]
     pub store: StoreKind,
+
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -212,4 +216,32 @@ pub struct LogoutArgs {
 
     #[command(flatten)]
     pub net: NetArgs,
+}
+
+/// `keyward state ...`.
+#[derive(Debug, Clone, Args)]
+pub struct StateCommandArgs {
+    #[command(subcommand)]
+    pub action: StateAction,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum StateAction {
+    /// Write a new random 32-byte key for --state-key-file to FILE (created 0600; an existing
+    /// file is never overwritten).
+    InitKey {
+        /// Where the key goes.
+        file: PathBuf,
+    },
+    /// Create or upgrade the state database's schema now (keyward also does it at start).
+    Migrate {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Copy the login from the home (login.json, or --store keyring) into the state database,
+    /// encrypted; the home's copy is left as it is: delete it once every replica uses --state.
+    Import {
+        #[command(flatten)]
+        home: HomeArgs,
+    },
 }

@@ -10,6 +10,7 @@ pub mod login;
 pub mod pkce;
 pub mod plan;
 pub mod record;
+pub mod refresh_lock;
 pub mod store;
 pub mod tokens;
 

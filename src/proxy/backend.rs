@@ -295,6 +295,7 @@ impl AuthError {
             AuthError::Dead { .. } => "chatgpt_login_expired",
             AuthError::RefreshFailed(_) => "chatgpt_refresh_failed",
             AuthError::Store(_) => "chatgpt_login_unreadable",
+            AuthError::SharedUnreachable(_) => "state_database_unreachable",
         }
     }
 }

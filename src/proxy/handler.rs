@@ -192,6 +192,13 @@ impl Proxy {
         if let Some(backend) = self.credential.chatgpt() {
             answer["plan_usage"] = serde_json::json!(backend.tokens.plan.latest());
         }
+        if let Some(backend) = self.credential.chatgpt()
+            && let Some(reason) = backend.tokens.degraded()
+            && ready.is_ok()
+        {
+            answer["status"] = "degraded".into();
+            answer["reason"] = reason.into();
+        }
         match ready {
             Ok(()) => json_response(StatusCode::OK, &answer),
             Err(reason) => json_response(

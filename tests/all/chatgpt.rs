@@ -615,7 +615,7 @@ async fn concurrent_requests_at_expiry_share_one_refresh() {
         keyward::credential::chatgpt::issuer::Issuer::new(&issuer.url(), &settings).unwrap();
     let tokens = Arc::new(keyward::credential::chatgpt::tokens::TokenManager::new(
         store,
-        Some(home),
+        Some(keyward::credential::chatgpt::refresh_lock::RefreshLock::Home(home)),
         issuer_client,
         Duration::from_secs(300),
     ));

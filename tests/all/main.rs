@@ -17,6 +17,7 @@ mod hardening;
 mod layout;
 mod lifecycle;
 mod operations;
+mod replicas;
 mod responses_api;
 mod upstream;
 mod websocket;

@@ -1,5 +1,7 @@
-//! Where a login is kept: a private file (the default), the OS keyring, or memory (tests).
+//! Where a login is kept: a private file (the default), the OS keyring, the state database
+//! several replicas share (`--state`), or memory (tests).
 
+mod database;
 mod file;
 #[cfg(feature = "keyring")]
 mod keyring_store;
@@ -7,6 +9,7 @@ mod memory;
 
 use std::path::PathBuf;
 
+pub use database::{DatabaseStore, DbLock, KEY_LEN, LoginKey};
 pub use file::FileStore;
 #[cfg(feature = "keyring")]
 pub use keyring_store::KeyringStore;
@@ -34,6 +37,18 @@ pub enum StoreError {
     },
     #[error("the OS keyring: {0}")]
     Keyring(String),
+    #[error(transparent)]
+    State(#[from] crate::upstream::state_db::StateError),
+    #[error("--state-key-file {}: {why}", path.display())]
+    Key { path: PathBuf, why: String },
+    #[error(
+        "the login in the state database cannot be decrypted with --state-key-file {}: it was \
+         stored with another key (every replica needs the same key file), or it was altered",
+        path.display()
+    )]
+    WrongKey { path: PathBuf },
+    #[error("the login in the state database could not be sealed or read: {0}")]
+    Sealed(String),
 }
 
 /// Load, save and delete one login. Implementations are blocking; async callers use

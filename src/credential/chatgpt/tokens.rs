@@ -1,5 +1,6 @@
 //! The token manager: hands out a valid access token, refreshing it so that exactly one refresh
-//! of a login happens at a time, in this process and across processes sharing the home.
+//! of a login happens at a time, in this process and across processes sharing the home (or, with
+//! `--state`, across replicas sharing the state database).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -8,10 +9,10 @@ use std::time::Duration;
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use crate::credential::chatgpt::home::Home;
 use crate::credential::chatgpt::issuer::{Issuer, IssuerError};
 use crate::credential::chatgpt::plan::PlanLimits;
 use crate::credential::chatgpt::record::{Dead, Login, now};
+use crate::credential::chatgpt::refresh_lock::{Held, RefreshLock};
 use crate::credential::chatgpt::store::{LoginStore, StoreError};
 use crate::secret::{SecretHeader, bearer_header};
 
@@ -38,6 +39,11 @@ pub enum AuthError {
     RefreshFailed(String),
     #[error("the login store could not be used: {0}")]
     Store(String),
+    #[error(
+        "the ChatGPT sign-in cannot be refreshed: the state database is unreachable (a replica \
+         never refreshes alone, which would race the others)"
+    )]
+    SharedUnreachable(String),
 }
 
 impl From<StoreError> for AuthError {
@@ -69,31 +75,35 @@ struct Gate {
     last_miss: Option<Instant>,
 }
 
+mod background;
+
 pub struct TokenManager {
     store: Arc<dyn LoginStore>,
-    home: Option<Home>,
+    lock: Option<RefreshLock>,
     issuer: Issuer,
     margin: i64,
     current: RwLock<Option<Arc<Session>>>,
     generation: AtomicU64,
     gate: tokio::sync::Mutex<Gate>,
     dead: Mutex<Option<String>>,
+    /// With `--state`: the state database did not answer when last asked.
+    shared_down: std::sync::atomic::AtomicBool,
     pub stats: RefreshStats,
     /// How much of the plan's limits is used, as the backend last said.
     pub plan: PlanLimits,
 }
 
 impl TokenManager {
-    /// `home`, when given, provides the lock that serialises refreshes across processes.
+    /// `lock`, when given, serialises refreshes across processes.
     pub fn new(
         store: Arc<dyn LoginStore>,
-        home: Option<Home>,
+        lock: Option<RefreshLock>,
         issuer: Issuer,
         margin: Duration,
     ) -> Self {
         Self {
             store,
-            home,
+            lock,
             issuer,
             margin: margin.as_secs() as i64,
             current: RwLock::new(None),
@@ -106,6 +116,7 @@ impl TokenManager {
                 last_miss: None,
             }),
             dead: Mutex::new(None),
+            shared_down: std::sync::atomic::AtomicBool::new(false),
             stats: RefreshStats::default(),
         }
     }
@@ -131,27 +142,6 @@ impl TokenManager {
     /// refresh (here or in another process) has already replaced that token.
     pub async fn after_unauthorized(&self, failed: &Session) -> Result<Arc<Session>, AuthError> {
         self.refresh(Some(failed.fingerprint.clone()), true).await
-    }
-
-    /// Whether requests can be served now: signed in, the login not ended, and the access token
-    /// not expiring while refreshes fail. `Err` says why not.
-    pub fn readiness(&self) -> Result<(), String> {
-        if let Some(reason) = self.dead_reason() {
-            return Err(format!(
-                "the ChatGPT login has ended ({reason}): run `keyward login`"
-            ));
-        }
-        let Some(session) = self.current() else {
-            return Err("not signed in to ChatGPT: run `keyward login`".into());
-        };
-        let failing = self.stats.last_failed.load(Ordering::Relaxed);
-        match session.expires_at {
-            Some(exp) if exp <= now() => Err("the access token has expired".into()),
-            Some(_) if failing && self.expiring(&session) => {
-                Err("the access token expires soon and refreshing it keeps failing".into())
-            }
-            _ => Ok(()),
-        }
     }
 
     /// Seconds until the current access token expires, if known.
@@ -192,7 +182,21 @@ impl TokenManager {
         {
             return Err(err.clone());
         }
-        let result = self.refresh_locked(&mut gate, stale, force).await;
+        let result = match self.refresh_locked(&mut gate, stale, force).await {
+            // Refreshing alone would race the other replicas: the cached token serves until it
+            // expires.
+            Err(AuthError::SharedUnreachable(why)) => match self
+                .current()
+                .filter(|session| session.expires_at.is_some_and(|exp| exp > now()))
+            {
+                Some(session) => {
+                    tracing::warn!(error = %why, "the state database is unreachable: serving with the cached access token until it expires");
+                    Ok(session)
+                }
+                None => Err(AuthError::SharedUnreachable(why)),
+            },
+            other => other,
+        };
         if matches!(
             result,
             Err(AuthError::NotSignedIn { .. } | AuthError::Dead { .. })
@@ -211,13 +215,28 @@ impl TokenManager {
         stale: Option<String>,
         force: bool,
     ) -> Result<Arc<Session>, AuthError> {
-        let _lock = match &self.home {
-            Some(home) => Some(home.lock_async().await.map_err(StoreError::from)?),
-            None => None,
-        };
+        let held = RefreshLock::take(self.lock.as_ref())
+            .await
+            .map_err(|err| match err {
+                StoreError::State(err) => AuthError::SharedUnreachable(err.to_string()),
+                other => AuthError::from(other),
+            })?;
+        let result = self.refresh_held(&held, gate, stale, force).await;
+        if let Err(err) = held.release().await {
+            tracing::error!(error = %err, "could not store the refreshed login");
+        }
+        result
+    }
 
+    async fn refresh_held(
+        &self,
+        held: &Held,
+        gate: &mut Gate,
+        stale: Option<String>,
+        force: bool,
+    ) -> Result<Arc<Session>, AuthError> {
         if let Some(unsaved) = gate.unsaved.clone() {
-            match self.save(unsaved.clone()).await {
+            match held.save(&self.store, unsaved.clone()).await {
                 Ok(()) => gate.unsaved = None,
                 Err(err) => {
                     tracing::error!(error = %err, "still cannot save the refreshed login; it exists only in this process")
@@ -226,9 +245,12 @@ impl TokenManager {
         }
         let login = match gate.unsaved.clone() {
             Some(login) => login,
-            None => self.load().await?.ok_or_else(|| AuthError::NotSignedIn {
-                store: self.store.describe(),
-            })?,
+            None => held
+                .load(&self.store)
+                .await?
+                .ok_or_else(|| AuthError::NotSignedIn {
+                    store: self.store.describe(),
+                })?,
         };
         if let Some(dead) = &login.dead {
             return Err(self.mark_dead_locally(&dead.reason));
@@ -276,7 +298,7 @@ impl TokenManager {
                 };
                 // The old refresh token is spent: the new one is saved before anything uses the
                 // new access token.
-                if let Err(err) = self.save(refreshed.clone()).await {
+                if let Err(err) = held.save(&self.store, refreshed.clone()).await {
                     tracing::error!(error = %err, "could not save the refreshed login; keeping it in memory and retrying the save");
                     gate.unsaved = Some(refreshed.clone());
                 }
@@ -299,7 +321,7 @@ impl TokenManager {
                     reason: reason.clone(),
                     at: now(),
                 });
-                if let Err(err) = self.save(dead).await {
+                if let Err(err) = held.save(&self.store, dead).await {
                     tracing::warn!(error = %err, "could not record the dead login in the store");
                 }
                 Err(self.mark_dead_locally(&reason))
@@ -340,49 +362,6 @@ impl TokenManager {
         *self.dead.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
         AuthError::Dead {
             reason: reason.to_owned(),
-        }
-    }
-
-    async fn load(&self) -> Result<Option<Login>, AuthError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.load())
-            .await
-            .map_err(|e| AuthError::Store(e.to_string()))?
-            .map_err(AuthError::from)
-    }
-
-    async fn save(&self, login: Login) -> Result<(), StoreError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.save(&login))
-            .await
-            .map_err(|e| StoreError::Keyring(e.to_string()))?
-    }
-
-    /// Keeps the login fresh while keyward is idle: refreshes ahead of expiry, backs off on
-    /// transient failures, and stops once the login is dead (a new `keyward login` revives it on
-    /// the next request).
-    pub async fn keep_fresh(self: Arc<Self>) {
-        let mut backoff = Duration::from_secs(5);
-        loop {
-            let wait = match self.session().await {
-                Ok(session) => {
-                    backoff = Duration::from_secs(5);
-                    match session.expires_at {
-                        Some(exp) => Duration::from_secs((exp - self.margin - now()).max(1) as u64),
-                        None => Duration::from_secs(3600),
-                    }
-                }
-                Err(AuthError::Dead { .. } | AuthError::NotSignedIn { .. }) => {
-                    Duration::from_secs(60)
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, retry_in_s = backoff.as_secs(), "background refresh failed");
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(300));
-                    wait
-                }
-            };
-            tokio::time::sleep(wait).await;
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod chatgpt;
 pub mod client;
 pub mod keyward;
+pub mod postgres;
 pub mod responses;
 pub mod upstream;
 pub mod users;

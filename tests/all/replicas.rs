@@ -1,0 +1,362 @@
+//! Several replicas sharing one ChatGPT login through a real PostgreSQL (`--state`): the login
+//! stored encrypted, exactly one refresh at a time across replicas, a replica killed while it
+//! holds the refresh lock. Skipped (with a line) where PostgreSQL is not installed.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::support::chatgpt::{FakeIssuer, Minted, fake_backend, seed_login};
+use crate::support::client;
+use crate::support::keyward::Process;
+use crate::support::postgres::{PASSWORD, Postgres};
+use crate::support::within;
+
+/// `keyward ARGS` to its end, with the database's password in the environment.
+async fn keyward(args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(args)
+        .env("KEYWARD_STATE_PASSWORD", PASSWORD)
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .output();
+    let output = within("keyward to finish", output).await.unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A key file, and `minted` imported into the database from a home of its own.
+async fn shared_login(pg: &Postgres, dir: &Path, minted: &Minted) -> String {
+    let key = dir.join("state.key");
+    let key_arg = key.to_str().unwrap().to_owned();
+    let (ok, out, err) = keyward(&["state", "init-key", &key_arg]).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(std::fs::metadata(&key).unwrap().len(), 32);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (ok, _, err) = keyward(&["state", "init-key", &key_arg]).await;
+    assert!(
+        !ok && err.contains("exists"),
+        "an existing key is never overwritten: {err}"
+    );
+
+    let home = dir.join("importing-home");
+    seed_login(&home, minted);
+    let url = pg.url();
+    let (ok, out, err) = keyward(&[
+        "state",
+        "import",
+        "--home",
+        home.to_str().unwrap(),
+        "--state",
+        &url,
+        "--state-key-file",
+        &key_arg,
+    ])
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("Copied the login"), "{out}");
+    key_arg
+}
+
+/// A replica: `serve --auth chatgpt --state` with a home of its own.
+async fn replica(
+    issuer: &FakeIssuer,
+    backend: &crate::support::upstream::FakeUpstream,
+    pg: &Postgres,
+    key: &str,
+    home: &Path,
+) -> Process {
+    let upstream = format!("http://{}/backend-api/codex/responses", backend.addr);
+    let args = [
+        "serve",
+        "--auth",
+        "chatgpt",
+        "--upstream-url",
+        &upstream,
+        "--issuer",
+        &issuer.url(),
+        "--home",
+        home.to_str().unwrap(),
+        "--state",
+        &pg.url(),
+        "--state-key-file",
+        key,
+    ];
+    Process::spawn(&args, b"", &[("KEYWARD_STATE_PASSWORD", PASSWORD)]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_refresh_a_shared_login_once() {
+    let Some(pg) = Postgres::start() else { return };
+    let issuer = FakeIssuer::start().await;
+    issuer.state.lock().unwrap().refresh_delay = Duration::from_millis(300);
+    let backend = fake_backend(issuer.state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let minted = issuer.mint();
+    let key = shared_login(&pg, dir.path(), &minted).await;
+
+    let mut replicas = Vec::new();
+    for n in 0..3 {
+        let home = dir.path().join(format!("replica-{n}"));
+        replicas.push(replica(&issuer, &backend, &pg, &key, &home).await);
+    }
+    // The access token stops working everywhere at once, as at its expiry.
+    issuer.revoke_access(&minted.access_token);
+    let mut requests = Vec::new();
+    for i in 0..60 {
+        let addr = replicas[i % 3].addr;
+        requests.push(tokio::spawn(async move {
+            client::post_responses(addr, r#"{"model":"gpt-5","input":"hi"}"#).await
+        }));
+    }
+    for request in requests {
+        let reply = request.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    assert_eq!(issuer.reuses(), 0, "no refresh token was used twice");
+    assert_eq!(
+        issuer.refreshes(),
+        1,
+        "one replica refreshed; the others adopted its tokens"
+    );
+
+    // Stored encrypted: the table's bytes hold no token.
+    let sealed = pg.psql("SELECT encode(sealed, 'escape') FROM keyward_login");
+    assert!(!sealed.is_empty());
+    for secret in [&minted.access_token, &minted.refresh_token] {
+        assert!(
+            !sealed.contains(secret.as_str()),
+            "a token is readable in the table"
+        );
+    }
+    let dump = pg.psql("SELECT encode(sealed, 'hex') FROM keyward_login");
+    assert!(!dump.contains(&hex(&minted.refresh_token)));
+    // status reads it through the database.
+    let (ok, out, err) = keyward(&[
+        "status",
+        "--home",
+        dir.path().join("replica-0").to_str().unwrap(),
+        "--state",
+        &pg.url(),
+        "--state-key-file",
+        &key,
+    ])
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("state database"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_while_refreshing_leaves_the_lock_and_the_login_to_the_others() {
+    let Some(pg) = Postgres::start() else { return };
+    let issuer = FakeIssuer::start().await;
+    let backend = fake_backend(issuer.state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let minted = issuer.mint();
+    let key = shared_login(&pg, dir.path(), &minted).await;
+    let mut first = replica(&issuer, &backend, &pg, &key, &dir.path().join("a")).await;
+    let second = replica(&issuer, &backend, &pg, &key, &dir.path().join("b")).await;
+
+    // The first replica takes the lock and waits on a slow issuer; it dies there.
+    issuer.state.lock().unwrap().refresh_delay = Duration::from_secs(3);
+    issuer.revoke_access(&minted.access_token);
+    let addr = first.addr;
+    let stuck = tokio::spawn(async move {
+        let req = http::Request::post("/v1/responses")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                br#"{"model":"gpt-5","input":"hi"}"#,
+            )))
+            .unwrap();
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let _ = sender.send_request(req).await;
+    });
+    within("the first replica to ask the issuer", async {
+        while !issuer
+            .server
+            .requests()
+            .iter()
+            .any(|r| r.uri.starts_with("/oauth/token"))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    first.signal(libc::SIGKILL);
+    let _ = first.exit_code().await;
+    stuck.abort();
+    issuer.state.lock().unwrap().refresh_delay = Duration::ZERO;
+
+    // The second replica gets the lock, refreshes, and serves.
+    let reply = client::post_responses(second.addr, r#"{"model":"gpt-5","input":"hi"}"#).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(issuer.reuses(), 0, "no refresh token was used twice");
+    // And the login is still valid: a third replica starts on it and serves too.
+    let third = replica(&issuer, &backend, &pg, &key, &dir.path().join("c")).await;
+    let reply = client::post_responses(third.addr, r#"{"model":"gpt-5","input":"hi"}"#).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wrong_key_is_a_clear_error() {
+    let Some(pg) = Postgres::start() else { return };
+    let issuer = FakeIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let _key = shared_login(&pg, dir.path(), &issuer.mint()).await;
+    let other = dir.path().join("other.key");
+    let (ok, _, err) = keyward(&["state", "init-key", other.to_str().unwrap()]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = keyward(&[
+        "status",
+        "--home",
+        dir.path().join("h").to_str().unwrap(),
+        "--state",
+        &pg.url(),
+        "--state-key-file",
+        other.to_str().unwrap(),
+    ])
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("cannot be decrypted with --state-key-file"),
+        "{err}"
+    );
+    assert!(
+        err.contains("every replica needs the same key file"),
+        "{err}"
+    );
+
+    // A password in the URL is refused before anything connects.
+    let url = pg
+        .url()
+        .replace("keyward@", &format!("keyward:{PASSWORD}@"));
+    let (ok, _, err) = keyward(&["state", "migrate", "--state", &url]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("KEYWARD_STATE_PASSWORD") && !err.contains(PASSWORD),
+        "{err}"
+    );
+    // The schema is made once, whoever asks.
+    let (ok, out, err) = keyward(&["state", "migrate", "--state", &pg.url()]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("schema version 1"), "{out}");
+    assert_eq!(pg.psql("SELECT version FROM keyward_schema").trim(), "1");
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_is_down_the_cached_token_serves_until_it_expires() {
+    let Some(mut pg) = Postgres::start() else {
+        return;
+    };
+    let issuer = FakeIssuer::start().await;
+    let backend = fake_backend(issuer.state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // An access token that lives 8 s, refreshed when 3 s are left.
+    issuer.state.lock().unwrap().access_ttl = 8;
+    let minted = issuer.mint();
+    let born = std::time::Instant::now();
+    issuer.state.lock().unwrap().access_ttl = 3600;
+    let key = shared_login(&pg, dir.path(), &minted).await;
+    let upstream = format!("http://{}/backend-api/codex/responses", backend.addr);
+    let (home, url) = (dir.path().join("r"), pg.url());
+    let args = [
+        "serve",
+        "--auth",
+        "chatgpt",
+        "--upstream-url",
+        &upstream,
+        "--issuer",
+        &issuer.url(),
+        "--home",
+        home.to_str().unwrap(),
+        "--state",
+        &url,
+        "--state-key-file",
+        &key,
+        "--refresh-margin",
+        "3s",
+    ];
+    let replica = Process::spawn(&args, b"", &[("KEYWARD_STATE_PASSWORD", PASSWORD)]).await;
+    let readyz = |addr| async move { client::get(addr, "/readyz").await.json() };
+    assert_eq!(readyz(replica.addr).await["status"], "ready");
+
+    pg.stop();
+    within("/readyz to say degraded", async {
+        while readyz(replica.addr).await["status"] != "degraded" {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        readyz(replica.addr).await["reason"],
+        "state database unreachable"
+    );
+    let served = client::post_responses(replica.addr, r#"{"model":"gpt-5","input":"hi"}"#).await;
+    assert_eq!(
+        served.status,
+        StatusCode::OK,
+        "the cached token serves: {}",
+        served.text()
+    );
+
+    // Past its expiry, nobody refreshes alone: 503, saying why.
+    tokio::time::sleep(Duration::from_secs(9).saturating_sub(born.elapsed())).await;
+    let refused = client::post_responses(replica.addr, r#"{"model":"gpt-5","input":"hi"}"#).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.text()
+    );
+    assert_eq!(
+        refused.json()["error"]["code"],
+        "state_database_unreachable"
+    );
+    assert!(
+        refused.text().contains("state database is unreachable"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(
+        issuer.refreshes(),
+        0,
+        "no replica refreshed without the shared lock"
+    );
+
+    pg.run();
+    let served = within("serving again once the database is back", async {
+        loop {
+            let reply =
+                client::post_responses(replica.addr, r#"{"model":"gpt-5","input":"hi"}"#).await;
+            if reply.status == StatusCode::OK {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert_eq!(served.status, StatusCode::OK);
+    assert_eq!((issuer.refreshes(), issuer.reuses()), (1, 0));
+    within("/readyz to say ready", async {
+        while readyz(replica.addr).await["status"] != "ready" {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
