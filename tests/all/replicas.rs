@@ -360,3 +360,48 @@ async fn while_the_database_is_down_the_cached_token_serves_until_it_expires() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_database_is_reached_over_verified_tls() {
+    let Some((pg, ca)) = Postgres::start_tls() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let url = |mode: &str| {
+        format!(
+            "postgres://keyward@localhost:{}/postgres?sslmode={mode}",
+            pg.port
+        )
+    };
+    let ca_arg = ca_file.to_str().unwrap();
+    let (ok, out, err) = keyward(&[
+        "state",
+        "migrate",
+        "--state",
+        &url("verify-full"),
+        "--state-ca",
+        ca_arg,
+    ])
+    .await;
+    assert!(ok, "{out}{err}");
+    // `require` verifies too: a server whose certificate nobody vouches for is refused.
+    let (ok, _, err) = keyward(&["state", "migrate", "--state", &url("require")]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("unreachable") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // With the CA, `require` connects too.
+    let (ok, _, err) = keyward(&[
+        "state",
+        "migrate",
+        "--state",
+        &url("require"),
+        "--state-ca",
+        ca_arg,
+    ])
+    .await;
+    assert!(ok, "{err}");
+}

@@ -18,6 +18,8 @@ pub struct Postgres {
     log: PathBuf,
     bin: PathBuf,
     uid: Option<u32>,
+    /// Serving TLS too, with a certificate for `localhost` from a CA of its own.
+    tls: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -35,6 +37,15 @@ fn server_bin() -> Option<PathBuf> {
 impl Postgres {
     /// A running server, or `None` (with a line saying why) where PostgreSQL is not installed.
     pub fn start() -> Option<Self> {
+        Self::start_with(false).map(|(pg, _)| pg)
+    }
+
+    /// The same, also serving TLS with a certificate for `localhost`; with the CA's PEM.
+    pub fn start_tls() -> Option<(Self, String)> {
+        Self::start_with(true).map(|(pg, ca)| (pg, ca.unwrap()))
+    }
+
+    fn start_with(tls: bool) -> Option<(Self, Option<String>)> {
         let Some(bin) = server_bin() else {
             eprintln!("skipped: PostgreSQL is not installed (apt-get install postgresql)");
             return None;
@@ -73,6 +84,18 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let ca = tls.then(|| {
+            let (ca, cert, key) = certificates();
+            for (name, pem, mode) in [("server.crt", cert, 0o644), ("server.key", key, 0o600)] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+                if let Some(uid) = uid {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(uid)).unwrap();
+                }
+            }
+            ca
+        });
         let mut pg = Self {
             port: 0,
             child: None,
@@ -80,11 +103,12 @@ impl Postgres {
             log,
             bin,
             uid,
+            tls,
             _dir: dir,
         };
         pg.port = free_port();
         pg.run();
-        Some(pg)
+        Some((pg, ca))
     }
 
     /// `--state` for this server (plain TCP on loopback).
@@ -109,6 +133,11 @@ impl Postgres {
             .arg(self.data.parent().unwrap())
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
             .args(["-c", "max_connections=200"])
+            .args(if self.tls {
+                &["-c", "ssl=on"][..]
+            } else {
+                &[][..]
+            })
             .stdout(Stdio::null())
             .stderr(log);
         as_user(&mut postgres, self.uid);
@@ -174,6 +203,20 @@ fn as_user(command: &mut Command, uid: Option<u32>) {
     if let Some(uid) = uid {
         command.uid(uid).gid(uid).env("HOME", "/tmp");
     }
+}
+
+/// A CA, and a certificate and key for `localhost` it signed (PEM).
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
 }
 
 fn free_port() -> u16 {
