@@ -74,22 +74,35 @@ async fn replica(
     key: &str,
     home: &Path,
 ) -> Process {
+    replica_with(issuer, backend, pg, key, home, &[]).await
+}
+
+async fn replica_with(
+    issuer: &FakeIssuer,
+    backend: &crate::support::upstream::FakeUpstream,
+    pg: &Postgres,
+    key: &str,
+    home: &Path,
+    extra: &[&str],
+) -> Process {
     let upstream = format!("http://{}/backend-api/codex/responses", backend.addr);
-    let args = [
+    let (issuer_url, url) = (issuer.url(), pg.url());
+    let mut args = vec![
         "serve",
         "--auth",
         "chatgpt",
         "--upstream-url",
         &upstream,
         "--issuer",
-        &issuer.url(),
+        &issuer_url,
         "--home",
         home.to_str().unwrap(),
         "--state",
-        &pg.url(),
+        &url,
         "--state-key-file",
         key,
     ];
+    args.extend_from_slice(extra);
     Process::spawn(&args, b"", &[("KEYWARD_STATE_PASSWORD", PASSWORD)]).await
 }
 
@@ -273,26 +286,16 @@ async fn while_the_database_is_down_the_cached_token_serves_until_it_expires() {
     let born = std::time::Instant::now();
     issuer.state.lock().unwrap().access_ttl = 3600;
     let key = shared_login(&pg, dir.path(), &minted).await;
-    let upstream = format!("http://{}/backend-api/codex/responses", backend.addr);
-    let (home, url) = (dir.path().join("r"), pg.url());
-    let args = [
-        "serve",
-        "--auth",
-        "chatgpt",
-        "--upstream-url",
-        &upstream,
-        "--issuer",
-        &issuer.url(),
-        "--home",
-        home.to_str().unwrap(),
-        "--state",
-        &url,
-        "--state-key-file",
+    let home = dir.path().join("r");
+    let replica = replica_with(
+        &issuer,
+        &backend,
+        &pg,
         &key,
-        "--refresh-margin",
-        "3s",
-    ];
-    let replica = Process::spawn(&args, b"", &[("KEYWARD_STATE_PASSWORD", PASSWORD)]).await;
+        &home,
+        &["--refresh-margin", "3s"],
+    )
+    .await;
     let readyz = |addr| async move { client::get(addr, "/readyz").await.json() };
     assert_eq!(readyz(replica.addr).await["status"], "ready");
 

@@ -18,6 +18,21 @@ use std::time::Duration;
 /// Generous bound for anything that should happen "at once": the point is ordering, not speed.
 pub const SOON: Duration = Duration::from_secs(10);
 
+/// A CA, and a certificate and key for `localhost` it signed, all PEM: for test servers that
+/// speak TLS.
+pub fn localhost_certificate() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
 pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(SOON, fut)
         .await

@@ -85,7 +85,7 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let ca = tls.then(|| {
-            let (ca, cert, key) = certificates();
+            let (ca, cert, key) = super::localhost_certificate();
             for (name, pem, mode) in [("server.crt", cert, 0o644), ("server.key", key, 0o600)] {
                 let path = data.join(name);
                 std::fs::write(&path, pem).unwrap();
@@ -203,20 +203,6 @@ fn as_user(command: &mut Command, uid: Option<u32>) {
     if let Some(uid) = uid {
         command.uid(uid).gid(uid).env("HOME", "/tmp");
     }
-}
-
-/// A CA, and a certificate and key for `localhost` it signed (PEM).
-fn certificates() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    (ca.pem(), leaf.pem(), key.serialize_pem())
 }
 
 fn free_port() -> u16 {
