@@ -408,3 +408,35 @@ async fn the_state_database_is_reached_over_verified_tls() {
     .await;
     assert!(ok, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_through_the_database_revokes_and_deletes_the_shared_login() {
+    let Some(pg) = Postgres::start() else { return };
+    let issuer = FakeIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let minted = issuer.mint();
+    let key = shared_login(&pg, dir.path(), &minted).await;
+    let home = dir.path().join("h");
+    let common = [
+        "--home",
+        home.to_str().unwrap(),
+        "--state",
+        &pg.url(),
+        "--state-key-file",
+        &key,
+    ];
+    let (ok, out, err) = keyward(&[&["status"][..], &common].concat()).await;
+    assert!(ok, "{out}{err}");
+    let issuer_url = issuer.url();
+    let (ok, out, err) =
+        keyward(&[&["logout", "--issuer", &issuer_url][..], &common].concat()).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("state database"), "{out}");
+    assert_eq!(
+        issuer.state.lock().unwrap().revoked,
+        [minted.refresh_token.clone()]
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM keyward_login").trim(), "0");
+    let (ok, out, _) = keyward(&[&["status"][..], &common].concat()).await;
+    assert!(!ok, "status says not signed in: {out}");
+}
