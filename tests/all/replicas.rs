@@ -434,7 +434,7 @@ async fn logout_through_the_database_revokes_and_deletes_the_shared_login() {
     assert!(out.contains("state database"), "{out}");
     assert_eq!(
         issuer.state.lock().unwrap().revoked,
-        [minted.refresh_token.clone()]
+        [minted.refresh_token.as_str()]
     );
     assert_eq!(pg.psql("SELECT count(*) FROM keyward_login").trim(), "0");
     let (ok, out, _) = keyward(&[&["status"][..], &common].concat()).await;
