@@ -87,11 +87,6 @@ pub async fn chatgpt_credential(config: &Config) -> anyhow::Result<Credential> {
             .clone()
             .watch_shared(std::time::Duration::from_secs(2)),
     );
-    // What the backend says of the plan's usage, for `keyward status`.
-    tokio::spawn({
-        let (tokens, home) = (tokens.clone(), chatgpt.home.clone());
-        async move { tokens.plan.write_to(home).await }
-    });
     let backend = Backend::new(tokens, (**chatgpt).clone());
     Ok(Credential::ChatGpt(Arc::new(backend)))
 }

@@ -12,7 +12,7 @@ use crate::access::clients::{ClientTokens, ClientsError};
 use crate::access::gate::SharedPolicy;
 use crate::access::owners::Owners;
 use crate::access::owners_file::OwnersError;
-use crate::config::Config;
+use crate::config::{Config, CredentialConfig};
 use crate::proxy::credential::Credential;
 use crate::proxy::dump::{DumpError, Dumper};
 use crate::proxy::handler::{Proxy, Shared};
@@ -197,6 +197,17 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
     }
 
     let (shutdown, _) = watch::channel(false);
+    if let (Some(backend), CredentialConfig::ChatGpt(chatgpt)) =
+        (credential.chatgpt(), &config.credential)
+    {
+        // What the backend says of the plan's usage, for `keyward status`, until keyward stops.
+        let (tokens, home, stop) = (
+            backend.tokens.clone(),
+            chatgpt.home.clone(),
+            shutdown.subscribe(),
+        );
+        tokio::spawn(async move { tokens.plan.write_to(home, stop).await });
+    }
     if let Some((addr, listener, telemetry)) = metrics {
         tokio::spawn(serve_metrics(listener, telemetry, shutdown.subscribe()));
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");

@@ -122,11 +122,21 @@ impl PlanLimits {
             .clone()
     }
 
-    /// Writes each new snapshot to `home`/[`FILE`] (0600), at most once a second, until the
-    /// process ends.
-    pub async fn write_to(&self, home: PathBuf) {
+    /// Writes each new snapshot to `home`/[`FILE`] (0600), at most once a second (a second
+    /// after a change), until `stop` says keyward is stopping.
+    pub async fn write_to(&self, home: PathBuf, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut changed = self.changed.subscribe();
-        while changed.changed().await.is_ok() {
+        loop {
+            tokio::select! {
+                seen = changed.changed() => if seen.is_err() { return },
+                _ = stop.wait_for(|&stop| stop) => return,
+            }
+            // Changes within a second are written once, a second after the first: keyward that
+            // stops meanwhile writes nothing more.
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|&stop| stop) => return,
+            }
             let usage = changed.borrow_and_update().clone();
             if let Some(usage) = usage {
                 let path = home.join(FILE);
@@ -136,7 +146,6 @@ impl PlanLimits {
                     tracing::debug!(error = %err, "could not write the plan usage file");
                 }
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }
