@@ -317,6 +317,19 @@ async fn while_the_database_is_down_the_cached_token_serves_until_it_expires() {
         "the cached token serves: {}",
         served.text()
     );
+    // Within the refresh margin the refresh cannot take the shared lock: the token still serves.
+    tokio::time::sleep(Duration::from_millis(6000).saturating_sub(born.elapsed())).await;
+    assert!(
+        born.elapsed() < Duration::from_millis(7500),
+        "the test ran too slowly to tell"
+    );
+    let served = client::post_responses(replica.addr, r#"{"model":"gpt-5","input":"hi"}"#).await;
+    assert_eq!(
+        served.status,
+        StatusCode::OK,
+        "inside the margin: {}",
+        served.text()
+    );
 
     // Past its expiry, nobody refreshes alone: 503, saying why.
     tokio::time::sleep(Duration::from_secs(9).saturating_sub(born.elapsed())).await;

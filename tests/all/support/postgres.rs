@@ -182,6 +182,7 @@ impl Postgres {
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-U", "keyward", "-d", "postgres", "-At", "-c", sql])
             .env("PGPASSWORD", PASSWORD)
+            .env("PGCONNECT_TIMEOUT", "10")
             .output()
             .unwrap();
         assert!(
