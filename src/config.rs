@@ -19,6 +19,7 @@ pub mod state;
 mod upstream;
 pub mod values;
 
+pub use crate::config::access::ClientTokenSource;
 use crate::config::access::{HostCheck, Policy};
 use crate::config::args::{AuthMode, LogFormat, ServeArgs};
 use crate::config::quota::QuotaConfig;
@@ -130,7 +131,7 @@ pub struct UnixListen {
 #[derive(Debug, Clone, Default)]
 pub struct AccessConfig {
     pub policy: Policy,
-    pub client_tokens: Option<PathBuf>,
+    pub client_tokens: Option<ClientTokenSource>,
     pub hosts: HostCheck,
 }
 
@@ -154,6 +155,8 @@ pub struct Config {
     /// Ledger bytes that may wait for the disk before requests are refused.
     pub usage_log_buffer: u64,
     pub quotas: QuotaConfig,
+    /// `--state`: what this replica shares with the others.
+    pub state: Option<state::SharedState>,
     /// The --config file the settings came from, if any.
     pub config_file: Option<PathBuf>,
     pub server_info: Option<PathBuf>,
@@ -262,14 +265,14 @@ impl Config {
             },
             AuthMode::Chatgpt => CredentialConfig::ChatGpt(Box::new(chatgpt_config(args)?)),
         };
-        if args.auth == AuthMode::ApiKey && args.home.state.state.is_some() {
-            return Err(ConfigError::BadState(
-                "it shares the ChatGPT login between replicas (--auth chatgpt); with an API key \
-                 there is nothing in it to share yet: client tokens, the usage ledger, quotas and \
-                 response owners are still kept by each replica"
-                    .into(),
-            ));
-        }
+        let shared = state::SharedState::for_serve(
+            &args.home.state,
+            &args.replica,
+            args.home.home.as_deref(),
+            !ops.no_usage_log,
+        )?;
+        let client_tokens =
+            access::client_token_source(access.client_tokens.as_deref(), shared.is_some())?;
         let (endpoints, ownership) = responses::settings(
             &args.responses,
             args.home.home.as_deref(),
@@ -288,13 +291,14 @@ impl Config {
             usage_log,
             usage_log_buffer: ops.usage_log_buffer,
             quotas,
+            state: shared,
             access: AccessConfig {
                 policy: Policy::resolve(
                     &access.allow_user,
                     &access.allow_group,
                     &access.admin_user,
                 )?,
-                client_tokens: access.client_tokens.clone(),
+                client_tokens,
                 hosts: HostCheck::new(&access.allowed_host, &listen),
             },
             tls,

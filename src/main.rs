@@ -90,7 +90,7 @@ fn main() -> ExitCode {
         Command::Logout(args) => keyward::cli::commands::logout(args).map(|()| true),
         Command::Token(args) => keyward::cli::operations::token(args).map(|()| true),
         Command::Usage(args) => keyward::cli::operations::usage(args).map(|()| true),
-        Command::State(args) => keyward::cli::commands::state(args).map(|()| true),
+        Command::State(args) => keyward::cli::state::state(args).map(|()| true),
         Command::CheckConfig { file } => {
             keyward::cli::operations::check_config(file).map(|()| true)
         }

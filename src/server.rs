@@ -3,10 +3,12 @@
 //! every room below it, and nothing but `cli` uses it.
 
 mod caps;
+mod error;
 mod listen;
 mod metrics;
 mod reload;
 mod start;
+mod state;
 pub mod tls;
 mod worker;
 

@@ -9,18 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::digest::{SHA256, digest};
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+use crate::access::client_token::{is_client_name, new_token};
 use crate::credential::chatgpt::home::check_private;
 use crate::secret::SecretString;
 
-/// Tokens start with this, so that they are recognisable in a config file or a secret scanner.
-const TOKEN_PREFIX: &str = "kw-";
 /// How often a running keyward looks at the file for tokens added or revoked since.
 const RECHECK: Duration = Duration::from_secs(1);
 
@@ -88,27 +84,13 @@ impl TokenFile {
     /// Adds a client and returns its new token: the only time the token exists outside the
     /// client's hands.
     pub fn add(&self, name: &str) -> Result<SecretString, ClientsError> {
-        check_name(name)?;
+        let (token, client) = new_client(name)?;
         let _lock = self.lock()?;
         let mut clients = self.list()?;
         if clients.iter().any(|c| c.name == name) {
             return Err(ClientsError::Exists(name.to_owned()));
         }
-        let mut random = zeroize::Zeroizing::new([0u8; 32]);
-        SystemRandom::new()
-            .fill(&mut random[..])
-            .map_err(|e| ClientsError::Random(e.to_string()))?;
-        let token = SecretString::new(format!(
-            "{TOKEN_PREFIX}{}",
-            URL_SAFE_NO_PAD.encode(&random[..])
-        ));
-        clients.push(Client {
-            name: name.to_owned(),
-            sha256: hash_hex(token.expose().as_bytes()),
-            created: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        });
+        clients.push(client);
         self.write(&clients)?;
         Ok(token)
     }
@@ -163,6 +145,23 @@ impl TokenFile {
     }
 }
 
+/// A new client named `name`: its token (shown once), and what is stored of it.
+pub fn new_client(name: &str) -> Result<(SecretString, Client), ClientsError> {
+    if !is_client_name(name) {
+        return Err(ClientsError::BadName(name.to_owned()));
+    }
+    let (token, sha256) = new_token().map_err(ClientsError::Random)?;
+    let created = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let client = Client {
+        name: name.to_owned(),
+        sha256,
+        created,
+    };
+    Ok((token, client))
+}
+
 /// What identifies one version of the file, to notice changes without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
@@ -185,15 +184,20 @@ impl Stamp {
     }
 }
 
+/// Each client's name and the raw SHA-256 of its token.
+type Hashes = Vec<(Arc<str>, [u8; 32])>;
+
 struct Loaded {
-    /// (name, raw SHA-256)
-    clients: Vec<(Arc<str>, [u8; 32])>,
-    stamp: Stamp,
+    clients: Hashes,
+    /// The file's version these came from (none for the state database's table).
+    stamp: Option<Stamp>,
 }
 
-/// The tokens a running keyward accepts, re-read when the file changes.
+/// The tokens a running keyward accepts: re-read when the file changes, or replaced by the
+/// state database's poller ([`ClientTokens::replace`]).
 pub struct ClientTokens {
-    path: PathBuf,
+    /// The file; `None` when the tokens come from the state database.
+    path: Option<PathBuf>,
     loaded: RwLock<Arc<Loaded>>,
     checked: Mutex<Instant>,
 }
@@ -203,10 +207,41 @@ impl ClientTokens {
     pub fn open(path: &Path) -> Result<Self, ClientsError> {
         let loaded = load(path)?;
         Ok(Self {
-            path: path.to_owned(),
+            path: Some(path.to_owned()),
             loaded: RwLock::new(Arc::new(loaded)),
             checked: Mutex::new(Instant::now()),
         })
+    }
+
+    /// Tokens kept in the state database: `clients` now, replaced as the table changes.
+    pub fn shared(clients: &[Client]) -> Result<Self, ClientsError> {
+        let tokens = Self {
+            path: None,
+            loaded: RwLock::new(Arc::new(Loaded {
+                clients: Vec::new(),
+                stamp: None,
+            })),
+            checked: Mutex::new(Instant::now()),
+        };
+        tokens.replace(clients)?;
+        Ok(tokens)
+    }
+
+    /// Puts `clients` in force (the state database's table as read now); says whether anything
+    /// changed.
+    pub fn replace(&self, clients: &[Client]) -> Result<bool, ClientsError> {
+        let parsed = parse(clients, Path::new("the state database's keyward_clients"))?;
+        let current = self.current();
+        if current.clients == parsed {
+            return Ok(false);
+        }
+        if let Ok(mut slot) = self.loaded.write() {
+            *slot = Arc::new(Loaded {
+                clients: parsed,
+                stamp: None,
+            });
+        }
+        Ok(true)
     }
 
     pub fn len(&self) -> usize {
@@ -240,6 +275,7 @@ impl ClientTokens {
     /// Re-reads the file if it changed, at most once per [`RECHECK`]. A file that became
     /// unusable is reported and the tokens read before stay in force.
     fn refresh(&self) {
+        let Some(path) = &self.path else { return };
         {
             let Ok(mut checked) = self.checked.lock() else {
                 return;
@@ -249,17 +285,17 @@ impl ClientTokens {
             }
             *checked = Instant::now();
         }
-        let stamp = match fs::metadata(&self.path) {
+        let stamp = match fs::metadata(path) {
             Ok(meta) => Stamp::of(&meta),
             Err(err) => {
-                tracing::error!(path = %self.path.display(), error = %err, "the client tokens file cannot be read; the tokens read before stay in force");
+                tracing::error!(path = %path.display(), error = %err, "the client tokens file cannot be read; the tokens read before stay in force");
                 return;
             }
         };
-        if stamp == self.current().stamp {
+        if Some(stamp) == self.current().stamp {
             return;
         }
-        match load(&self.path) {
+        match load(path) {
             Ok(loaded) => {
                 tracing::info!(clients = loaded.clients.len(), "client tokens file re-read");
                 if let Ok(mut slot) = self.loaded.write() {
@@ -275,21 +311,28 @@ impl ClientTokens {
 
 fn load(path: &Path) -> Result<Loaded, ClientsError> {
     let (clients, stamp) = read(path)?;
-    let clients = clients
-        .into_iter()
+    Ok(Loaded {
+        clients: parse(&clients, path)?,
+        stamp: Some(stamp),
+    })
+}
+
+/// The clients' names and raw hashes; `source` names where they came from in errors.
+fn parse(clients: &[Client], source: &Path) -> Result<Hashes, ClientsError> {
+    clients
+        .iter()
         .map(|c| {
             let mut raw = [0u8; 32];
             let bytes = hex_decode(&c.sha256)
                 .filter(|b| b.len() == 32)
                 .ok_or_else(|| ClientsError::Corrupt {
-                    path: path.to_owned(),
+                    path: source.to_owned(),
                     why: format!("the hash of client `{}` is not 64 hex digits", c.name),
                 })?;
             raw.copy_from_slice(&bytes);
             Ok((Arc::from(c.name.as_str()), raw))
         })
-        .collect::<Result<_, ClientsError>>()?;
-    Ok(Loaded { clients, stamp })
+        .collect()
 }
 
 /// Reads the file after checking it is keyward's user's own and private.
@@ -319,27 +362,6 @@ fn read(path: &Path) -> Result<(Vec<Client>, Stamp), ClientsError> {
         });
     }
     Ok((contents.clients, Stamp::of(&meta)))
-}
-
-fn check_name(name: &str) -> Result<(), ClientsError> {
-    let ok = (1..=64).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ClientsError::BadName(name.to_owned()))
-    }
-}
-
-fn hash_hex(bytes: &[u8]) -> String {
-    digest(&SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {

@@ -13,7 +13,7 @@ use crate::credential::chatgpt::issuer::Issuer;
 use crate::credential::chatgpt::login::{self, BrowserOptions};
 use crate::credential::chatgpt::plan::PlanUsage;
 use crate::credential::chatgpt::record::{Login, now};
-use crate::credential::chatgpt::store::{self, LoginStore};
+use crate::credential::chatgpt::store::LoginStore;
 use crate::credential::chatgpt::{codex_import, device};
 use crate::upstream::ClientSettings;
 
@@ -24,61 +24,6 @@ fn open_store(args: &HomeArgs) -> anyhow::Result<(Home, std::sync::Arc<dyn Login
     let (store, _lock) =
         crate::credential::chatgpt::refresh_lock::open_store(args.store, &home, state.as_ref())?;
     Ok((home, store))
-}
-
-/// `keyward state ...`.
-pub fn state(args: &crate::config::command_args::StateCommandArgs) -> anyhow::Result<()> {
-    use crate::config::command_args::StateAction;
-    let mut out = std::io::stdout();
-    match &args.action {
-        StateAction::InitKey { file } => {
-            store::LoginKey::create(file)?;
-            writeln!(
-                out,
-                "Wrote a new {}-byte key to {} (mode 0600). Give every replica the same key \
-                 (--state-key-file, or KEYWARD_STATE_KEY_FILE); without it the stored login \
-                 cannot be read.",
-                store::KEY_LEN,
-                file.display()
-            )?;
-        }
-        StateAction::Migrate { state } => {
-            let config = crate::config::state::settings(state)?
-                .context("keyward state migrate needs --state URL (or KEYWARD_STATE)")?;
-            let db = crate::upstream::state_db::StateDb::open(&config)?;
-            let version = db.block_on(db.migrate())?;
-            writeln!(
-                out,
-                "The state database {} is at schema version {version}.",
-                db.url()
-            )?;
-        }
-        StateAction::Import { home } => {
-            let config = crate::config::state::settings(&home.state)?
-                .context("keyward state import needs --state URL (or KEYWARD_STATE)")?;
-            let dir = Home::open(&Home::resolve(home.home.as_deref())?)?;
-            let local = store::open(home.store, &dir)?;
-            let login = local
-                .load()?
-                .with_context(|| format!("there is no login in {} to import", local.describe()))?;
-            let (shared, _lock) = crate::credential::chatgpt::refresh_lock::open_store(
-                home.store,
-                &dir,
-                Some(&config),
-            )?;
-            shared.save(&login)?;
-            writeln!(
-                out,
-                "Copied the login for {} from {} to {}. Replicas with --state use it now; the \
-                 copy in the home is left as it was: delete it (keyward logout would revoke the \
-                 login itself) once nothing uses it.",
-                login.email.as_deref().unwrap_or("(no email)"),
-                local.describe(),
-                shared.describe()
-            )?;
-        }
-    }
-    Ok(())
 }
 
 fn issuer(url: &str, net: &NetArgs) -> anyhow::Result<Issuer> {

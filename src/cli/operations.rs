@@ -7,54 +7,98 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 
 use crate::access::clients::TokenFile;
+use crate::access::clients_db::SharedClients;
 use crate::cli::commands::when;
 use crate::config::command_args::{TokenAction, TokenArgs, UsageArgs, UsageBy};
 use crate::credential::chatgpt::home::Home;
+use crate::telemetry::ledger_sum::{GroupBy, Summer};
+use crate::upstream::state_db::StateDb;
 
-/// `keyward token add|list|revoke`.
+/// `keyward token add|list|revoke`: in the file, or with `--state` in the database's table.
 pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    if let Some(config) = crate::config::state::settings(&args.state)? {
+        if args.client_tokens.is_some() {
+            anyhow::bail!(
+                "give either --client-tokens FILE or --state URL, not both (KEYWARD_CLIENT_TOKENS \
+                 may be set in the environment)"
+            );
+        }
+        return shared_token(args, &config);
+    }
     let Some(path) = &args.client_tokens else {
         anyhow::bail!(
-            "which client tokens file? Pass --client-tokens FILE or set KEYWARD_CLIENT_TOKENS \
-             (the file `serve --client-tokens` reads)"
+            "which client tokens? Pass --client-tokens FILE or set KEYWARD_CLIENT_TOKENS (the \
+             file `serve --client-tokens` reads), or --state URL for the state database's table"
         );
     };
     let file = TokenFile::new(path.clone());
-    let mut out = std::io::stdout();
+    let place = path.display().to_string();
     match &args.action {
-        TokenAction::Add { name } => {
-            let token = file.add(name)?;
-            // The token alone on stdout, so that it can be captured; the advice on stderr.
-            writeln!(out, "{}", token.expose())?;
-            eprintln!(
-                "Added client `{name}` to {}. This is the only time the token is shown: give it \
-                 to the client, which sends it as `Authorization: Bearer <token>` (for the Codex \
-                 CLI, in the environment variable its provider's env_key names).",
-                path.display()
-            );
-        }
-        TokenAction::List { json } => {
-            let clients = file.list()?;
-            if *json {
-                writeln!(out, "{}", serde_json::to_string(&clients)?)?;
-            } else if clients.is_empty() {
-                writeln!(out, "No clients in {}.", path.display())?;
-            } else {
-                writeln!(out, "{:<32} CREATED", "NAME")?;
-                for client in clients {
-                    let created = i64::try_from(client.created).unwrap_or(i64::MAX);
-                    writeln!(out, "{:<32} {}", client.name, when(created))?;
-                }
-            }
-        }
+        TokenAction::Add { name } => print_added(name, &file.add(name)?, &place),
+        TokenAction::List { json } => print_clients(&file.list()?, *json, &place),
         TokenAction::Revoke { name } => {
             file.revoke(name)?;
-            writeln!(
-                out,
-                "Revoked client `{name}`; a running keyward refuses its token within a second."
-            )?;
+            print_revoked(name)
         }
     }
+}
+
+/// `keyward token --state ...`.
+fn shared_token(
+    args: &TokenArgs,
+    config: &crate::config::state::StateConfig,
+) -> anyhow::Result<()> {
+    let db = StateDb::open(config)?;
+    db.block_on(db.migrate())?;
+    let clients = SharedClients::new(db.clone());
+    let place = clients.describe();
+    match &args.action {
+        TokenAction::Add { name } => print_added(name, &db.block_on(clients.add(name))?, &place),
+        TokenAction::List { json } => print_clients(&db.block_on(clients.list())?, *json, &place),
+        TokenAction::Revoke { name } => {
+            db.block_on(clients.revoke(name))?;
+            print_revoked(name)
+        }
+    }
+}
+
+fn print_added(name: &str, token: &crate::secret::SecretString, place: &str) -> anyhow::Result<()> {
+    // The token alone on stdout, so that it can be captured; the advice on stderr.
+    writeln!(std::io::stdout(), "{}", token.expose())?;
+    eprintln!(
+        "Added client `{name}` to {place}. This is the only time the token is shown: give it to \
+         the client, which sends it as `Authorization: Bearer <token>` (for the Codex CLI, in the \
+         environment variable its provider's env_key names)."
+    );
+    Ok(())
+}
+
+fn print_clients(
+    clients: &[crate::access::clients::Client],
+    json: bool,
+    place: &str,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(clients)?)?;
+    } else if clients.is_empty() {
+        writeln!(out, "No clients in {place}.")?;
+    } else {
+        writeln!(out, "{:<32} CREATED", "NAME")?;
+        for client in clients {
+            let created = i64::try_from(client.created).unwrap_or(i64::MAX);
+            writeln!(out, "{:<32} {}", client.name, when(created))?;
+        }
+    }
+    Ok(())
+}
+
+fn print_revoked(name: &str) -> anyhow::Result<()> {
+    writeln!(
+        std::io::stdout(),
+        "Revoked client `{name}`; a running keyward refuses its token within a second (with \
+         --state, within its --state-sync)."
+    )?;
     Ok(())
 }
 
@@ -78,57 +122,45 @@ pub fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One row of `keyward usage`.
-#[derive(Debug, Default, serde::Serialize)]
-struct UsageRow {
-    key: String,
-    requests: u64,
-    errors: u64,
-    input_tokens: u64,
-    cached_input_tokens: u64,
-    output_tokens: u64,
-    reasoning_tokens: u64,
-}
-
-/// `keyward usage`.
+/// `keyward usage`: the ledger file, or with `--state` the database's table.
 pub fn usage(args: &UsageArgs) -> anyhow::Result<()> {
-    let path = match &args.usage_log {
-        Some(path) => path.clone(),
-        None => Home::resolve(args.home.home.as_deref())?.join("usage.jsonl"),
-    };
     let since = args.since.map_or(0.0, |span| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64())
             - span.as_secs_f64()
     });
-    if !path.exists() {
-        anyhow::bail!(
-            "there is no usage ledger at {}: keyward serve writes one with --usage-log FILE (and \
-             by default in the home with --auth chatgpt)",
-            path.display()
-        );
-    }
-    let mut rows: std::collections::BTreeMap<String, UsageRow> = Default::default();
-    crate::telemetry::ledger::read_since(&path, since, |entry| {
-        let key = match args.by {
-            UsageBy::Client => entry.client,
-            UsageBy::Model => entry.model.unwrap_or_else(|| "-".into()),
-            UsageBy::Endpoint => entry.endpoint,
-        };
-        let row = rows.entry(key.clone()).or_insert_with(|| UsageRow {
-            key,
-            ..UsageRow::default()
-        });
-        row.requests += 1;
-        row.errors += u64::from(entry.status >= 400 || entry.end != "completed");
-        row.input_tokens += entry.input_tokens;
-        row.cached_input_tokens += entry.cached_input_tokens;
-        row.output_tokens += entry.output_tokens;
-        row.reasoning_tokens += entry.reasoning_tokens;
-    })?;
+    let by = match args.by {
+        UsageBy::Client => GroupBy::Client,
+        UsageBy::Model => GroupBy::Model,
+        UsageBy::Endpoint => GroupBy::Endpoint,
+    };
+    let (rows, place) = match crate::config::state::settings(&args.home.state)? {
+        Some(config) => {
+            let db = StateDb::open(&config)?;
+            db.block_on(db.migrate())?;
+            let rows = db.block_on(crate::telemetry::ledger_sum::from_table(&db, by, since))?;
+            (rows, format!("the state database {}", db.url()))
+        }
+        None => {
+            let path = match &args.usage_log {
+                Some(path) => path.clone(),
+                None => Home::resolve(args.home.home.as_deref())?.join("usage.jsonl"),
+            };
+            if !path.exists() {
+                anyhow::bail!(
+                    "there is no usage ledger at {}: keyward serve writes one with --usage-log \
+                     FILE (and by default in the home with --auth chatgpt); with --state, give \
+                     --state URL to read the database's",
+                    path.display()
+                );
+            }
+            let mut summer = Summer::default();
+            crate::telemetry::ledger::read_since(&path, since, |entry| summer.add(by, entry))?;
+            (summer.rows(), path.display().to_string())
+        }
+    };
     let mut out = std::io::stdout();
-    let rows: Vec<UsageRow> = rows.into_values().collect();
     if args.json {
         writeln!(out, "{}", serde_json::to_string(&rows)?)?;
         return Ok(());
@@ -157,7 +189,7 @@ pub fn usage(args: &UsageArgs) -> anyhow::Result<()> {
         )?;
     }
     if rows.is_empty() {
-        writeln!(out, "(no requests in {})", path.display())?;
+        writeln!(out, "(no requests in {place})")?;
     }
     Ok(())
 }

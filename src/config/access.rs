@@ -231,3 +231,33 @@ mod tests {
         assert!(!Policy::default().restricts_users());
     }
 }
+
+/// Where the client tokens every request must carry are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientTokenSource {
+    /// A file `keyward token --client-tokens FILE` changes.
+    File(std::path::PathBuf),
+    /// The state database's table (`--client-tokens state`).
+    State,
+}
+
+/// `--client-tokens`: a file, or `state` for the state database's table (which needs `--state`).
+pub fn client_token_source(
+    flag: Option<&std::path::Path>,
+    shared: bool,
+) -> Result<Option<ClientTokenSource>, crate::config::ConfigError> {
+    match flag {
+        None => Ok(None),
+        Some(path) if path.as_os_str() == "state" => {
+            if !shared {
+                return Err(crate::config::ConfigError::BadState(
+                    "--client-tokens state reads the tokens from the state database: give \
+                     --state URL too (or ./state for a file named state)"
+                        .into(),
+                ));
+            }
+            Ok(Some(ClientTokenSource::State))
+        }
+        Some(path) => Ok(Some(ClientTokenSource::File(path.to_owned()))),
+    }
+}

@@ -193,6 +193,9 @@ pub struct ServeArgs {
     pub home: HomeArgs,
 
     #[command(flatten)]
+    pub replica: crate::config::state::ReplicaArgs,
+
+    #[command(flatten)]
     pub issuer: IssuerArg,
 
     #[command(flatten)]
@@ -245,7 +248,8 @@ pub struct AccessArgs {
 
     /// Require a client token (`keyward token add`) in `Authorization: Bearer` on every
     /// request; keyward checks it and replaces it with the real credential. FILE must be 0600
-    /// and owned by keyward's user.
+    /// and owned by keyward's user. `state`: the tokens in the --state database's table, which
+    /// `keyward token --state URL` changes.
     #[arg(long, value_name = "FILE", env = "KEYWARD_CLIENT_TOKENS")]
     pub client_tokens: Option<PathBuf>,
 

@@ -52,6 +52,11 @@ pub struct TokenArgs {
     )]
     pub client_tokens: Option<PathBuf>,
 
+    /// Change the client tokens in this state database's table instead (`serve --state URL
+    /// --client-tokens state` reads them; every replica sees a change within --state-sync).
+    #[command(flatten)]
+    pub state: StateArgs,
+
     #[command(subcommand)]
     pub action: TokenAction,
 }
@@ -238,10 +243,23 @@ pub enum StateAction {
         #[command(flatten)]
         state: StateArgs,
     },
-    /// Copy the login from the home (login.json, or --store keyring) into the state database,
-    /// encrypted; the home's copy is left as it is: delete it once every replica uses --state.
+    /// Copy what a single keyward kept in its home into the state database: the login
+    /// (login.json, or --store keyring; encrypted) and the usage ledger (usage.jsonl, or
+    /// --usage-log). The home's copies are left as they are. Importing again adds nothing twice.
     Import {
         #[command(flatten)]
         home: HomeArgs,
+
+        /// The ledger to import. Default: usage.jsonl in the home, if there is one.
+        #[arg(long, value_name = "FILE")]
+        usage_log: Option<PathBuf>,
+
+        /// The replica the imported ledger rows are filed under. Default: the host name.
+        #[arg(long, value_name = "NAME")]
+        replica: Option<String>,
+
+        /// Import only the ledger (no login, so no --state-key-file needed).
+        #[arg(long)]
+        ledger_only: bool,
     },
 }

@@ -14,22 +14,105 @@ pub struct StateArgs {
     /// `postgres://USER@HOST[:PORT]/DB[?sslmode=disable|require|verify-full]`. The password
     /// comes from KEYWARD_STATE_PASSWORD or --state-password-file, never from the URL. Without
     /// it, the login stays in the home.
-    #[arg(long, value_name = "URL", env = "KEYWARD_STATE")]
+    #[arg(long, global = true, value_name = "URL", env = "KEYWARD_STATE")]
     pub state: Option<String>,
 
     /// A file holding the state database's password (one line).
-    #[arg(long, value_name = "FILE", requires = "state")]
+    #[arg(long, global = true, value_name = "FILE", requires = "state")]
     pub state_password_file: Option<PathBuf>,
 
     /// The 32-byte key the login is encrypted with in the state database (made by `keyward
     /// state init-key FILE`; e.g. a systemd credential). Every replica needs the same one.
-    #[arg(long, value_name = "FILE", env = "KEYWARD_STATE_KEY_FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "KEYWARD_STATE_KEY_FILE"
+    )]
     pub state_key_file: Option<PathBuf>,
 
     /// Also trust these PEM CA certificates for the state database's TLS (Mozilla's roots are
     /// always trusted).
-    #[arg(long, value_name = "FILE", requires = "state")]
+    #[arg(long, global = true, value_name = "FILE", requires = "state")]
     pub state_ca: Option<PathBuf>,
+}
+
+/// How `serve` takes part in the state database.
+#[derive(Debug, Clone, Args)]
+pub struct ReplicaArgs {
+    /// With --state: this replica's name in the shared usage ledger. Default: the host name.
+    #[arg(long, value_name = "NAME", env = "KEYWARD_REPLICA")]
+    pub replica: Option<String>,
+
+    /// With --state: how often client tokens are re-read and quota counts are exchanged with
+    /// the other replicas. Each replica may admit up to this much of its own traffic beyond a
+    /// quota before it sees the others' share.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::config::values::parse_duration)]
+    pub state_sync: std::time::Duration,
+}
+
+/// `serve --state`: the database, and this replica's part in it.
+#[derive(Debug, Clone)]
+pub struct SharedState {
+    pub db: StateConfig,
+    /// This replica's name in the usage ledger.
+    pub replica: String,
+    pub sync: std::time::Duration,
+    /// Where ledger rows that cannot reach the database wait (in the home).
+    pub unsent: PathBuf,
+    /// Whether the usage ledger goes to the database (not with --no-usage-log).
+    pub ledger: bool,
+}
+
+impl SharedState {
+    /// What `serve --state` shares, or `None` without `--state`.
+    /// `home` is `--home`, if given; `ledger` is false with `--no-usage-log`.
+    pub fn for_serve(
+        state: &StateArgs,
+        replica: &ReplicaArgs,
+        home: Option<&Path>,
+        ledger: bool,
+    ) -> Result<Option<Self>, ConfigError> {
+        let Some(db) = settings(state)? else {
+            return Ok(None);
+        };
+        let home = crate::config::values::home_dir(home)
+            .ok_or_else(|| ConfigError::Home(crate::config::values::NO_HOME.into()))?;
+        let mut shared = Self::from_args(db, replica, &home)?;
+        shared.ledger = ledger;
+        Ok(Some(shared))
+    }
+
+    fn from_args(db: StateConfig, args: &ReplicaArgs, home: &Path) -> Result<Self, ConfigError> {
+        if args.state_sync.is_zero() {
+            return Err(ConfigError::Zero { flag: "state-sync" });
+        }
+        let replica = match &args.replica {
+            Some(name) => name.clone(),
+            None => host_name(),
+        };
+        if replica.is_empty() || replica.len() > 128 || replica.chars().any(char::is_control) {
+            return Err(ConfigError::BadState(
+                "--replica must be 1 to 128 printable characters".into(),
+            ));
+        }
+        Ok(Self {
+            db,
+            replica,
+            sync: args.state_sync,
+            unsent: home.join("usage-unsent.jsonl"),
+            ledger: true,
+        })
+    }
+}
+
+/// The host's name (as `uname -n` says it), or `keyward` if it has none.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "keyward".into())
 }
 
 /// How the connection to the database is protected.

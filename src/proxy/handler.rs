@@ -192,8 +192,17 @@ impl Proxy {
         if let Some(backend) = self.credential.chatgpt() {
             answer["plan_usage"] = serde_json::json!(backend.tokens.plan.latest());
         }
-        if let Some(backend) = self.credential.chatgpt()
-            && let Some(reason) = backend.tokens.degraded()
+        let degraded = self
+            .credential
+            .chatgpt()
+            .and_then(|backend| backend.tokens.degraded())
+            .or_else(|| {
+                self.telemetry
+                    .as_ref()
+                    .is_some_and(|t| t.state_down())
+                    .then_some("state database unreachable")
+            });
+        if let Some(reason) = degraded
             && ready.is_ok()
         {
             answer["status"] = "degraded".into();

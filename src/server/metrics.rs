@@ -13,19 +13,23 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::proxy::credential::Credential;
 use crate::telemetry::ledger::{Ledger, LedgerError};
-use crate::telemetry::metrics::Telemetry;
+use crate::telemetry::ledger_db::SharedLedger;
+use crate::telemetry::metrics::{SharedTelemetry, Telemetry};
 use crate::telemetry::quota::Quotas;
+use crate::upstream::state_db::StateDb;
 
 /// The metrics, the ledger and the quotas, when any of them is configured. Token counts for the
 /// quotas are rebuilt from the last 24 hours of the ledger.
 pub(crate) fn telemetry(
     config: &Config,
     credential: &Credential,
+    state_db: Option<&Arc<StateDb>>,
 ) -> Result<Option<Arc<Telemetry>>, LedgerError> {
     if config.metrics_listen.is_none()
         && config.usage_log.is_none()
         && config.quotas.is_empty()
         && config.config_file.is_none()
+        && state_db.is_none()
     {
         return Ok(None);
     }
@@ -33,7 +37,10 @@ pub(crate) fn telemetry(
     let ledger = match &config.usage_log {
         Some(path) => {
             let ledger = Ledger::open(path, config.usage_log_buffer)?;
-            if std::fs::metadata(path).is_ok_and(|meta| meta.is_file()) {
+            if state_db.is_some() {
+                // The day's counts, this replica's earlier runs included, come from the state
+                // database at the first exchange.
+            } else if std::fs::metadata(path).is_ok_and(|meta| meta.is_file()) {
                 rebuild_token_counts(path, &quotas)?;
             } else {
                 // A FIFO (a log shipper reading it), a device: nothing to read back.
@@ -50,7 +57,30 @@ pub(crate) fn telemetry(
         Credential::ChatGpt(backend) => Some(backend.tokens.clone()),
         Credential::ApiKey { .. } => None,
     };
-    Ok(Some(Arc::new(Telemetry::new(ledger, quotas, chatgpt))))
+    let shared = match (state_db, &config.state) {
+        (Some(db), Some(state)) => {
+            let ledger = state
+                .ledger
+                .then(|| {
+                    SharedLedger::spawn(
+                        db.clone(),
+                        state.replica.clone(),
+                        state.unsent.clone(),
+                        config.usage_log_buffer,
+                    )
+                    .map_err(|error| LedgerError::Io {
+                        path: state.unsent.clone(),
+                        error,
+                    })
+                })
+                .transpose()?;
+            Some(SharedTelemetry::new(db.clone(), ledger))
+        }
+        _ => None,
+    };
+    Ok(Some(Arc::new(Telemetry::new(
+        ledger, quotas, chatgpt, shared,
+    ))))
 }
 
 /// Token counts of the last 24 hours, read back from the ledger so that quotas survive a restart.

@@ -1,54 +1,28 @@
 //! Starting keyward: every listener bound, `--server-info` written, one worker thread per core.
 
-use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-use crate::access::clients::{ClientTokens, ClientsError};
+use crate::access::clients::ClientTokens;
 use crate::access::gate::SharedPolicy;
 use crate::access::owners::Owners;
-use crate::access::owners_file::OwnersError;
-use crate::config::{Config, CredentialConfig};
+use crate::config::{ClientTokenSource, Config, CredentialConfig};
 use crate::proxy::credential::Credential;
-use crate::proxy::dump::{DumpError, Dumper};
+use crate::proxy::dump::Dumper;
 use crate::proxy::handler::{Proxy, Shared};
 use crate::server::caps::ConnectionCaps;
+pub use crate::server::error::ServeError;
 use crate::server::listen::{SocketFile, StdListener, bind, bind_unix, write_server_info};
 use crate::server::metrics::{serve_metrics, telemetry};
 use crate::server::reload::Reloader;
-use crate::server::tls::{Tls, TlsError};
+use crate::server::tls::Tls;
 use crate::server::worker::{Worker, connection_builder, refused_connection_builder};
-use crate::telemetry::ledger::LedgerError;
 use crate::telemetry::metrics::Telemetry;
-use crate::upstream::{self, UpstreamError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("could not listen on {addr}: {error}")]
-    Bind { addr: SocketAddr, error: io::Error },
-    #[error("could not listen on unix:{path}: {error}")]
-    BindUnix { path: PathBuf, error: io::Error },
-    #[error("could not write --server-info {path}: {error}")]
-    ServerInfo { path: String, error: io::Error },
-    #[error("--client-tokens: {0}")]
-    Clients(#[from] ClientsError),
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    #[error("could not listen on --metrics-listen {addr}: {error}")]
-    Metrics { addr: SocketAddr, error: io::Error },
-    #[error(transparent)]
-    Dump(#[from] DumpError),
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    #[error(transparent)]
-    Owners(#[from] OwnersError),
-}
+use crate::telemetry::quota_sync::QuotaExchange;
+use crate::upstream;
 
 /// A started keyward: its addresses, and the means to stop it. Dropping it starts the graceful
 /// shutdown.
@@ -125,16 +99,23 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         .transpose()?
         .map(Arc::new);
     let threads = config.threads.max(1);
-    let tokens = config
-        .access
-        .client_tokens
-        .as_deref()
-        .map(ClientTokens::open)
-        .transpose()?
-        .map(Arc::new);
+    let state_db = match &config.state {
+        Some(shared) => Some(crate::server::state::open(shared).await?),
+        None => None,
+    };
+    let (tokens, shared_tokens) = match (&config.access.client_tokens, &state_db) {
+        (Some(ClientTokenSource::File(path)), _) => {
+            (Some(Arc::new(ClientTokens::open(path)?)), None)
+        }
+        (Some(ClientTokenSource::State), Some(db)) => {
+            let tokens = crate::server::state::client_tokens(db).await?;
+            (Some(tokens.clone()), Some(tokens))
+        }
+        (Some(ClientTokenSource::State), None) | (None, _) => (None, None),
+    };
     let tls = config.tls.as_ref().map(Tls::new).transpose()?;
     let owners = config.ownership.as_ref().map(Owners::open).transpose()?;
-    let telemetry = telemetry(config, &credential)?;
+    let telemetry = telemetry(config, &credential, state_db.as_ref())?;
     let policy = Arc::new(SharedPolicy::new(config.access.policy.clone()));
     let telemetry_handle = telemetry.clone();
     let metrics = match (config.metrics_listen, &telemetry) {
@@ -197,6 +178,17 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
     }
 
     let (shutdown, _) = watch::channel(false);
+    if let (Some(db), Some(shared)) = (&state_db, &config.state) {
+        crate::server::state::Sync {
+            db: db.clone(),
+            every: shared.sync,
+            tokens: shared_tokens,
+            quotas: telemetry
+                .as_ref()
+                .map(|t| QuotaExchange::new(t.quotas.clone(), &shared.replica)),
+        }
+        .spawn(shutdown.subscribe());
+    }
     if let (Some(backend), CredentialConfig::ChatGpt(chatgpt)) =
         (credential.chatgpt(), &config.credential)
     {

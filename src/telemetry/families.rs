@@ -220,3 +220,59 @@ impl Metrics {
         }
     }
 }
+
+/// With `--state`: the state database's health, and the usage ledger's rows on their way to it.
+pub(crate) struct StateMetrics {
+    pub(crate) up: Gauge,
+    pub(crate) errors: Counter,
+    pub(crate) ledger_waiting: Gauge,
+    pub(crate) ledger_sent: Counter,
+    pub(crate) ledger_unsent: Counter,
+    /// The totals already turned into counter increments: errors, sent, unsent.
+    pub(crate) seen: [AtomicU64; 3],
+}
+
+impl StateMetrics {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            up: Gauge::default(),
+            errors: Counter::default(),
+            ledger_waiting: Gauge::default(),
+            ledger_sent: Counter::default(),
+            ledger_unsent: Counter::default(),
+            seen: Default::default(),
+        };
+        registry.register(
+            "state_database_up",
+            "1 if the state database answered the last background work (ledger rows, sync), else 0",
+            metrics.up.clone(),
+        );
+        registry.register(
+            "state_database_errors",
+            "Background work on the state database that failed (unreachable, or no answer within 5 s)",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "usage_ledger_rows_waiting",
+            "Usage ledger rows in memory waiting for the state database",
+            metrics.ledger_waiting.clone(),
+        );
+        registry.register(
+            "usage_ledger_rows_stored",
+            "Usage ledger rows stored in the state database",
+            metrics.ledger_sent.clone(),
+        );
+        registry.register(
+            "usage_ledger_rows_unsent",
+            "Usage ledger rows written to usage-unsent.jsonl in the home because the state database was unreachable (sent when it is back)",
+            metrics.ledger_unsent.clone(),
+        );
+        metrics
+    }
+
+    /// Brings a counter up to `total`.
+    pub(crate) fn catch_up(&self, which: usize, counter: &Counter, total: u64) {
+        let before = self.seen[which].swap(total, std::sync::atomic::Ordering::Relaxed);
+        counter.inc_by(total.saturating_sub(before));
+    }
+}

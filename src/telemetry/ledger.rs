@@ -52,6 +52,31 @@ pub struct Entry {
     pub duration_ms: f64,
     pub ttfb_ms: Option<f64>,
     pub request_id: Option<String>,
+    /// keyward's own id of this line, unique (a random prefix per process, then a count): what
+    /// makes sending it to the state database twice harmless. Older lines have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// The next line id: this process's random prefix, then a count.
+fn next_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; 8];
+        if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+            // No randomness: the start time and the pid are unique enough on one host.
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            bytes = (nanos ^ u64::from(std::process::id()).rotate_left(40)).to_be_bytes();
+        }
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    });
+    format!("{prefix}-{}", COUNT.fetch_add(1, Ordering::Relaxed))
 }
 
 fn create_endpoint() -> String {
@@ -83,6 +108,7 @@ impl Entry {
             duration_ms: millis(record.duration),
             ttfb_ms: record.ttfb.map(millis),
             request_id: record.request_id.clone(),
+            id: Some(next_id()),
         }
     }
 }
@@ -154,8 +180,8 @@ impl Ledger {
     }
 
     /// Hands one line to the writer thread; never waits for the disk.
-    pub fn append(&self, record: &Record) {
-        let Ok(mut line) = serde_json::to_vec(&Entry::from_record(record)) else {
+    pub fn append(&self, entry: &Entry) {
+        let Ok(mut line) = serde_json::to_vec(entry) else {
             return;
         };
         line.push(b'\n');
@@ -370,7 +396,7 @@ mod tests {
         let t0 = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
         // Enough lines that the bisection has work to do.
         for i in 0..5000u64 {
-            ledger.append(&record(t0 + Duration::from_secs(i), i));
+            ledger.append(&Entry::from_record(&record(t0 + Duration::from_secs(i), i)));
         }
         // Every line is on disk once the ledger is closed.
         drop(ledger);

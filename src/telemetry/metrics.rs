@@ -6,7 +6,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use crate::credential::chatgpt::tokens::TokenManager;
-use crate::telemetry::ledger::Ledger;
+use crate::telemetry::families::StateMetrics;
+use crate::telemetry::ledger::{Entry, Ledger};
+use crate::telemetry::ledger_db::SharedLedger;
 use crate::telemetry::quota::Quotas;
 use crate::telemetry::record::Record;
 
@@ -66,10 +68,30 @@ pub struct Telemetry {
     ledger: Option<Ledger>,
     pub quotas: Arc<Quotas>,
     chatgpt: Option<Arc<TokenManager>>,
+    /// With `--state`: the ledger's table, the database's health, and their metrics.
+    state: Option<SharedTelemetry>,
     /// Refresh counts already turned into metric increments.
     refreshes_seen: [AtomicU64; 2],
     /// Dropped log lines already turned into metric increments.
     log_dropped_seen: AtomicU64,
+}
+
+/// What the telemetry does with the state database (`--state`).
+pub struct SharedTelemetry {
+    pub db: Arc<crate::upstream::state_db::StateDb>,
+    /// The ledger's table (none with --no-usage-log).
+    pub ledger: Option<SharedLedger>,
+    metrics: Option<StateMetrics>,
+}
+
+impl SharedTelemetry {
+    pub fn new(db: Arc<crate::upstream::state_db::StateDb>, ledger: Option<SharedLedger>) -> Self {
+        Self {
+            db,
+            ledger,
+            metrics: None,
+        }
+    }
 }
 
 impl Telemetry {
@@ -77,14 +99,21 @@ impl Telemetry {
         ledger: Option<Ledger>,
         quotas: Arc<Quotas>,
         chatgpt: Option<Arc<TokenManager>>,
+        state: Option<SharedTelemetry>,
     ) -> Self {
+        let mut metrics = Metrics::new(chatgpt.is_some());
+        let state = state.map(|mut state| {
+            state.metrics = Some(StateMetrics::register(&mut metrics.registry));
+            state
+        });
         Self {
-            metrics: Metrics::new(chatgpt.is_some()),
+            metrics,
             clients: Capped::new(MAX_CLIENTS),
             models: Capped::new(MAX_MODELS),
             ledger,
             quotas,
             chatgpt,
+            state,
             refreshes_seen: [AtomicU64::new(0), AtomicU64::new(0)],
             log_dropped_seen: AtomicU64::new(0),
         }
@@ -176,14 +205,32 @@ impl Telemetry {
             self.quotas
                 .add_tokens(&record.client, record.at, tokens.total());
         }
-        if let Some(ledger) = &self.ledger {
-            ledger.append(record);
+        let shared = self.state.as_ref().and_then(|s| s.ledger.as_ref());
+        if self.ledger.is_some() || shared.is_some() {
+            let entry = Entry::from_record(record);
+            if let Some(ledger) = &self.ledger {
+                ledger.append(&entry);
+            }
+            if let Some(shared) = shared {
+                shared.append(entry);
+            }
         }
     }
 
-    /// Whether the ledger's disk has fallen so far behind that new requests must wait.
+    /// Whether the ledger's disk (or, with `--state`, the database and the unsent file) has
+    /// fallen so far behind that new requests must wait.
     pub fn ledger_behind(&self) -> bool {
         self.ledger.as_ref().is_some_and(Ledger::is_behind)
+            || self
+                .state
+                .as_ref()
+                .and_then(|s| s.ledger.as_ref())
+                .is_some_and(SharedLedger::is_behind)
+    }
+
+    /// With `--state`: the state database did not answer the last background work.
+    pub fn state_down(&self) -> bool {
+        self.state.as_ref().is_some_and(|s| s.db.is_down())
     }
 
     /// The metrics in Prometheus' text format.
@@ -192,6 +239,19 @@ impl Telemetry {
             self.metrics
                 .ledger_backlog
                 .set(i64::try_from(ledger.backlog()).unwrap_or(i64::MAX));
+        }
+        if let Some(state) = &self.state
+            && let Some(metrics) = &state.metrics
+        {
+            metrics.up.set(i64::from(!state.db.is_down()));
+            metrics.catch_up(0, &metrics.errors, state.db.errors());
+            if let Some(ledger) = &state.ledger {
+                metrics
+                    .ledger_waiting
+                    .set(i64::try_from(ledger.backlog()).unwrap_or(i64::MAX));
+                metrics.catch_up(1, &metrics.ledger_sent, ledger.sent());
+                metrics.catch_up(2, &metrics.ledger_unsent, ledger.spilled());
+            }
         }
         let dropped = crate::telemetry::log_writer::dropped_lines();
         let before = self

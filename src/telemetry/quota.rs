@@ -1,8 +1,12 @@
 //! Per-client quotas: concurrent streams, requests per minute, and tokens in a rolling 24-hour
 //! window. Over a limit, a request gets 429 with `Retry-After`; a stream already running is
 //! never cut.
+//!
+//! With `--state`, the other replicas' counts ([`Remote`]) are added to this replica's own:
+//! [`crate::telemetry::quota_sync`] exchanges them every sync interval, so admission never waits
+//! for the database.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +31,36 @@ struct ClientState {
     /// Tokens per minute (minutes since the epoch), the last 24 hours.
     tokens: VecDeque<(u64, u64)>,
     tokens_total: u64,
+    /// The other replicas' share, as of the last exchange.
+    remote: Remote,
+}
+
+/// What the other replicas counted for one client, as of the last exchange.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// Streams they are relaying.
+    pub active: u32,
+    /// Requests they admitted in the last minute.
+    pub recent: u32,
+    /// Tokens of the last 24 hours...
+    pub tokens: u64,
+    /// ...by the hour (the minute each hour starts at), for Retry-After.
+    pub hours: Vec<(u64, u64)>,
+}
+
+/// What this replica tells the others: its token counts per minute that changed since the last
+/// exchange, and for every client with a quota, its streams and requests of the last minute.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    pub tokens: Vec<(Arc<str>, u64, u64)>,
+    pub live: Vec<(Arc<str>, u32, u32)>,
+}
+
+#[derive(Default)]
+struct States {
+    clients: HashMap<Arc<str>, ClientState>,
+    /// (client, minute) whose token count changed since the last exchange.
+    dirty: HashSet<(Arc<str>, u64)>,
 }
 
 impl ClientState {
@@ -51,14 +85,14 @@ impl ClientState {
 /// The counts behind the quotas, shared by every worker.
 pub struct Quotas {
     config: RwLock<QuotaConfig>,
-    state: Mutex<HashMap<Arc<str>, ClientState>>,
+    state: Mutex<States>,
 }
 
 impl Quotas {
     pub fn new(config: QuotaConfig) -> Self {
         Self {
             config: RwLock::new(config),
-            state: Mutex::new(HashMap::new()),
+            state: Mutex::new(States::default()),
         }
     }
 
@@ -88,11 +122,11 @@ impl Quotas {
         let now = Instant::now();
         let now_minute = minute_of(SystemTime::now());
         let mut states = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let state = states.entry(client.clone()).or_default();
+        let state = states.clients.entry(client.clone()).or_default();
         state.expire(now, now_minute);
 
         if let Some(limit) = limits.concurrent
-            && state.active >= limit
+            && state.active + state.remote.active >= limit
         {
             return Err(Exceeded {
                 quota: "concurrent",
@@ -102,23 +136,35 @@ impl Quotas {
             });
         }
         if let Some(limit) = limits.requests_per_minute
-            && state.recent.len() >= limit as usize
+            && state.recent.len() + state.remote.recent as usize >= limit as usize
         {
-            let oldest = state.recent[state.recent.len() - limit as usize];
+            // The others' requests are not timed here: when they alone are at the limit, a
+            // minute; else when enough of this replica's oldest leave the window.
+            let over = state.recent.len() + state.remote.recent as usize + 1 - limit as usize;
+            let retry_after = match state.recent.get(over.saturating_sub(1)) {
+                Some(&at) if over <= state.recent.len() => {
+                    (at + MINUTE).saturating_duration_since(now)
+                }
+                _ => MINUTE,
+            };
             return Err(Exceeded {
                 quota: "requests_per_minute",
                 limit: limit.into(),
-                retry_after: (oldest + MINUTE).saturating_duration_since(now),
+                retry_after,
             });
         }
         if let Some(limit) = limits.tokens_per_day
-            && state.tokens_total >= limit
+            && state.tokens_total + state.remote.tokens >= limit
         {
-            // When enough of the oldest minutes leave the window to fall below the limit.
-            let mut left = state.tokens_total;
+            // When enough of the oldest minutes leave the window to fall below the limit (the
+            // others' hours counted until their last minute leaves).
+            let mut minutes: Vec<(u64, u64)> = state.tokens.iter().copied().collect();
+            minutes.extend(state.remote.hours.iter().map(|&(hour, n)| (hour + 59, n)));
+            minutes.sort_unstable();
+            let mut left = state.tokens_total + state.remote.tokens;
             let mut until_minute = now_minute;
-            for &(minute, n) in &state.tokens {
-                left -= n;
+            for &(minute, n) in &minutes {
+                left = left.saturating_sub(n);
                 if left < limit {
                     until_minute = minute + DAY_SECS / 60;
                     break;
@@ -149,20 +195,94 @@ impl Quotas {
             return;
         }
         let mut states = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let state = states.entry(Arc::from(client)).or_default();
-        match state.tokens.back_mut() {
-            Some((last, n)) if *last == minute => *n += tokens,
+        let States { clients, dirty } = &mut *states;
+        let name: Arc<str> = match clients.get_key_value(client) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(client),
+        };
+        let state = clients.entry(name.clone()).or_default();
+        let counted_in = match state.tokens.back_mut() {
+            Some((last, n)) if *last == minute => {
+                *n += tokens;
+                *last
+            }
             // Ledger lines arrive in order; a late one joins the newest minute.
-            Some((last, n)) if *last > minute => *n += tokens,
-            _ => state.tokens.push_back((minute, tokens)),
-        }
+            Some((last, n)) if *last > minute => {
+                *n += tokens;
+                *last
+            }
+            _ => {
+                state.tokens.push_back((minute, tokens));
+                minute
+            }
+        };
         state.tokens_total += tokens;
+        dirty.insert((name, counted_in));
     }
 
-    /// Tokens `client` used in the last 24 hours.
+    /// Tokens `client` used in the last 24 hours, here and (as of the last exchange) elsewhere.
     pub fn tokens_used(&self, client: &str) -> u64 {
         let states = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        states.get(client).map_or(0, |s| s.tokens_total)
+        states
+            .clients
+            .get(client)
+            .map_or(0, |s| s.tokens_total + s.remote.tokens)
+    }
+
+    /// What to tell the other replicas now; the changed token counts are taken (give them back
+    /// with [`Quotas::unsent`] if they could not be sent).
+    pub fn outgoing(&self) -> Outgoing {
+        let mut states = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let now_minute = minute_of(SystemTime::now());
+        let dirty = std::mem::take(&mut states.dirty);
+        let mut out = Outgoing::default();
+        for (client, minute) in dirty {
+            let n = states.clients.get(&client).map_or(0, |s| {
+                s.tokens
+                    .iter()
+                    .find(|&&(m, _)| m == minute)
+                    .map_or(0, |&(_, n)| n)
+            });
+            out.tokens.push((client, minute, n));
+        }
+        for (client, state) in &mut states.clients {
+            state.expire(now, now_minute);
+            let recent = u32::try_from(state.recent.len()).unwrap_or(u32::MAX);
+            out.live.push((client.clone(), state.active, recent));
+        }
+        out
+    }
+
+    /// Token counts that could not be sent: sent with the next exchange.
+    pub fn unsent(&self, out: Outgoing) {
+        let mut states = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        states.dirty.extend(
+            out.tokens
+                .into_iter()
+                .map(|(client, minute, _)| (client, minute)),
+        );
+    }
+
+    /// The other replicas' counts, as just read; clients missing from `remote` have none.
+    pub fn set_remote(&self, mut remote: HashMap<String, Remote>) {
+        let mut states = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for (client, state) in &mut states.clients {
+            state.remote = remote.remove(&**client).unwrap_or_default();
+        }
+        for (client, theirs) in remote {
+            states.clients.entry(Arc::from(client)).or_default().remote = theirs;
+        }
+    }
+
+    /// The database is unreachable: the others' streams and requests are no longer known and
+    /// stop counting; their tokens (which only leave the window slowly) still count.
+    pub fn forget_remote_live(&self) {
+        let mut states = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for state in states.clients.values_mut() {
+            state.remote.active = 0;
+            state.remote.recent = 0;
+        }
     }
 }
 
@@ -180,7 +300,7 @@ pub struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut states = self.quotas.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(state) = states.get_mut(&self.client) {
+        if let Some(state) = states.clients.get_mut(&self.client) {
             state.active = state.active.saturating_sub(1);
         }
     }
@@ -258,5 +378,50 @@ mod tests {
             500,
         );
         assert_eq!(q.tokens_used("carol"), 0);
+    }
+
+    #[test]
+    fn the_other_replicas_counts_are_added_to_this_ones() {
+        let alice: Arc<str> = Arc::from("alice");
+        let q = quotas(&["default:concurrent=2,requests-per-minute=5,tokens-per-day=100"]);
+        let _mine = q.admit(&alice).unwrap();
+        let others = |active, recent, tokens| {
+            HashMap::from([(
+                "alice".to_owned(),
+                Remote {
+                    active,
+                    recent,
+                    tokens,
+                    hours: vec![(minute_of(SystemTime::now()) / 60 * 60, tokens)],
+                },
+            )])
+        };
+        q.set_remote(others(1, 0, 0));
+        assert_eq!(q.admit(&alice).err().unwrap().quota, "concurrent");
+        q.set_remote(others(0, 4, 0));
+        assert_eq!(q.admit(&alice).err().unwrap().quota, "requests_per_minute");
+        q.set_remote(others(0, 0, 100));
+        let refused = q.admit(&alice).err().unwrap();
+        assert_eq!(refused.quota, "tokens_per_day");
+        assert!(refused.retry_after > Duration::from_secs(22 * 3600));
+        // Unreachable: the others' streams and requests stop counting, their tokens do not.
+        q.set_remote(others(1, 4, 50));
+        q.forget_remote_live();
+        assert!(q.admit(&alice).is_ok());
+        assert_eq!(q.tokens_used("alice"), 50);
+
+        // What is sent: this replica's changed minutes, once, unless given back.
+        q.add_tokens("alice", SystemTime::now(), 7);
+        let out = q.outgoing();
+        assert_eq!(out.tokens.len(), 1);
+        assert_eq!(out.tokens[0].2, 7);
+        assert!(
+            out.live
+                .iter()
+                .any(|(c, active, recent)| &**c == "alice" && *active == 1 && *recent == 2)
+        );
+        assert!(q.outgoing().tokens.is_empty());
+        q.unsent(out);
+        assert_eq!(q.outgoing().tokens.len(), 1);
     }
 }

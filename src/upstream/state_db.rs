@@ -6,10 +6,16 @@
 //! runtimes can all use them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::state::{StateConfig, StateTls};
+
+/// How long one piece of background work (a batch of ledger rows, a sync) may take before the
+/// database counts as unreachable.
+const WORK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The advisory lock that serialises schema changes: replicas starting together take turns.
 const SCHEMA_LOCK: i64 = 0x6b65_7977_6172_6401;
@@ -21,6 +27,52 @@ const MIGRATIONS: &[&str] = &[
         id smallint PRIMARY KEY CHECK (id = 1),
         sealed bytea NOT NULL,
         updated_at timestamptz NOT NULL DEFAULT now()
+    )",
+    // 2: client tokens (`keyward token --state`): names and SHA-256 hashes, never tokens.
+    "CREATE TABLE keyward_clients (
+        name text PRIMARY KEY,
+        sha256 text NOT NULL,
+        created bigint NOT NULL
+    )",
+    // 3: the usage ledger: the JSONL line's fields, the replica, and an id unique per replica
+    // that makes sending a row again harmless.
+    "CREATE TABLE keyward_usage (
+        replica text NOT NULL,
+        id text NOT NULL,
+        time timestamptz NOT NULL,
+        client text NOT NULL,
+        endpoint text NOT NULL,
+        model text,
+        status smallint NOT NULL,
+        upstream_status smallint,
+        end_cause text NOT NULL,
+        input_tokens bigint NOT NULL,
+        cached_input_tokens bigint NOT NULL,
+        output_tokens bigint NOT NULL,
+        reasoning_tokens bigint NOT NULL,
+        estimated boolean NOT NULL,
+        duration_ms double precision NOT NULL,
+        ttfb_ms double precision,
+        request_id text,
+        PRIMARY KEY (replica, id)
+    );
+    CREATE INDEX keyward_usage_time ON keyward_usage (time)",
+    // 4: quota counts, per running keyward (`instance`): tokens per minute, and what is in
+    // flight and was admitted in the last minute as of `seen`.
+    "CREATE TABLE keyward_quota_tokens (
+        instance text NOT NULL,
+        client text NOT NULL,
+        minute bigint NOT NULL,
+        tokens bigint NOT NULL,
+        PRIMARY KEY (instance, client, minute)
+    );
+    CREATE TABLE keyward_quota_live (
+        instance text NOT NULL,
+        client text NOT NULL,
+        active integer NOT NULL,
+        recent integer NOT NULL,
+        seen timestamptz NOT NULL,
+        PRIMARY KEY (instance, client)
     )",
 ];
 
@@ -47,7 +99,16 @@ pub enum StateError {
 pub struct StateDb {
     config: StateConfig,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
-    runtime: tokio::runtime::Runtime,
+    /// The state runtime, run by a thread of its own until the database is dropped (so that
+    /// dropping it is allowed anywhere, even on an async thread).
+    runtime: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    /// The connection the background work (ledger, sync) shares, made again after a failure.
+    shared: tokio::sync::Mutex<Option<Arc<Client>>>,
+    /// The last background work failed: serving is degraded.
+    down: AtomicBool,
+    /// Background work that failed, since start.
+    errors: AtomicU64,
 }
 
 impl StateDb {
@@ -63,10 +124,23 @@ impl StateDb {
             .enable_all()
             .build()
             .map_err(StateError::Runtime)?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("keyward-state-owner".into())
+            .spawn(move || {
+                runtime.block_on(async move { drop(stopped.await) });
+                runtime.shutdown_background();
+            })
+            .map_err(StateError::Runtime)?;
         Ok(Arc::new(Self {
             config: config.clone(),
             tls,
-            runtime,
+            runtime: handle,
+            _stop: stop,
+            shared: tokio::sync::Mutex::new(None),
+            down: AtomicBool::new(false),
+            errors: AtomicU64::new(0),
         }))
     }
 
@@ -78,6 +152,11 @@ impl StateDb {
     /// running async code (a command, or `spawn_blocking`).
     pub fn block_on<F: Future>(&self, work: F) -> F::Output {
         self.runtime.block_on(work)
+    }
+
+    /// Runs background `work` on the state runtime.
+    pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, work: F) {
+        self.runtime.spawn(work);
     }
 
     /// A new connection (its driving task on the state runtime). Dropping the client closes it;
@@ -123,6 +202,70 @@ impl StateDb {
             Ok(Err(err)) => Err(unreachable(chain(&err))),
             Err(err) => Err(unreachable(err.to_string())),
         }
+    }
+
+    /// Runs background `work` on the shared connection (connecting first if need be), within
+    /// [`WORK_TIMEOUT`]. A failure drops the connection, so the next work connects again, and
+    /// marks the database unreachable until some work succeeds.
+    pub async fn with_shared<T, F, Fut>(&self, work: F) -> Result<T, StateError>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let attempt = async {
+            let client = {
+                let mut slot = self.shared.lock().await;
+                match &*slot {
+                    Some(client) if !client.is_closed() => client.clone(),
+                    _ => {
+                        let client = Arc::new(self.connect().await?);
+                        *slot = Some(client.clone());
+                        client
+                    }
+                }
+            };
+            work(client).await.map_err(|e| StateError::Query {
+                url: self.config.url.clone(),
+                why: chain(&e),
+            })
+        };
+        let result = match tokio::time::timeout(WORK_TIMEOUT, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(StateError::Unreachable {
+                url: self.config.url.clone(),
+                why: format!("no answer within {}s", WORK_TIMEOUT.as_secs()),
+            }),
+        };
+        match &result {
+            Ok(_) => {
+                if self.down.swap(false, Ordering::Relaxed) {
+                    tracing::info!(url = %self.config.url, "the state database answers again");
+                }
+            }
+            Err(err) => {
+                *self.shared.lock().await = None;
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                if !self.down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %err,
+                        "the state database is unreachable: serving goes on with local counts, \
+                         ledger rows wait (in memory, then in the home) and the last client \
+                         tokens read stay in force"
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    /// Whether the last background work failed.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Background work that failed since start.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
     }
 
     /// Creates or upgrades the schema, under an advisory lock so that replicas starting together

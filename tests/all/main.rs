@@ -19,5 +19,6 @@ mod lifecycle;
 mod operations;
 mod replicas;
 mod responses_api;
+mod shared_state;
 mod upstream;
 mod websocket;

@@ -1,0 +1,320 @@
+//! The usage ledger in the state database (`--state`): each replica's rows go to the
+//! `keyward_usage` table, sent in batches by a thread of their own, so the database never holds
+//! up an answer.
+//!
+//! Nothing is lost when the database goes away: rows wait in memory (up to `--usage-log-buffer`
+//! worth of rows), and beyond that they are appended to `usage-unsent.jsonl` in the home. When the
+//! database answers again, the file is sent and emptied. Every row carries an id unique to its
+//! replica, and the table's key is (replica, id), so a row sent twice (an answer lost on the way
+//! back, a crash before the file was emptied) is stored once.
+
+use std::collections::VecDeque;
+use std::fs::{self, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::telemetry::ledger::Entry;
+pub use crate::telemetry::ledger_rows::{Row, insert};
+use crate::upstream::state_db::{StateDb, StateError};
+
+/// Rows per INSERT.
+const BATCH: usize = 1000;
+/// How long a failed send waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+/// Roughly what one row takes in memory, to turn `--usage-log-buffer` into a row count.
+const ROW_BYTES: u64 = 512;
+
+#[derive(Default)]
+struct Queue {
+    rows: VecDeque<Entry>,
+    closed: bool,
+}
+
+struct Inner {
+    db: Arc<StateDb>,
+    replica: String,
+    unsent: PathBuf,
+    max_rows: usize,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// Rows stored in the table, and rows put in the unsent file, since start.
+    sent: AtomicU64,
+    spilled: AtomicU64,
+    /// The unsent file cannot be written either: memory is all that is left.
+    spill_failing: AtomicBool,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Hands rows to the sending thread. Dropping it sends what it can and puts the rest in the
+/// unsent file.
+pub struct SharedLedger {
+    inner: Arc<Inner>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SharedLedger {
+    /// Starts the thread; it first sends what an earlier run left in `unsent`.
+    pub fn spawn(
+        db: Arc<StateDb>,
+        replica: String,
+        unsent: PathBuf,
+        buffer: u64,
+    ) -> std::io::Result<Self> {
+        let inner = Arc::new(Inner {
+            db,
+            replica,
+            unsent,
+            max_rows: usize::try_from(buffer / ROW_BYTES)
+                .unwrap_or(usize::MAX)
+                .max(1),
+            queue: Mutex::default(),
+            wake: Condvar::new(),
+            sent: AtomicU64::new(0),
+            spilled: AtomicU64::new(0),
+            spill_failing: AtomicBool::new(false),
+        });
+        let thread = std::thread::Builder::new()
+            .name("keyward-ledger-db".into())
+            .spawn({
+                let inner = inner.clone();
+                move || run(&inner)
+            })?;
+        Ok(Self {
+            inner,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues one row; never waits for the database.
+    pub fn append(&self, entry: Entry) {
+        let mut queue = self.inner.lock();
+        let was_empty = queue.rows.is_empty();
+        queue.rows.push_back(entry);
+        let over = queue.rows.len() == self.inner.max_rows + 1;
+        drop(queue);
+        if was_empty || over {
+            self.inner.wake.notify_one();
+        }
+    }
+
+    /// Rows waiting in memory.
+    pub fn backlog(&self) -> usize {
+        self.inner.lock().rows.len()
+    }
+
+    /// Neither the database nor the unsent file takes rows and the buffer is full: new
+    /// requests must wait.
+    pub fn is_behind(&self) -> bool {
+        self.inner.spill_failing.load(Ordering::Relaxed) && self.backlog() > self.inner.max_rows
+    }
+
+    /// Rows stored in the table since start.
+    pub fn sent(&self) -> u64 {
+        self.inner.sent.load(Ordering::Relaxed)
+    }
+
+    /// Rows put in the unsent file since start (the database was unreachable).
+    pub fn spilled(&self) -> u64 {
+        self.inner.spilled.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SharedLedger {
+    fn drop(&mut self) {
+        self.inner.lock().closed = true;
+        self.inner.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(inner: &Inner) {
+    let mut unsent_waiting = fs::metadata(&inner.unsent).is_ok_and(|m| m.len() > 0);
+    // Set while the database is away: nothing is sent before then.
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let mut queue = inner.lock();
+        loop {
+            if queue.closed {
+                break;
+            }
+            match retry_at {
+                Some(at) if Instant::now() < at => {
+                    if queue.rows.len() > inner.max_rows {
+                        break;
+                    }
+                    let wait = at.saturating_duration_since(Instant::now());
+                    queue = inner
+                        .wake
+                        .wait_timeout(queue, wait)
+                        .map_or_else(|p| p.into_inner().0, |(q, _)| q);
+                }
+                _ => {
+                    if !queue.rows.is_empty() || unsent_waiting {
+                        break;
+                    }
+                    queue = inner.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+        let closed = queue.closed;
+        if !closed && retry_at.is_some_and(|at| Instant::now() < at) {
+            // Over the buffer while the database is away: the excess goes to the file.
+            let excess = queue.rows.len() - inner.max_rows;
+            let over: Vec<Entry> = queue.rows.drain(..excess).collect();
+            drop(queue);
+            unsent_waiting |= spill_or_keep(inner, over);
+            continue;
+        }
+        drop(queue);
+        if unsent_waiting && !closed {
+            if send_unsent(inner).is_err() {
+                retry_at = Some(Instant::now() + RETRY);
+                continue;
+            }
+            unsent_waiting = false;
+        }
+        let mut queue = inner.lock();
+        if queue.rows.is_empty() {
+            if closed {
+                return;
+            }
+            continue;
+        }
+        let n = queue.rows.len().min(BATCH);
+        let batch: Vec<Row> = queue
+            .rows
+            .drain(..n)
+            .map(|entry| Row {
+                replica: inner.replica.clone(),
+                entry,
+            })
+            .collect();
+        drop(queue);
+        if inner.db.block_on(insert(&inner.db, &batch)).is_ok() {
+            inner.sent.fetch_add(n as u64, Ordering::Relaxed);
+            retry_at = None;
+            continue;
+        }
+        retry_at = Some(Instant::now() + RETRY);
+        let mut queue = inner.lock();
+        for row in batch.into_iter().rev() {
+            queue.rows.push_front(row.entry);
+        }
+        if closed {
+            // Stopping with the database away: everything goes to the file.
+            let all: Vec<Entry> = queue.rows.drain(..).collect();
+            drop(queue);
+            if !spill_or_keep(inner, all) {
+                tracing::error!(
+                    rows = inner.lock().rows.len(),
+                    "keyward is stopping and these usage ledger rows could not be kept"
+                );
+            }
+            return;
+        }
+    }
+}
+
+/// Puts `over` in the unsent file; if that fails too, back at the front of the queue. Says
+/// whether the file now holds them.
+fn spill_or_keep(inner: &Inner, over: Vec<Entry>) -> bool {
+    match spill(inner, &over) {
+        Ok(()) => {
+            inner.spill_failing.store(false, Ordering::Relaxed);
+            true
+        }
+        Err(err) => {
+            if !inner.spill_failing.swap(true, Ordering::Relaxed) {
+                tracing::error!(path = %inner.unsent.display(), error = %err, rows = over.len(), "could not write ledger rows the state database did not take; they wait in memory");
+            }
+            let mut queue = inner.lock();
+            for entry in over.into_iter().rev() {
+                queue.rows.push_front(entry);
+            }
+            false
+        }
+    }
+}
+
+/// Appends rows to the unsent file (created 0600).
+fn spill(inner: &Inner, entries: &[Entry]) -> std::io::Result<()> {
+    let mut text = Vec::with_capacity(entries.len() * 400);
+    for entry in entries {
+        let row = Row {
+            replica: inner.replica.clone(),
+            entry: entry.clone(),
+        };
+        serde_json::to_writer(&mut text, &row).map_err(std::io::Error::other)?;
+        text.push(b'\n');
+    }
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&inner.unsent)?;
+    file.write_all(&text)?;
+    file.sync_data()?;
+    inner
+        .spilled
+        .fetch_add(entries.len() as u64, Ordering::Relaxed);
+    tracing::warn!(
+        path = %inner.unsent.display(),
+        rows = entries.len(),
+        "the state database is unreachable: usage ledger rows beyond the buffer are kept in the \
+         home until it is back"
+    );
+    Ok(())
+}
+
+/// Sends the unsent file, then empties it.
+fn send_unsent(inner: &Inner) -> Result<(), StateError> {
+    let file = match fs::File::open(&inner.unsent) {
+        Ok(file) => file,
+        Err(_) => return Ok(()),
+    };
+    let mut sent = 0u64;
+    let mut batch = Vec::with_capacity(BATCH);
+    for line in BufReader::new(file).lines() {
+        let Ok(line) = line else { break };
+        match serde_json::from_str::<Row>(&line) {
+            Ok(row) => batch.push(row),
+            Err(err) => {
+                tracing::warn!(path = %inner.unsent.display(), error = %err, "a line of the unsent ledger file is not a row; skipped")
+            }
+        }
+        if batch.len() == BATCH {
+            inner.db.block_on(insert(&inner.db, &batch))?;
+            sent += batch.len() as u64;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        inner.db.block_on(insert(&inner.db, &batch))?;
+        sent += batch.len() as u64;
+    }
+    if let Err(err) = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&inner.unsent)
+        .and_then(|f| f.set_len(0))
+    {
+        // Sent but not emptied: the next run sends them again, and the table keeps each once.
+        tracing::warn!(path = %inner.unsent.display(), error = %err, "could not empty the unsent ledger file");
+    }
+    inner.sent.fetch_add(sent, Ordering::Relaxed);
+    tracing::info!(rows = sent, path = %inner.unsent.display(), "usage ledger rows kept while the state database was unreachable are now in it");
+    Ok(())
+}

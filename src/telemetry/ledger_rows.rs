@@ -1,0 +1,119 @@
+//! The usage ledger's rows in the state database's `keyward_usage` table: a JSONL line's fields,
+//! the replica, and the line's id. Sent many at once (one array per column); a row already there
+//! (same replica and id) is left alone, so sending one twice stores it once.
+
+use serde::{Deserialize, Serialize};
+
+use crate::telemetry::ledger::Entry;
+use crate::upstream::state_db::{StateDb, StateError};
+
+/// A row as it waits in the unsent file: the entry and the replica it belongs to.
+#[derive(Serialize, Deserialize)]
+pub struct Row {
+    pub replica: String,
+    #[serde(flatten)]
+    pub entry: Entry,
+}
+
+/// Stores `rows` in one statement; rows already there (same replica and id) are left alone.
+pub async fn insert(db: &StateDb, rows: &[Row]) -> Result<u64, StateError> {
+    let mut cols = Columns::default();
+    for row in rows {
+        cols.push(row);
+    }
+    db.with_shared(|client| async move {
+        client
+            .execute(
+                "INSERT INTO keyward_usage (replica, id, time, client, endpoint, model, status, \
+                 upstream_status, end_cause, input_tokens, cached_input_tokens, output_tokens, \
+                 reasoning_tokens, estimated, duration_ms, ttfb_ms, request_id) \
+                 SELECT r, i, to_timestamp(t), c, e, m, s, us, ec, it, ct, ot, rt, es, d, tt, q \
+                 FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[], $5::text[], \
+                 $6::text[], $7::int2[], $8::int2[], $9::text[], $10::int8[], $11::int8[], \
+                 $12::int8[], $13::int8[], $14::bool[], $15::float8[], $16::float8[], $17::text[]) \
+                 AS u(r, i, t, c, e, m, s, us, ec, it, ct, ot, rt, es, d, tt, q) \
+                 ON CONFLICT (replica, id) DO NOTHING",
+                &[
+                    &cols.replica,
+                    &cols.id,
+                    &cols.ts,
+                    &cols.client,
+                    &cols.endpoint,
+                    &cols.model,
+                    &cols.status,
+                    &cols.upstream_status,
+                    &cols.end,
+                    &cols.input,
+                    &cols.cached,
+                    &cols.output,
+                    &cols.reasoning,
+                    &cols.estimated,
+                    &cols.duration_ms,
+                    &cols.ttfb_ms,
+                    &cols.request_id,
+                ],
+            )
+            .await
+    })
+    .await
+}
+
+/// The rows as one array per column, for `unnest`.
+#[derive(Default)]
+struct Columns {
+    replica: Vec<String>,
+    id: Vec<String>,
+    ts: Vec<f64>,
+    client: Vec<String>,
+    endpoint: Vec<String>,
+    model: Vec<Option<String>>,
+    status: Vec<i16>,
+    upstream_status: Vec<Option<i16>>,
+    end: Vec<String>,
+    input: Vec<i64>,
+    cached: Vec<i64>,
+    output: Vec<i64>,
+    reasoning: Vec<i64>,
+    estimated: Vec<bool>,
+    duration_ms: Vec<f64>,
+    ttfb_ms: Vec<Option<f64>>,
+    request_id: Vec<Option<String>>,
+}
+
+impl Columns {
+    fn push(&mut self, row: &Row) {
+        let e = &row.entry;
+        let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let status = |n: u16| i16::try_from(n).unwrap_or(i16::MAX);
+        self.replica.push(row.replica.clone());
+        // A line without an id (written before lines had one) is named by its content, so
+        // importing it twice stores it once.
+        self.id.push(e.id.clone().unwrap_or_else(|| content_id(e)));
+        self.ts.push(e.ts);
+        self.client.push(e.client.clone());
+        self.endpoint.push(e.endpoint.clone());
+        self.model.push(e.model.clone());
+        self.status.push(status(e.status));
+        self.upstream_status.push(e.upstream_status.map(status));
+        self.end.push(e.end.clone());
+        self.input.push(big(e.input_tokens));
+        self.cached.push(big(e.cached_input_tokens));
+        self.output.push(big(e.output_tokens));
+        self.reasoning.push(big(e.reasoning_tokens));
+        self.estimated.push(e.estimated);
+        self.duration_ms.push(e.duration_ms);
+        self.ttfb_ms.push(e.ttfb_ms);
+        self.request_id.push(e.request_id.clone());
+    }
+}
+
+/// An id for a line that has none: a hash of what it says.
+fn content_id(entry: &Entry) -> String {
+    let text = serde_json::to_vec(entry).unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &text);
+    let hex: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("line-{hex}")
+}

@@ -1,0 +1,313 @@
+//! Replicas with an API key sharing state through a real PostgreSQL (`--state`): client tokens
+//! changed through one host and seen by every replica, the usage ledger in a table (exactly one
+//! row per request, with the database stopped for 10 s under load), and a tokens-per-day quota
+//! counted over all replicas. Skipped (with a line) where PostgreSQL is not installed.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+
+use crate::support::client::{self, Reply};
+use crate::support::keyward::Process;
+use crate::support::postgres::{PASSWORD, Postgres};
+use crate::support::upstream::{FakeUpstream, json};
+use crate::support::within;
+
+/// Every answer uses 10 input and 9 output tokens: 19 against a tokens-per-day quota.
+async fn upstream_with_usage() -> FakeUpstream {
+    FakeUpstream::start(|_| async {
+        json(
+            StatusCode::OK,
+            r#"{"id":"resp_1","object":"response","status":"completed","model":"gpt-5",
+               "usage":{"input_tokens":10,"output_tokens":9,"total_tokens":19}}"#,
+        )
+    })
+    .await
+}
+
+/// `serve` with an API key on stdin, sharing state in `pg`.
+async fn replica(pg: &Postgres, upstream: &FakeUpstream, name: &str, extra: &[&str]) -> Process {
+    let (url, upstream_url) = (pg.url(), upstream.url());
+    let mut args = vec![
+        "serve",
+        "--upstream-url",
+        &upstream_url,
+        "--state",
+        &url,
+        "--replica",
+        name,
+    ];
+    args.extend_from_slice(extra);
+    Process::spawn(
+        &args,
+        b"sk-test-shared-state\n",
+        &[("KEYWARD_STATE_PASSWORD", PASSWORD)],
+    )
+    .await
+}
+
+/// `keyward ARGS` to its end, with the database's password in the environment.
+async fn keyward(args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(args)
+        .env("KEYWARD_STATE_PASSWORD", PASSWORD)
+        .env_remove("RUST_LOG")
+        .env_remove("KEYWARD_CLIENT_TOKENS")
+        .kill_on_drop(true)
+        .output();
+    let output = within("keyward to finish", output).await.unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn post_with(addr: SocketAddr, token: Option<&str>) -> Reply {
+    let mut req = Request::post("/v1/responses")
+        .header("host", addr.to_string())
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let req = req
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"gpt-5","input":"hi"}"#,
+        )))
+        .unwrap();
+    client::read(client::send(addr, req).await).await
+}
+
+/// Waits until every replica answers `token` with `want`; says how long that took.
+async fn until_all(replicas: &[&Process], token: &str, want: StatusCode) -> Duration {
+    let started = Instant::now();
+    for replica in replicas {
+        within("the replicas to see the change", async {
+            while post_with(replica.addr, Some(token)).await.status != want {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_token_added_or_revoked_through_one_host_holds_on_every_replica() {
+    let Some(pg) = Postgres::start() else { return };
+    let upstream = upstream_with_usage().await;
+    let tokens = ["--client-tokens", "state"];
+    let a = replica(&pg, &upstream, "a", &tokens).await;
+    let b = replica(&pg, &upstream, "b", &tokens).await;
+    assert_eq!(
+        post_with(a.addr, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let url = pg.url();
+    let (ok, token, err) = keyward(&["token", "add", "ci", "--state", &url]).await;
+    assert!(ok, "{err}");
+    let token = token.trim().to_owned();
+    assert!(
+        token.starts_with("kw-") && err.contains("the state database"),
+        "{err}"
+    );
+    // A second host's view: the table lists it, and holds no token.
+    let (ok, list, _) = keyward(&["token", "list", "--json", "--state", &url]).await;
+    assert!(ok && list.contains("\"ci\""), "{list}");
+    let stored = pg.psql("SELECT name || ' ' || sha256 FROM keyward_clients");
+    assert!(
+        stored.starts_with("ci ") && !stored.contains(&token),
+        "{stored}"
+    );
+
+    // --state-sync is 1 s: each replica sees the change at its next sync.
+    let took = until_all(&[&a, &b], &token, StatusCode::OK).await;
+    assert!(took < Duration::from_secs(3), "added: seen after {took:?}");
+    let (ok, _, err) = keyward(&["token", "add", "ci", "--state", &url]).await;
+    assert!(!ok && err.contains("already exists"), "{err}");
+
+    let (ok, out, err) = keyward(&["token", "revoke", "ci", "--state", &url]).await;
+    assert!(ok, "{out}{err}");
+    let took = until_all(&[&a, &b], &token, StatusCode::UNAUTHORIZED).await;
+    assert!(
+        took < Duration::from_secs(3),
+        "revoked: refused after {took:?}"
+    );
+    let (ok, _, err) = keyward(&["token", "revoke", "ci", "--state", &url]).await;
+    assert!(!ok && err.contains("no client named"), "{err}");
+
+    // Giving both places is refused rather than guessed.
+    let (ok, _, err) = keyward(&[
+        "token",
+        "list",
+        "--state",
+        &url,
+        "--client-tokens",
+        "/tmp/x",
+    ])
+    .await;
+    assert!(!ok && err.contains("either"), "{err}");
+}
+
+/// Rows in the ledger's table.
+fn rows(pg: &Postgres) -> u64 {
+    pg.psql("SELECT count(*) FROM keyward_usage")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_down_for_10s_every_request_is_served_and_recorded_once() {
+    let Some(mut pg) = Postgres::start() else {
+        return;
+    };
+    let upstream = upstream_with_usage().await;
+    // Replica b keeps at most a few rows in memory: the rest wait in its home's unsent file.
+    let a = replica(&pg, &upstream, "a", &[]).await;
+    let b = replica(&pg, &upstream, "b", &["--usage-log-buffer", "2KiB"]).await;
+    let readyz = |addr| async move { client::get(addr, "/readyz").await.json() };
+    assert_eq!(readyz(a.addr).await["status"], "ready");
+
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn({
+        let (addrs, sent) = ([a.addr, b.addr], sent.clone());
+        async move {
+            let mut i = 0usize;
+            while !*stopped.borrow_and_update() {
+                let reply = post_with(addrs[i % 2], None).await;
+                assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pg.stop();
+    let down_at = sent.load(std::sync::atomic::Ordering::SeqCst);
+    within("/readyz to say degraded", async {
+        while readyz(a.addr).await["status"] != "degraded"
+            || readyz(b.addr).await["status"] != "degraded"
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(readyz(b.addr).await["reason"], "state database unreachable");
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let while_down = sent.load(std::sync::atomic::Ordering::SeqCst) - down_at;
+    assert!(
+        while_down > 50,
+        "requests were served meanwhile: {while_down}"
+    );
+    let unsent = b.dir.path().join("home/usage-unsent.jsonl");
+    assert!(
+        std::fs::metadata(&unsent).is_ok_and(|m| m.len() > 0),
+        "beyond its buffer, replica b kept rows in its home"
+    );
+    pg.run();
+    within("/readyz to say ready", async {
+        while readyz(a.addr).await["status"] != "ready" || readyz(b.addr).await["status"] != "ready"
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send_replace(true);
+    load.await.unwrap();
+    let total = sent.load(std::sync::atomic::Ordering::SeqCst);
+
+    within("every row to reach the table", async {
+        while rows(&pg) < total {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    // Give a duplicate time to show up, then count again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rows(&pg), total, "exactly one row per request");
+    let per_replica = pg.psql("SELECT replica, count(*) FROM keyward_usage GROUP BY 1 ORDER BY 1");
+    assert!(
+        per_replica.starts_with("a|") && per_replica.contains("\nb|"),
+        "{per_replica}"
+    );
+    assert_eq!(
+        std::fs::metadata(&unsent).unwrap().len(),
+        0,
+        "the unsent file was emptied"
+    );
+
+    // keyward usage reads the table: every replica's requests, with their tokens.
+    let url = pg.url();
+    let (ok, out, err) = keyward(&["usage", "--state", &url, "--json"]).await;
+    assert!(ok, "{err}");
+    let summed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summed[0]["requests"], total, "{out}");
+    assert_eq!(summed[0]["output_tokens"], total * 9, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokens_per_day_quota_holds_across_replicas() {
+    let Some(pg) = Postgres::start() else { return };
+    let upstream = upstream_with_usage().await;
+    let quota = [
+        "--quota",
+        "default:tokens-per-day=100",
+        "--state-sync",
+        "200ms",
+    ];
+    let replicas = [
+        replica(&pg, &upstream, "a", &quota).await,
+        replica(&pg, &upstream, "b", &quota).await,
+        replica(&pg, &upstream, "c", &quota).await,
+    ];
+    // One request at a time, turn by turn, each after the others have had two syncs to hear of
+    // the last: the bound (one sync interval of each replica's traffic) is then zero, so the
+    // quota stops the sixth request's successor (5 x 19 = 95 < 100 <= 6 x 19) everywhere.
+    // Counted per replica, each would admit six of its own: eighteen.
+    let mut admitted = 0;
+    let mut refused_by = None;
+    for i in 0..20 {
+        let reply = post_with(replicas[i % 3].addr, None).await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            refused_by = Some(i % 3);
+            assert_eq!(
+                reply.json()["error"]["code"],
+                "rate_limit_exceeded",
+                "{}",
+                reply.text()
+            );
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        admitted += 1;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert_eq!(
+        admitted, 6,
+        "admitted {admitted} requests of 19 tokens under 100 a day"
+    );
+    assert!(refused_by.is_some());
+    for replica in &replicas {
+        assert_eq!(
+            post_with(replica.addr, None).await.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "every replica refuses once the total is over"
+        );
+    }
+    // A replica started now learns the day's count from the database.
+    let late = replica(&pg, &upstream, "d", &quota).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        post_with(late.addr, None).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "its first request is already over the day's quota"
+    );
+}
