@@ -8,5 +8,6 @@ pub mod clients;
 pub mod clients_db;
 pub mod gate;
 pub mod owners;
+pub mod owners_db;
 pub mod owners_file;
 pub mod peer;

@@ -26,6 +26,8 @@ pub struct Owners {
     ttl: Duration,
     enforce: bool,
     writer: Writer,
+    /// With `--state`: where changes go to be shared with the other replicas.
+    shared: std::sync::OnceLock<crate::access::owners_db::Outbox>,
 }
 
 impl std::fmt::Debug for Owners {
@@ -70,7 +72,33 @@ impl Owners {
             table,
             ttl: settings.ttl,
             enforce: settings.enforce,
+            shared: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// From now on, changes are also handed to `outbox` (the state database's writer).
+    pub fn share(&self, outbox: crate::access::owners_db::Outbox) {
+        let _ = self.shared.set(outbox);
+    }
+
+    /// The state database's view of `id` (read by a replica's poll or lookup): kept in memory,
+    /// not written to this replica's file or sent back.
+    pub fn merge(&self, key: IdHash, client: &str, at: u32, billed: bool) {
+        if at < self.oldest() {
+            return;
+        }
+        let mut table = self.lock();
+        let client = table.client_index(client);
+        let entry = table
+            .entries
+            .entry(key)
+            .or_insert(Entry { at, client, billed });
+        entry.billed |= billed;
+    }
+
+    /// Whether `key` is remembered.
+    pub fn knows(&self, key: &IdHash) -> bool {
+        self.lock().entries.contains_key(key)
     }
 
     /// Records that `client` created the response `id`. An id already recorded keeps its owner.
@@ -89,6 +117,9 @@ impl Owners {
             table.entries.insert(key, entry);
             (key, entry, Arc::from(client))
         };
+        if let Some(outbox) = self.shared.get() {
+            outbox.record(&line);
+        }
         self.writer.append(line);
     }
 
@@ -96,6 +127,23 @@ impl Owners {
     /// Always true with `--no-ownership`.
     pub fn permits(&self, id: &str, client: &str) -> bool {
         !self.enforce || self.owner(id).is_some_and(|owner| &*owner == client)
+    }
+
+    /// [`Owners::permits`], asking the state database first when this replica does not know
+    /// `id` (another replica may have created it a moment ago).
+    pub async fn permits_shared(&self, id: &str, client: &str) -> bool {
+        if !self.enforce || self.permits(id, client) {
+            return true;
+        }
+        let key = hash(id);
+        if let Some(outbox) = self.shared.get()
+            && !self.knows(&key)
+            && let Some((owner, at, billed)) = outbox.lookup(key).await
+        {
+            self.merge(key, &owner, at, billed);
+            return self.permits(id, client);
+        }
+        false
     }
 
     /// Whether stored responses are refused to all but their creator (no `--no-ownership`).
@@ -130,6 +178,9 @@ impl Owners {
             let client = table.clients.get(entry.client as usize).cloned();
             (key, entry, client.unwrap_or_else(|| Arc::from("unknown")))
         };
+        if let Some(outbox) = self.shared.get() {
+            outbox.bill(key);
+        }
         self.writer.append(line);
         true
     }

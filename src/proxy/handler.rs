@@ -334,7 +334,7 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         if let Some(id) = endpoint.stored_response()
             && let Some(owners) = &self.owners
-            && !owners.permits(id, client)
+            && !owners.permits_shared(id, client).await
         {
             let owner = owners.owner(id);
             tracing::warn!(

@@ -186,6 +186,15 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
             quotas: telemetry
                 .as_ref()
                 .map(|t| QuotaExchange::new(t.quotas.clone(), &shared.replica)),
+            owners: owners.clone().map(|owners| {
+                owners.share(crate::access::owners_db::Outbox::start(db.clone()));
+                (owners, std::sync::atomic::AtomicI64::new(0))
+            }),
+            ownership_ttl: config
+                .ownership
+                .as_ref()
+                .map_or(std::time::Duration::ZERO, |o| o.ttl),
+            expired_at: tokio::sync::Mutex::new(None),
         }
         .spawn(shutdown.subscribe());
     }

@@ -4,12 +4,15 @@
 //! own runtime: serving never waits for it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use crate::access::clients::ClientTokens;
 use crate::access::clients_db::SharedClients;
+use crate::access::owners::Owners;
+use crate::access::owners_db;
 use crate::config::state::SharedState;
 use crate::server::error::ServeError;
 use crate::telemetry::quota_sync::QuotaExchange;
@@ -41,6 +44,11 @@ pub(crate) struct Sync {
     /// With `--client-tokens state`.
     pub tokens: Option<Arc<ClientTokens>>,
     pub quotas: Option<QuotaExchange>,
+    /// The record of response owners, and the last change of the table's it has read.
+    pub owners: Option<(Arc<Owners>, AtomicI64)>,
+    /// Ownership entries older than this are removed from the table (hourly).
+    pub ownership_ttl: Duration,
+    pub expired_at: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl Sync {
@@ -75,14 +83,42 @@ impl Sync {
                 }
             }
         }
+        if let Some((owners, seq)) = &self.owners {
+            self.read_owners(owners, seq).await;
+        }
         if let Some(quotas) = &self.quotas {
             let _ = quotas.exchange(&self.db, self.every).await;
-        } else if self.tokens.is_none() {
+        } else if self.tokens.is_none() && self.owners.is_none() {
             // Nothing else to do: a probe, so that /readyz and the metrics know.
             let _ = self
                 .db
                 .with_shared(|client| async move { client.simple_query("SELECT 1").await })
                 .await;
+        }
+    }
+
+    /// The other replicas' response owners since the last read (all of them at the first), and
+    /// once an hour, the expired ones removed from the table.
+    async fn read_owners(&self, owners: &Owners, seq: &AtomicI64) {
+        loop {
+            let Ok((owned, last)) = owners_db::poll(&self.db, seq.load(Ordering::Relaxed)).await
+            else {
+                return;
+            };
+            let full = owned.len() == 5000;
+            for owner in owned {
+                owners.merge(owner.key, &owner.client, owner.at, owner.billed);
+            }
+            seq.store(last, Ordering::Relaxed);
+            if !full {
+                break;
+            }
+        }
+        let mut expired_at = self.expired_at.lock().await;
+        if expired_at.is_none_or(|at| at.elapsed() > Duration::from_secs(3600)) {
+            *expired_at = Some(Instant::now());
+            let oldest = crate::access::owners_file::oldest(self.ownership_ttl);
+            let _ = owners_db::expire(&self.db, oldest).await;
         }
     }
 }

@@ -74,6 +74,17 @@ const MIGRATIONS: &[&str] = &[
         seen timestamptz NOT NULL,
         PRIMARY KEY (instance, client)
     )",
+    // 5: who created each stored response (128-bit hashes of the ids, never the ids), and
+    // whether its usage was charged; `seq` grows with every change, for the replicas' polls.
+    "CREATE SEQUENCE keyward_owners_seq;
+    CREATE TABLE keyward_owners (
+        hash bytea PRIMARY KEY,
+        client text NOT NULL,
+        at bigint NOT NULL,
+        billed boolean NOT NULL,
+        seq bigint NOT NULL DEFAULT nextval('keyward_owners_seq')
+    );
+    CREATE INDEX keyward_owners_by_seq ON keyward_owners (seq)",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -311,3 +311,106 @@ async fn a_tokens_per_day_quota_holds_across_replicas() {
         "its first request is already over the day's quota"
     );
 }
+
+/// `method path` with `token`, and a JSON body if any.
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("authorization", format!("Bearer {token}"));
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+    client::read(client::send(addr, req.body(Full::new(body)).unwrap()).await).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_created_through_one_replica_is_its_creator_s_on_every_replica() {
+    let Some(pg) = Postgres::start() else { return };
+    let upstream = crate::support::api::start().await;
+    let url = pg.url();
+    let mut tokens = Vec::new();
+    for name in ["alice", "bob"] {
+        let (ok, token, err) = keyward(&["token", "add", name, "--state", &url]).await;
+        assert!(ok, "{err}");
+        tokens.push(token.trim().to_owned());
+    }
+    let (alice, bob) = (&tokens[0], &tokens[1]);
+    let args = ["--client-tokens", "state"];
+    let a = replica(&pg, &upstream, "a", &args).await;
+    let b = replica(&pg, &upstream, "b", &args).await;
+
+    // Created through a, polled through b at once: b asks the table about an id it does not know.
+    let created = call(
+        a.addr,
+        "POST",
+        "/v1/responses",
+        alice,
+        Some(serde_json::json!({"model": "gpt-5", "input": "hi", "background": true})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/responses/{id}");
+    let polled = call(b.addr, "GET", &path, alice, None).await;
+    assert_eq!(polled.status, StatusCode::OK, "{}", polled.text());
+    let before = upstream.requests().len();
+    for replica in [&a, &b] {
+        let refused = call(replica.addr, "GET", &path, bob, None).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::NOT_FOUND,
+            "bob may not read alice's"
+        );
+        let refused = call(replica.addr, "POST", &format!("{path}/cancel"), bob, None).await;
+        assert_eq!(refused.status, StatusCode::NOT_FOUND, "nor cancel it");
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        before,
+        "nothing of bob's went upstream"
+    );
+
+    // Another created through a and never asked about through b: continued through b once b's
+    // poll has seen it (one sync interval).
+    let other = call(
+        a.addr,
+        "POST",
+        "/v1/responses",
+        alice,
+        Some(serde_json::json!({"model": "gpt-5", "input": "hi"})),
+    )
+    .await;
+    let other = other.json()["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let next = |previous: &str| {
+        Some(
+            serde_json::json!({"model": "gpt-5", "input": "more", "previous_response_id": previous}),
+        )
+    };
+    let continued = call(b.addr, "POST", "/v1/responses", alice, next(&other)).await;
+    assert_eq!(continued.status, StatusCode::OK, "{}", continued.text());
+    let refused = call(b.addr, "POST", "/v1/responses", bob, next(&other)).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        refused.text()
+    );
+    assert_eq!(
+        refused.json()["error"]["code"],
+        "previous_response_not_found"
+    );
+
+    // The table holds hashes of ids, never the ids.
+    let table = pg.psql("SELECT encode(hash, 'hex') || ' ' || client FROM keyward_owners");
+    assert!(table.contains(" alice") && !table.contains(&id), "{table}");
+}
