@@ -78,7 +78,10 @@ impl Outbox {
 
     fn send(&self, change: Change) {
         if self.tx.try_send(change).is_err()
-            && self.dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0
+            && self
+                .dropped
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(10_000)
         {
             tracing::warn!(
                 waiting = OUTBOX,
