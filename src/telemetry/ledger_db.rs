@@ -24,6 +24,8 @@ use crate::upstream::state_db::{StateDb, StateError};
 
 /// Rows per INSERT.
 const BATCH: usize = 1000;
+/// How long a row may wait for others to be sent with it.
+const LINGER: Duration = Duration::from_millis(200);
 /// How long a failed send waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 /// Roughly what one row takes in memory, to turn `--usage-log-buffer` into a row count.
@@ -32,6 +34,8 @@ const ROW_BYTES: u64 = 512;
 #[derive(Default)]
 struct Queue {
     rows: VecDeque<Entry>,
+    /// When the oldest row waiting arrived.
+    oldest: Option<Instant>,
     closed: bool,
 }
 
@@ -98,11 +102,15 @@ impl SharedLedger {
     /// Queues one row; never waits for the database.
     pub fn append(&self, entry: Entry) {
         let mut queue = self.inner.lock();
-        let was_empty = queue.rows.is_empty();
+        let first = queue.rows.is_empty();
+        if first {
+            queue.oldest = Some(Instant::now());
+        }
         queue.rows.push_back(entry);
-        let over = queue.rows.len() == self.inner.max_rows + 1;
+        // The thread is woken to start lingering, and again when a batch is full.
+        let full = queue.rows.len() == BATCH || queue.rows.len() == self.inner.max_rows + 1;
         drop(queue);
-        if was_empty || over {
+        if first || full {
             self.inner.wake.notify_one();
         }
     }
@@ -161,10 +169,21 @@ fn run(inner: &Inner) {
                         .map_or_else(|p| p.into_inner().0, |(q, _)| q);
                 }
                 _ => {
-                    if !queue.rows.is_empty() || unsent_waiting {
+                    if unsent_waiting || queue.rows.len() >= BATCH {
                         break;
                     }
-                    queue = inner.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
+                    // Rows linger a moment, so that a busy replica sends few, large batches
+                    // (each commit costs the database a WAL flush).
+                    let wait = match queue.oldest {
+                        Some(at) if at.elapsed() >= LINGER => break,
+                        Some(at) => LINGER - at.elapsed(),
+                        None if !queue.rows.is_empty() => break,
+                        None => Duration::from_secs(3600),
+                    };
+                    queue = inner
+                        .wake
+                        .wait_timeout(queue, wait)
+                        .map_or_else(|p| p.into_inner().0, |(q, _)| q);
                 }
             }
         }
@@ -193,6 +212,7 @@ fn run(inner: &Inner) {
             continue;
         }
         let n = queue.rows.len().min(BATCH);
+        queue.oldest = (queue.rows.len() > n).then(Instant::now);
         let batch: Vec<Row> = queue
             .rows
             .drain(..n)

@@ -140,6 +140,36 @@ async fn a_client_token_added_or_revoked_through_one_host_holds_on_every_replica
     let (ok, _, err) = keyward(&["token", "revoke", "ci", "--state", &url]).await;
     assert!(!ok && err.contains("no client named"), "{err}");
 
+    // A single keyward's ledger moves in; importing it again adds nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("usage.jsonl");
+    let line = |id: &str| {
+        format!(
+            r#"{{"time":"2026-11-30T10:00:00.000Z","ts":1795960800.0,"client":"old","model":"gpt-5","status":200,"upstream_status":200,"end":"completed","input_tokens":5,"cached_input_tokens":0,"output_tokens":7,"reasoning_tokens":0,"duration_ms":12.0,"ttfb_ms":3.0,"request_id":null{id}}}"#
+        )
+    };
+    let text = format!("{}\n{}\n", line(""), line(r#","id":"abc-1""#));
+    std::fs::write(&ledger, text).unwrap();
+    for round in 0..2 {
+        let (ok, out, err) = keyward(&[
+            "state",
+            "import",
+            "--ledger-only",
+            "--usage-log",
+            ledger.to_str().unwrap(),
+            "--replica",
+            "old-host",
+            "--state",
+            &url,
+        ])
+        .await;
+        assert!(ok, "{err}");
+        let added = if round == 0 { "2 new" } else { "0 new" };
+        assert!(out.contains("2 rows read") && out.contains(added), "{out}");
+    }
+    let imported = pg.psql("SELECT replica, client, output_tokens FROM keyward_usage WHERE replica = 'old-host'");
+    assert_eq!(imported, "old-host|old|7\nold-host|old|7\n");
+
     // Giving both places is refused rather than guessed.
     let (ok, _, err) = keyward(&[
         "token",
@@ -151,6 +181,16 @@ async fn a_client_token_added_or_revoked_through_one_host_holds_on_every_replica
     ])
     .await;
     assert!(!ok && err.contains("either"), "{err}");
+}
+
+/// Every keyward table's rows, as text.
+fn dump(pg: &Postgres) -> String {
+    let tables = pg.psql("SELECT tablename FROM pg_tables WHERE tablename LIKE 'keyward_%'");
+    let mut text = String::new();
+    for table in tables.lines() {
+        text.push_str(&pg.psql(&format!("SELECT t::text FROM {table} t")));
+    }
+    text
 }
 
 /// Rows in the ledger's table.
@@ -243,6 +283,21 @@ async fn with_the_database_down_for_10s_every_request_is_served_and_recorded_onc
         0,
         "the unsent file was emptied"
     );
+    // The key is in no row.
+    let everything = dump(&pg);
+    assert!(everything.contains("gpt-5"), "the dump reads the rows");
+    assert!(!everything.contains("sk-test-shared-state"));
+
+    // Rows still waiting when keyward is told to stop are sent before it exits.
+    let mut c = replica(&pg, &upstream, "c", &[]).await;
+    for _ in 0..3 {
+        assert_eq!(post_with(c.addr, None).await.status, StatusCode::OK);
+    }
+    c.signal(libc::SIGTERM);
+    assert_eq!(c.exit_code().await, Some(0));
+    let from_c = pg.psql("SELECT count(*) FROM keyward_usage WHERE replica = 'c'");
+    assert_eq!(from_c.trim(), "3", "sent at shutdown");
+    let total = total + 3;
 
     // keyward usage reads the table: every replica's requests, with their tokens.
     let url = pg.url();
@@ -410,7 +465,13 @@ async fn a_response_created_through_one_replica_is_its_creator_s_on_every_replic
         "previous_response_not_found"
     );
 
-    // The table holds hashes of ids, never the ids.
+    // No table holds a client token or the key; the owners' table holds hashes of ids, never
+    // the ids.
+    let everything = dump(&pg);
+    assert!(everything.contains("alice"), "the dump reads the rows");
+    for secret in [alice.as_str(), bob.as_str(), "sk-test-shared-state"] {
+        assert!(!everything.contains(secret));
+    }
     let table = pg.psql("SELECT encode(hash, 'hex') || ' ' || client FROM keyward_owners");
     assert!(table.contains(" alice") && !table.contains(&id), "{table}");
 }
