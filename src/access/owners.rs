@@ -96,6 +96,11 @@ impl Owners {
         entry.billed |= billed;
     }
 
+    /// With `--state`: changes the database did not take in time, which only this replica knows.
+    pub fn unshared(&self) -> u64 {
+        self.shared.get().map_or(0, |outbox| outbox.dropped())
+    }
+
     /// Whether `key` is remembered.
     pub fn knows(&self, key: &IdHash) -> bool {
         self.lock().entries.contains_key(key)

@@ -24,6 +24,7 @@ pub(crate) fn telemetry(
     config: &Config,
     credential: &Credential,
     state_db: Option<&Arc<StateDb>>,
+    owners: Option<&Arc<crate::access::owners::Owners>>,
 ) -> Result<Option<Arc<Telemetry>>, LedgerError> {
     if config.metrics_listen.is_none()
         && config.usage_log.is_none()
@@ -74,7 +75,7 @@ pub(crate) fn telemetry(
                     })
                 })
                 .transpose()?;
-            Some(SharedTelemetry::new(db.clone(), ledger))
+            Some(SharedTelemetry::new(db.clone(), ledger, owners.cloned()))
         }
         _ => None,
     };

@@ -115,7 +115,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
     };
     let tls = config.tls.as_ref().map(Tls::new).transpose()?;
     let owners = config.ownership.as_ref().map(Owners::open).transpose()?;
-    let telemetry = telemetry(config, &credential, state_db.as_ref())?;
+    let telemetry = telemetry(config, &credential, state_db.as_ref(), owners.as_ref())?;
     let policy = Arc::new(SharedPolicy::new(config.access.policy.clone()));
     let telemetry_handle = telemetry.clone();
     let metrics = match (config.metrics_listen, &telemetry) {

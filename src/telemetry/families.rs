@@ -228,8 +228,9 @@ pub(crate) struct StateMetrics {
     pub(crate) ledger_waiting: Gauge,
     pub(crate) ledger_sent: Counter,
     pub(crate) ledger_unsent: Counter,
-    /// The totals already turned into counter increments: errors, sent, unsent.
-    pub(crate) seen: [AtomicU64; 3],
+    pub(crate) owners_unshared: Counter,
+    /// The totals already turned into counter increments: errors, sent, unsent, unshared.
+    pub(crate) seen: [AtomicU64; 4],
 }
 
 impl StateMetrics {
@@ -240,6 +241,7 @@ impl StateMetrics {
             ledger_waiting: Gauge::default(),
             ledger_sent: Counter::default(),
             ledger_unsent: Counter::default(),
+            owners_unshared: Counter::default(),
             seen: Default::default(),
         };
         registry.register(
@@ -266,6 +268,11 @@ impl StateMetrics {
             "usage_ledger_rows_unsent",
             "Usage ledger rows written to usage-unsent.jsonl in the home because the state database was unreachable (sent when it is back)",
             metrics.ledger_unsent.clone(),
+        );
+        registry.register(
+            "response_owners_unshared",
+            "Response owners the state database did not take in time (over 100,000 waiting): only the replica that relayed them knows them",
+            metrics.owners_unshared.clone(),
         );
         metrics
     }

@@ -81,14 +81,21 @@ pub struct SharedTelemetry {
     pub db: Arc<crate::upstream::state_db::StateDb>,
     /// The ledger's table (none with --no-usage-log).
     pub ledger: Option<SharedLedger>,
+    /// The record of response owners, whose changes go to the database too.
+    pub owners: Option<Arc<crate::access::owners::Owners>>,
     metrics: Option<StateMetrics>,
 }
 
 impl SharedTelemetry {
-    pub fn new(db: Arc<crate::upstream::state_db::StateDb>, ledger: Option<SharedLedger>) -> Self {
+    pub fn new(
+        db: Arc<crate::upstream::state_db::StateDb>,
+        ledger: Option<SharedLedger>,
+        owners: Option<Arc<crate::access::owners::Owners>>,
+    ) -> Self {
         Self {
             db,
             ledger,
+            owners,
             metrics: None,
         }
     }
@@ -251,6 +258,9 @@ impl Telemetry {
                     .set(i64::try_from(ledger.backlog()).unwrap_or(i64::MAX));
                 metrics.catch_up(1, &metrics.ledger_sent, ledger.sent());
                 metrics.catch_up(2, &metrics.ledger_unsent, ledger.spilled());
+            }
+            if let Some(owners) = &state.owners {
+                metrics.catch_up(3, &metrics.owners_unshared, owners.unshared());
             }
         }
         let dropped = crate::telemetry::log_writer::dropped_lines();

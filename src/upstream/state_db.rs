@@ -56,7 +56,7 @@ const MIGRATIONS: &[&str] = &[
         request_id text,
         PRIMARY KEY (replica, id)
     );
-    CREATE INDEX keyward_usage_time ON keyward_usage (time)",
+    CREATE INDEX keyward_usage_time ON keyward_usage USING brin (time)",
     // 4: quota counts, per running keyward (`instance`): tokens per minute, and what is in
     // flight and was admitted in the last minute as of `seen`.
     "CREATE TABLE keyward_quota_tokens (

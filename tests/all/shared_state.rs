@@ -167,7 +167,9 @@ async fn a_client_token_added_or_revoked_through_one_host_holds_on_every_replica
         let added = if round == 0 { "2 new" } else { "0 new" };
         assert!(out.contains("2 rows read") && out.contains(added), "{out}");
     }
-    let imported = pg.psql("SELECT replica, client, output_tokens FROM keyward_usage WHERE replica = 'old-host'");
+    let imported = pg.psql(
+        "SELECT replica, client, output_tokens FROM keyward_usage WHERE replica = 'old-host'",
+    );
     assert_eq!(imported, "old-host|old|7\nold-host|old|7\n");
 
     // Giving both places is refused rather than guessed.
