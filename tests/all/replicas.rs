@@ -11,24 +11,8 @@ use http::StatusCode;
 use crate::support::chatgpt::{FakeIssuer, Minted, fake_backend, seed_login};
 use crate::support::client;
 use crate::support::keyward::Process;
-use crate::support::postgres::{PASSWORD, Postgres};
+use crate::support::postgres::{PASSWORD, Postgres, keyward};
 use crate::support::within;
-
-/// `keyward ARGS` to its end, with the database's password in the environment.
-async fn keyward(args: &[&str]) -> (bool, String, String) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(args)
-        .env("KEYWARD_STATE_PASSWORD", PASSWORD)
-        .env_remove("RUST_LOG")
-        .kill_on_drop(true)
-        .output();
-    let output = within("keyward to finish", output).await.unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 /// A key file, and `minted` imported into the database from a home of its own.
 async fn shared_login(pg: &Postgres, dir: &Path, minted: &Minted) -> String {

@@ -3,7 +3,6 @@
 //! and WebSocket), kept across a restart, forgotten once expired; `--endpoints create`;
 //! background responses charged once.
 
-use std::net::SocketAddr;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -11,30 +10,10 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
 
-use crate::support::client::{self, Reply};
+use crate::support::client::{self, call};
 use crate::support::keyward::{TEST_KEY, add_client_token, start, start_for};
 use crate::support::upstream::FakeUpstream;
 use crate::support::{api, within, ws};
-
-/// A request as an SDK makes it: `token` as its bearer key (keyward's client token).
-async fn call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> Reply {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string())
-        .header("authorization", format!("Bearer {token}"));
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
-    client::read(client::send(addr, req.body(Full::new(body)).unwrap()).await).await
-}
 
 fn created() -> Value {
     json!({"model": "gpt-5", "input": "Say hello"})

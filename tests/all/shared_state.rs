@@ -6,13 +6,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::Full;
+use http::StatusCode;
 
-use crate::support::client::{self, Reply};
+use crate::support::client::{self, Reply, call};
 use crate::support::keyward::Process;
-use crate::support::postgres::{PASSWORD, Postgres};
+use crate::support::postgres::{PASSWORD, Postgres, keyward};
 use crate::support::upstream::{FakeUpstream, json};
 use crate::support::within;
 
@@ -49,36 +47,15 @@ async fn replica(pg: &Postgres, upstream: &FakeUpstream, name: &str, extra: &[&s
     .await
 }
 
-/// `keyward ARGS` to its end, with the database's password in the environment.
-async fn keyward(args: &[&str]) -> (bool, String, String) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(args)
-        .env("KEYWARD_STATE_PASSWORD", PASSWORD)
-        .env_remove("RUST_LOG")
-        .env_remove("KEYWARD_CLIENT_TOKENS")
-        .kill_on_drop(true)
-        .output();
-    let output = within("keyward to finish", output).await.unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 async fn post_with(addr: SocketAddr, token: Option<&str>) -> Reply {
-    let mut req = Request::post("/v1/responses")
-        .header("host", addr.to_string())
-        .header("content-type", "application/json");
-    if let Some(token) = token {
-        req = req.header("authorization", format!("Bearer {token}"));
+    let body = r#"{"model":"gpt-5","input":"hi"}"#;
+    match token {
+        Some(token) => {
+            let body = serde_json::from_str(body).unwrap();
+            call(addr, "POST", "/v1/responses", token, Some(body)).await
+        }
+        None => client::post_responses(addr, body).await,
     }
-    let req = req
-        .body(Full::new(Bytes::from_static(
-            br#"{"model":"gpt-5","input":"hi"}"#,
-        )))
-        .unwrap();
-    client::read(client::send(addr, req).await).await
 }
 
 /// Waits until every replica answers `token` with `want`; says how long that took.
@@ -367,26 +344,6 @@ async fn a_tokens_per_day_quota_holds_across_replicas() {
         StatusCode::TOO_MANY_REQUESTS,
         "its first request is already over the day's quota"
     );
-}
-
-/// `method path` with `token`, and a JSON body if any.
-async fn call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<serde_json::Value>,
-) -> Reply {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string())
-        .header("authorization", format!("Bearer {token}"));
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
-    client::read(client::send(addr, req.body(Full::new(body)).unwrap()).await).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

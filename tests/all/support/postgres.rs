@@ -213,3 +213,20 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `keyward ARGS` to its end, with the database's password in the environment.
+pub async fn keyward(args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(args)
+        .env("KEYWARD_STATE_PASSWORD", PASSWORD)
+        .env_remove("RUST_LOG")
+        .env_remove("KEYWARD_CLIENT_TOKENS")
+        .kill_on_drop(true)
+        .output();
+    let output = super::within("keyward to finish", output).await.unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
