@@ -182,6 +182,36 @@ fn is_loopback_name(name: &str) -> bool {
         || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Where the client tokens every request must carry are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientTokenSource {
+    /// A file `keyward token --client-tokens FILE` changes.
+    File(std::path::PathBuf),
+    /// The state database's table (`--client-tokens state`).
+    State,
+}
+
+/// `--client-tokens`: a file, or `state` for the state database's table (which needs `--state`).
+pub fn client_token_source(
+    flag: Option<&std::path::Path>,
+    shared: bool,
+) -> Result<Option<ClientTokenSource>, crate::config::ConfigError> {
+    match flag {
+        None => Ok(None),
+        Some(path) if path.as_os_str() == "state" => {
+            if !shared {
+                return Err(crate::config::ConfigError::BadState(
+                    "--client-tokens state reads the tokens from the state database: give \
+                     --state URL too (or ./state for a file named state)"
+                        .into(),
+                ));
+            }
+            Ok(Some(ClientTokenSource::State))
+        }
+        Some(path) => Ok(Some(ClientTokenSource::File(path.to_owned()))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,34 +260,19 @@ mod tests {
         assert!(err.to_string().contains("no group named"));
         assert!(!Policy::default().restricts_users());
     }
-}
 
-/// Where the client tokens every request must carry are kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientTokenSource {
-    /// A file `keyward token --client-tokens FILE` changes.
-    File(std::path::PathBuf),
-    /// The state database's table (`--client-tokens state`).
-    State,
-}
-
-/// `--client-tokens`: a file, or `state` for the state database's table (which needs `--state`).
-pub fn client_token_source(
-    flag: Option<&std::path::Path>,
-    shared: bool,
-) -> Result<Option<ClientTokenSource>, crate::config::ConfigError> {
-    match flag {
-        None => Ok(None),
-        Some(path) if path.as_os_str() == "state" => {
-            if !shared {
-                return Err(crate::config::ConfigError::BadState(
-                    "--client-tokens state reads the tokens from the state database: give \
-                     --state URL too (or ./state for a file named state)"
-                        .into(),
-                ));
-            }
-            Ok(Some(ClientTokenSource::State))
-        }
-        Some(path) => Ok(Some(ClientTokenSource::File(path.to_owned()))),
+    #[test]
+    fn client_tokens_state_needs_the_state_database() {
+        use std::path::Path;
+        let err = client_token_source(Some(Path::new("state")), false).unwrap_err();
+        assert!(err.to_string().contains("give --state URL"), "{err}");
+        assert_eq!(
+            client_token_source(Some(Path::new("state")), true).unwrap(),
+            Some(ClientTokenSource::State)
+        );
+        assert_eq!(
+            client_token_source(Some(Path::new("./state")), false).unwrap(),
+            Some(ClientTokenSource::File("./state".into()))
+        );
     }
 }
