@@ -106,6 +106,10 @@ pub enum StateError {
     Runtime(std::io::Error),
 }
 
+/// The databases open in this process, by their settings.
+static OPEN: std::sync::Mutex<Vec<(String, std::sync::Weak<StateDb>)>> =
+    std::sync::Mutex::new(Vec::new());
+
 /// The state database: how to reach it, and the runtime its connections run on.
 pub struct StateDb {
     config: StateConfig,
@@ -124,7 +128,26 @@ pub struct StateDb {
 
 impl StateDb {
     /// Reads the settings (and the CA file); connects nothing yet.
+    /// A database already open in this process with the same settings is shared (the login's
+    /// store and the serving side use one runtime and one background connection).
     pub fn open(config: &StateConfig) -> Result<Arc<Self>, StateError> {
+        // The settings' Debug form names everything but the password (read when connecting).
+        let identity = format!("{config:?}");
+        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|(_, db)| db.strong_count() > 0);
+        if let Some(db) = open
+            .iter()
+            .find(|(id, _)| *id == identity)
+            .and_then(|(_, db)| db.upgrade())
+        {
+            return Ok(db);
+        }
+        let db = Self::open_new(config)?;
+        open.push((identity, Arc::downgrade(&db)));
+        Ok(db)
+    }
+
+    fn open_new(config: &StateConfig) -> Result<Arc<Self>, StateError> {
         let tls = match config.tls {
             StateTls::Disable => None,
             StateTls::Verify => Some(tls_connector(config)?),

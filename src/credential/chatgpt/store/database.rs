@@ -158,13 +158,12 @@ impl DatabaseStore {
 
     /// Whether the database answers.
     pub fn ping(&self) -> Result<(), StoreError> {
-        self.db.block_on(async {
-            let client = self.db.connect().await?;
-            client
-                .batch_execute("SELECT 1")
-                .await
-                .map_err(|e| query(&self.db, &e))
-        })
+        // On the background connection: its health is what /readyz and the metrics report.
+        self.db.block_on(
+            self.db
+                .with_shared(|client| async move { client.batch_execute("SELECT 1").await }),
+        )?;
+        Ok(())
     }
 
     async fn read(&self, client: &Client) -> Result<Option<Login>, StoreError> {
