@@ -434,3 +434,56 @@ async fn a_response_created_through_one_replica_is_its_creator_s_on_every_replic
     let table = pg.psql("SELECT encode(hash, 'hex') || ' ' || client FROM keyward_owners");
     assert!(table.contains(" alice") && !table.contains(&id), "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_held_on_one_replica_counts_against_a_concurrent_quota_on_another() {
+    let Some(pg) = Postgres::start() else { return };
+    let (upstream, mut streams) = FakeUpstream::driven().await;
+    let quota = ["--quota", "default:concurrent=1", "--state-sync", "200ms"];
+    let a = replica(&pg, &upstream, "a", &quota).await;
+    let b = replica(&pg, &upstream, "b", &quota).await;
+
+    // The upstream's streams stay open until the test drops them: what is told is the head.
+    let open = |addr: SocketAddr| {
+        client::send(
+            addr,
+            http::Request::post("/v1/responses")
+                .header("host", addr.to_string())
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    br#"{"stream":true}"#,
+                )))
+                .unwrap(),
+        )
+    };
+    // A stream open through a: its slot is the client's one.
+    let held = open(a.addr).await;
+    assert_eq!(held.status(), StatusCode::OK);
+    let tx = within("the upstream stream", streams.recv()).await.unwrap();
+    // Two syncs later, b knows.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let refused = post_with(b.addr, None).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text()
+    );
+    assert!(
+        refused.text().contains("streams at once"),
+        "{}",
+        refused.text()
+    );
+
+    // The stream ends: after the next syncs, b admits again.
+    drop(tx);
+    drop(held);
+    within("b to admit again", async {
+        loop {
+            if open(b.addr).await.status() == StatusCode::OK {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
