@@ -45,13 +45,12 @@ pub fn state(args: &StateCommandArgs) -> anyhow::Result<()> {
         } => {
             let config = crate::config::state::settings(&home.state)?
                 .context("keyward state import needs --state URL (or KEYWARD_STATE)")?;
-            let dir = Home::open(&Home::resolve(home.home.as_deref())?)?;
+            // Only read from: opened (and checked) only when the login is imported.
+            let dir = Home::resolve(home.home.as_deref())?;
             if !ledger_only {
-                import_login(home, &dir, &config)?;
+                import_login(home, &Home::open(&dir)?, &config)?;
             }
-            let ledger = usage_log
-                .clone()
-                .unwrap_or_else(|| dir.dir().join("usage.jsonl"));
+            let ledger = usage_log.clone().unwrap_or_else(|| dir.join("usage.jsonl"));
             if ledger.exists() {
                 let replica = replica
                     .clone()

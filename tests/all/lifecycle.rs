@@ -367,6 +367,7 @@ async fn each_request_gets_one_log_line_with_its_figures() {
 async fn the_open_file_limit_is_raised_to_its_ceiling() {
     // Started with a soft limit of 256 under a higher hard limit, keyward lifts the soft one.
     let upstream = FakeUpstream::ok_json().await;
+    let home = tempfile::tempdir().unwrap();
     let mut cmd = tokio::process::Command::new("sh");
     cmd.args([
         "-c",
@@ -375,6 +376,8 @@ async fn the_open_file_limit_is_raised_to_its_ceiling() {
     ])
     .args(["--upstream-url", &upstream.url()])
     .env_remove("RUST_LOG")
+    // A home of the test's own (keyward records response owners there).
+    .env("KEYWARD_HOME", home.path().join("home"))
     .stdout(std::process::Stdio::null());
     let mut child = crate::support::keyward::spawn_fed(cmd, b"sk-key\n").await;
     crate::support::keyward::wait_listening(&mut child).await;
