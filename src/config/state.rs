@@ -1,6 +1,7 @@
-//! `--state postgres://...`: the PostgreSQL database that several keyward replicas share the
-//! ChatGPT login in. The flags, and the settings made of them. The database's password never
-//! comes from argv: from `KEYWARD_STATE_PASSWORD`, or a file.
+//! `--state postgres://...`: the PostgreSQL database that several keyward replicas share their
+//! state in (the ChatGPT login, client tokens, the ledger, quotas, response owners). The flags,
+//! and the settings made of them. The database's password never comes from argv: from
+//! `KEYWARD_STATE_PASSWORD`, or a file.
 
 use std::path::{Path, PathBuf};
 
@@ -10,10 +11,11 @@ use crate::config::ConfigError;
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct StateArgs {
-    /// Share the ChatGPT login with other keyward replicas in this PostgreSQL database:
-    /// `postgres://USER@HOST[:PORT]/DB[?sslmode=disable|require|verify-full]`. The password
-    /// comes from KEYWARD_STATE_PASSWORD or --state-password-file, never from the URL. Without
-    /// it, the login stays in the home.
+    /// Share state with other keyward replicas in this PostgreSQL database: the ChatGPT login,
+    /// client tokens (`--client-tokens state`), the usage ledger, quota counts and response
+    /// owners. `postgres://USER@HOST[:PORT]/DB[?sslmode=disable|require|verify-full]`; the
+    /// password comes from KEYWARD_STATE_PASSWORD or --state-password-file, never from the URL.
+    /// Without it, all of this stays in files.
     #[arg(long, global = true, value_name = "URL", env = "KEYWARD_STATE")]
     pub state: Option<String>,
 
@@ -44,8 +46,8 @@ pub struct ReplicaArgs {
     #[arg(long, value_name = "NAME", env = "KEYWARD_REPLICA")]
     pub replica: Option<String>,
 
-    /// With --state: how often client tokens are re-read and quota counts are exchanged with
-    /// the other replicas. Each replica may admit up to this much of its own traffic beyond a
+    /// With --state: how often client tokens are re-read, and quota counts and response owners
+    /// exchanged with the other replicas. Each replica may admit up to this much of its own traffic beyond a
     /// quota before it sees the others' share.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::config::values::parse_duration)]
     pub state_sync: std::time::Duration,
