@@ -74,6 +74,11 @@ impl SharedLedger {
         unsent: PathBuf,
         buffer: u64,
     ) -> std::io::Result<Self> {
+        // Rows of the ledger wait here: it must be keyward's own and private, like the ledger.
+        if fs::symlink_metadata(&unsent).is_ok() {
+            crate::credential::chatgpt::home::check_private(&unsent, false)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
         let inner = Arc::new(Inner {
             db,
             replica,
@@ -305,15 +310,17 @@ fn send_unsent(inner: &Inner) -> Result<(), StateError> {
         Ok(file) => file,
         Err(_) => return Ok(()),
     };
-    let mut sent = 0u64;
+    let (mut sent, mut bad) = (0u64, 0u64);
     let mut batch = Vec::with_capacity(BATCH);
-    for line in BufReader::new(file).lines() {
-        let Ok(line) = line else { break };
-        match serde_json::from_str::<Row>(&line) {
+    for line in BufReader::new(file).split(b'\n') {
+        let Ok(line) = line else {
+            bad += 1;
+            break;
+        };
+        match serde_json::from_slice::<Row>(&line) {
             Ok(row) => batch.push(row),
-            Err(err) => {
-                tracing::warn!(path = %inner.unsent.display(), error = %err, "a line of the unsent ledger file is not a row; skipped")
-            }
+            Err(_) if line.is_empty() => {}
+            Err(_) => bad += 1,
         }
         if batch.len() == BATCH {
             inner.db.block_on(insert(&inner.db, &batch))?;
@@ -325,7 +332,12 @@ fn send_unsent(inner: &Inner) -> Result<(), StateError> {
         inner.db.block_on(insert(&inner.db, &batch))?;
         sent += batch.len() as u64;
     }
-    if let Err(err) = OpenOptions::new()
+    inner.sent.fetch_add(sent, Ordering::Relaxed);
+    tracing::info!(rows = sent, path = %inner.unsent.display(), "usage ledger rows kept while the state database was unreachable are now in it");
+    if bad > 0 {
+        // Lines that do not read are kept, not emptied away: set aside for the operator.
+        set_aside(inner, bad);
+    } else if let Err(err) = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&inner.unsent)
@@ -334,7 +346,30 @@ fn send_unsent(inner: &Inner) -> Result<(), StateError> {
         // Sent but not emptied: the next run sends them again, and the table keeps each once.
         tracing::warn!(path = %inner.unsent.display(), error = %err, "could not empty the unsent ledger file");
     }
-    inner.sent.fetch_add(sent, Ordering::Relaxed);
-    tracing::info!(rows = sent, path = %inner.unsent.display(), "usage ledger rows kept while the state database was unreachable are now in it");
     Ok(())
+}
+
+/// Renames an unsent file with lines that do not read (a write cut short, damage) out of the way,
+/// and says how to import what it holds.
+fn set_aside(inner: &Inner, bad: u64) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = inner.unsent.clone().into_os_string();
+    aside.push(format!(".unreadable-{secs}"));
+    let aside = PathBuf::from(aside);
+    match fs::rename(&inner.unsent, &aside) {
+        Ok(()) => tracing::error!(
+            path = %aside.display(),
+            lines = bad,
+            "lines of the unsent usage ledger file could not be read; the rows that could are in \
+             the state database, and the file is kept as it was under this name: repair it, then \
+             `keyward state import --ledger-only --usage-log FILE --replica {}` (rows already \
+             there are not added twice)",
+            inner.replica
+        ),
+        Err(err) => {
+            tracing::error!(path = %inner.unsent.display(), error = %err, "could not set aside the unsent usage ledger file, whose lines could not all be read")
+        }
+    }
 }

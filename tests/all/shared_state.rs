@@ -487,3 +487,66 @@ async fn a_stream_held_on_one_replica_counts_against_a_concurrent_quota_on_anoth
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loose_or_unreadable_unsent_file_is_refused_or_set_aside_and_loses_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(pg) = Postgres::start() else { return };
+    let upstream = upstream_with_usage().await;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let unsent = home.join("usage-unsent.jsonl");
+    let row = r#"{"replica":"a","time":"2026-11-30T10:00:00.000Z","ts":1795960800.0,"client":"left-over","model":"gpt-5","status":200,"upstream_status":200,"end":"completed","input_tokens":5,"cached_input_tokens":0,"output_tokens":7,"reasoning_tokens":0,"duration_ms":12.0,"ttfb_ms":3.0,"request_id":null,"id":"old-1"}"#;
+    std::fs::write(&unsent, format!("{row}\n{{\"replica\":\"a\",\"ti")).unwrap();
+
+    // Readable by others: refused at start, with the fix.
+    std::fs::set_permissions(&unsent, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (url, upstream_url) = (pg.url(), upstream.url());
+    let args = [
+        "serve",
+        "--upstream-url",
+        &upstream_url,
+        "--state",
+        &url,
+        "--replica",
+        "a",
+        "--home",
+        home.to_str().unwrap(),
+    ];
+    let cmd = crate::support::keyward::command(&args, &[("KEYWARD_STATE_PASSWORD", PASSWORD)]);
+    let child = crate::support::keyward::spawn_fed(cmd, b"sk-test-shared-state\n").await;
+    let output = within("keyward to exit", child.wait_with_output())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+
+    // Private again: the row that reads is sent; the file, with the line that does not, is set
+    // aside under another name rather than emptied.
+    std::fs::set_permissions(&unsent, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let _a = replica(&pg, &upstream, "a", &["--home", home.to_str().unwrap()]).await;
+    within("the readable row to reach the table", async {
+        while pg
+            .psql("SELECT count(*) FROM keyward_usage WHERE client = 'left-over'")
+            .trim()
+            != "1"
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let aside: Vec<_> = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("usage-unsent.jsonl.unreadable-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let kept = std::fs::read_to_string(home.join(&aside[0])).unwrap();
+    assert!(
+        kept.contains("left-over") && kept.ends_with("\"ti"),
+        "kept as it was: {kept}"
+    );
+}
