@@ -83,9 +83,13 @@ pub async fn chatgpt_credential(config: &Config) -> anyhow::Result<Credential> {
     }
     tokio::spawn(tokens.clone().keep_fresh());
     tokio::spawn(
-        tokens
-            .clone()
-            .watch_shared(std::time::Duration::from_secs(2)),
+        // As often as the other shared state is read.
+        tokens.clone().watch_shared(
+            config
+                .state
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(1), |state| state.sync),
+        ),
     );
     let backend = Backend::new(tokens, (**chatgpt).clone());
     Ok(Credential::ChatGpt(Arc::new(backend)))

@@ -441,3 +441,55 @@ async fn logout_through_the_database_revokes_and_deletes_the_shared_login() {
     let (ok, out, _) = keyward(&[&["status"][..], &common].concat()).await;
     assert!(!ok, "status says not signed in: {out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_login_stored_in_the_database_is_used_by_every_replica_within_a_sync() {
+    let Some(pg) = Postgres::start() else { return };
+    let issuer = FakeIssuer::start().await;
+    let backend = fake_backend(issuer.state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = issuer.mint();
+    let key = shared_login(&pg, dir.path(), &first).await;
+    let a = replica(&issuer, &backend, &pg, &key, &dir.path().join("a")).await;
+    let b = replica(&issuer, &backend, &pg, &key, &dir.path().join("b")).await;
+    let bearer = |replica: &Process| {
+        let addr = replica.addr;
+        let backend = &backend;
+        async move {
+            let reply = client::post_responses(addr, r#"{"model":"gpt-5","input":"hi"}"#).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            let seen = backend.requests().last().unwrap().headers["authorization"].clone();
+            seen.to_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(bearer(&a).await, format!("Bearer {}", first.access_token));
+    assert_eq!(bearer(&b).await, format!("Bearer {}", first.access_token));
+
+    // Another login stored (as `keyward login --state` or `state import` do), while the first's
+    // token still works: both replicas switch at their next sync, without a 401 or a restart.
+    let second = issuer.mint();
+    let home = dir.path().join("second-home");
+    seed_login(&home, &second);
+    let url = pg.url();
+    let (ok, out, err) = keyward(&[
+        "state",
+        "import",
+        "--home",
+        home.to_str().unwrap(),
+        "--state",
+        &url,
+        "--state-key-file",
+        &key,
+    ])
+    .await;
+    assert!(ok, "{out}{err}");
+    for replica in [&a, &b] {
+        within("the replica to use the new login", async {
+            while bearer(replica).await != format!("Bearer {}", second.access_token) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+    }
+    assert_eq!(issuer.refreshes(), 0, "picked up, not refreshed");
+}

@@ -64,13 +64,14 @@ impl RefreshLock {
 }
 
 impl RefreshLock {
-    /// With `--state`: whether the state database answers now (`None` without one).
-    pub async fn shared_reachable(&self) -> Option<bool> {
+    /// With `--state`: when the shared login was last written (`Ok(None)`: there is none), or
+    /// why the database does not answer; `None` without a state database.
+    pub async fn shared_changed_at(&self) -> Option<Result<Option<f64>, StoreError>> {
         let RefreshLock::Database(store) = self else {
             return None;
         };
         let store = store.clone();
-        Some(blocking(move || store.ping()).await.is_ok())
+        Some(blocking(move || store.changed_at()).await)
     }
 }
 

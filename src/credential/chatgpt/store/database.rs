@@ -156,14 +156,18 @@ impl DatabaseStore {
         })
     }
 
-    /// Whether the database answers.
-    pub fn ping(&self) -> Result<(), StoreError> {
-        // On the background connection: its health is what /readyz and the metrics report.
-        self.db.block_on(
-            self.db
-                .with_shared(|client| async move { client.batch_execute("SELECT 1").await }),
-        )?;
-        Ok(())
+    /// When the login was last written (seconds since the epoch), if there is one: on the
+    /// background connection, so it also tells whether the database answers.
+    pub fn changed_at(&self) -> Result<Option<f64>, StoreError> {
+        let row = self.db.block_on(self.db.with_shared(|client| async move {
+            client
+                .query_opt(
+                    "SELECT extract(epoch FROM updated_at)::float8 FROM keyward_login WHERE id = 1",
+                    &[],
+                )
+                .await
+        }))?;
+        Ok(row.map(|row| row.get(0)))
     }
 
     async fn read(&self, client: &Client) -> Result<Option<Login>, StoreError> {

@@ -38,14 +38,17 @@ impl TokenManager {
             .then_some("state database unreachable")
     }
 
-    /// With `--state`: asks the state database every `every` whether it answers, for
-    /// [`TokenManager::degraded`].
+    /// With `--state`: asks the state database every `every` when the login was last written,
+    /// which also says whether it answers (for [`TokenManager::degraded`]); when another replica
+    /// or a command changed it (a refresh, a new `keyward login`, a logout), reads it again.
     pub async fn watch_shared(self: Arc<Self>, every: Duration) {
         let Some(lock) = &self.lock else { return };
+        let mut seen: Option<Option<f64>> = None;
         loop {
-            let Some(reachable) = lock.shared_reachable().await else {
+            let Some(answer) = lock.shared_changed_at().await else {
                 return;
             };
+            let reachable = answer.is_ok();
             let was_down = self.shared_down.swap(!reachable, Ordering::Relaxed);
             if was_down == reachable {
                 if reachable {
@@ -56,7 +59,55 @@ impl TokenManager {
                     );
                 }
             }
+            if let Ok(changed) = answer {
+                if seen.is_some_and(|before| before != changed) {
+                    self.reload().await;
+                }
+                seen = Some(changed);
+            }
             tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Reads the stored login again and uses it, unless a refresh here is under way (it reads
+    /// the store itself): a new token is adopted, an ended login ends here, a removed one leaves
+    /// this replica signed out.
+    async fn reload(&self) {
+        let Ok(_gate) = self.gate.try_lock() else {
+            return;
+        };
+        let store = self.store.clone();
+        let loaded = match tokio::task::spawn_blocking(move || store.load()).await {
+            Ok(Ok(loaded)) => loaded,
+            _ => return,
+        };
+        match loaded {
+            Some(login) if login.dead.is_some() => {
+                let reason = login.dead.map(|d| d.reason).unwrap_or_default();
+                drop(self.mark_dead_locally(&reason));
+            }
+            Some(login) => {
+                let current = self.current().map(|s| s.fingerprint.clone());
+                if current.as_deref() != Some(login.access_token.fingerprint().as_str())
+                    && self.adopt(&login).is_ok()
+                {
+                    self.dead.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    tracing::info!("the shared ChatGPT login changed: using the new access token");
+                }
+            }
+            None => {
+                if self
+                    .current
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .is_some()
+                {
+                    tracing::warn!(
+                        "the shared ChatGPT login was removed (keyward logout): requests get 503 until `keyward login --state` stores a new one"
+                    );
+                }
+            }
         }
     }
 
