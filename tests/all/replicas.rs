@@ -31,8 +31,13 @@ async fn shared_login(pg: &Postgres, dir: &Path, minted: &Minted) -> String {
         "an existing key is never overwritten: {err}"
     );
 
-    let home = dir.join("importing-home");
-    seed_login(&home, minted);
+    import_login(pg, &dir.join("importing-home"), minted, &key_arg).await;
+    key_arg
+}
+
+/// `minted`, seeded in `home`, copied into the database with `keyward state import`.
+async fn import_login(pg: &Postgres, home: &Path, minted: &Minted, key: &str) {
+    seed_login(home, minted);
     let url = pg.url();
     let (ok, out, err) = keyward(&[
         "state",
@@ -42,12 +47,11 @@ async fn shared_login(pg: &Postgres, dir: &Path, minted: &Minted) -> String {
         "--state",
         &url,
         "--state-key-file",
-        &key_arg,
+        key,
     ])
     .await;
     assert!(ok, "{out}{err}");
     assert!(out.contains("Copied the login"), "{out}");
-    key_arg
 }
 
 /// A replica: `serve --auth chatgpt --state` with a home of its own.
@@ -468,21 +472,7 @@ async fn a_new_login_stored_in_the_database_is_used_by_every_replica_within_a_sy
     // Another login stored (as `keyward login --state` or `state import` do), while the first's
     // token still works: both replicas switch at their next sync, without a 401 or a restart.
     let second = issuer.mint();
-    let home = dir.path().join("second-home");
-    seed_login(&home, &second);
-    let url = pg.url();
-    let (ok, out, err) = keyward(&[
-        "state",
-        "import",
-        "--home",
-        home.to_str().unwrap(),
-        "--state",
-        &url,
-        "--state-key-file",
-        &key,
-    ])
-    .await;
-    assert!(ok, "{out}{err}");
+    import_login(&pg, &dir.path().join("second-home"), &second, &key).await;
     for replica in [&a, &b] {
         within("the replica to use the new login", async {
             while bearer(replica).await != format!("Bearer {}", second.access_token) {

@@ -26,19 +26,27 @@ async fn upstream_with_usage() -> FakeUpstream {
     .await
 }
 
-/// `serve` with an API key on stdin, sharing state in `pg`.
-async fn replica(pg: &Postgres, upstream: &FakeUpstream, name: &str, extra: &[&str]) -> Process {
-    let (url, upstream_url) = (pg.url(), upstream.url());
-    let mut args = vec![
+/// `serve --state` in front of `upstream`, as replica `name`.
+fn replica_args(pg: &Postgres, upstream: &FakeUpstream, name: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "serve",
         "--upstream-url",
-        &upstream_url,
+        &upstream.url(),
         "--state",
-        &url,
-        "--replica",
-        name,
-    ];
-    args.extend_from_slice(extra);
+        &pg.url(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(["--replica".to_owned(), name.to_owned()]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// `serve` with an API key on stdin, sharing state in `pg`.
+async fn replica(pg: &Postgres, upstream: &FakeUpstream, name: &str, extra: &[&str]) -> Process {
+    let args = replica_args(pg, upstream, name, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Process::spawn(
         &args,
         b"sk-test-shared-state\n",
@@ -503,18 +511,8 @@ async fn a_loose_or_unreadable_unsent_file_is_refused_or_set_aside_and_loses_not
 
     // Readable by others: refused at start, with the fix.
     std::fs::set_permissions(&unsent, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (url, upstream_url) = (pg.url(), upstream.url());
-    let args = [
-        "serve",
-        "--upstream-url",
-        &upstream_url,
-        "--state",
-        &url,
-        "--replica",
-        "a",
-        "--home",
-        home.to_str().unwrap(),
-    ];
+    let args = replica_args(&pg, &upstream, "a", &["--home", home.to_str().unwrap()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let cmd = crate::support::keyward::command(&args, &[("KEYWARD_STATE_PASSWORD", PASSWORD)]);
     let child = crate::support::keyward::spawn_fed(cmd, b"sk-test-shared-state\n").await;
     let output = within("keyward to exit", child.wait_with_output())
