@@ -28,6 +28,8 @@ const OUTBOX: usize = 100_000;
 /// A lookup that finds nothing is tried once more after this (the creating replica's write may
 /// still be on its way).
 const LOOKUP_AGAIN: Duration = Duration::from_millis(250);
+/// The most changes one poll reads.
+pub const POLL_LIMIT: usize = 5000;
 /// How far back each poll reads again, in changes: a change whose transaction committed after a
 /// later one was read is still seen.
 const POLL_OVERLAP: i64 = 256;
@@ -208,7 +210,7 @@ pub struct Owned {
     pub billed: bool,
 }
 
-/// The changes after `seq` (less an overlap), oldest first, at most 5,000; and the highest
+/// The changes after `seq` (less an overlap), oldest first, at most [`POLL_LIMIT`]; and the highest
 /// `seq` read.
 pub async fn poll(db: &StateDb, seq: i64) -> Result<(Vec<Owned>, i64), StateError> {
     let rows = db
@@ -216,8 +218,8 @@ pub async fn poll(db: &StateDb, seq: i64) -> Result<(Vec<Owned>, i64), StateErro
             client
                 .query(
                     "SELECT hash, client, at, billed, seq FROM keyward_owners \
-                     WHERE seq > $1 ORDER BY seq LIMIT 5000",
-                    &[&(seq - POLL_OVERLAP).max(0)],
+                     WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    &[&(seq - POLL_OVERLAP).max(0), &(POLL_LIMIT as i64)],
                 )
                 .await
         })

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -188,13 +189,9 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
                 .map(|t| QuotaExchange::new(t.quotas.clone(), &shared.replica)),
             owners: owners.clone().map(|owners| {
                 owners.share(crate::access::owners_db::Outbox::start(db.clone()));
-                (owners, std::sync::atomic::AtomicI64::new(0))
+                let ttl = config.ownership.as_ref().map_or(Duration::ZERO, |o| o.ttl);
+                crate::server::state::OwnersSync::new(owners, ttl)
             }),
-            ownership_ttl: config
-                .ownership
-                .as_ref()
-                .map_or(std::time::Duration::ZERO, |o| o.ttl),
-            expired_at: tokio::sync::Mutex::new(None),
         }
         .spawn(shutdown.subscribe());
     }

@@ -4,7 +4,6 @@
 //! own runtime: serving never waits for it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -44,16 +43,60 @@ pub(crate) struct Sync {
     /// With `--client-tokens state`.
     pub tokens: Option<Arc<ClientTokens>>,
     pub quotas: Option<QuotaExchange>,
-    /// The record of response owners, and the last change of the table's it has read.
-    pub owners: Option<(Arc<Owners>, AtomicI64)>,
-    /// Ownership entries older than this are removed from the table (hourly).
-    pub ownership_ttl: Duration,
-    pub expired_at: tokio::sync::Mutex<Option<Instant>>,
+    pub owners: Option<OwnersSync>,
+}
+
+/// The record of response owners, as the sync keeps it up to date.
+pub(crate) struct OwnersSync {
+    owners: Arc<Owners>,
+    /// Entries older than this are removed from the table (hourly).
+    ttl: Duration,
+    /// The last change of the table's read.
+    seq: i64,
+    expired_at: Option<Instant>,
+}
+
+impl OwnersSync {
+    pub(crate) fn new(owners: Arc<Owners>, ttl: Duration) -> Self {
+        Self {
+            owners,
+            ttl,
+            seq: 0,
+            expired_at: None,
+        }
+    }
+
+    /// The other replicas' response owners since the last read (all of them at the first), and
+    /// once an hour, the expired ones removed from the table.
+    async fn read(&mut self, db: &StateDb) {
+        loop {
+            let Ok((owned, last)) = owners_db::poll(db, self.seq).await else {
+                return;
+            };
+            let full = owned.len() == owners_db::POLL_LIMIT;
+            for owner in owned {
+                self.owners
+                    .merge(owner.key, &owner.client, owner.at, owner.billed);
+            }
+            self.seq = last;
+            if !full {
+                break;
+            }
+        }
+        if self
+            .expired_at
+            .is_none_or(|at| at.elapsed() > Duration::from_secs(3600))
+        {
+            self.expired_at = Some(Instant::now());
+            let oldest = crate::access::owners_file::oldest(self.ttl);
+            let _ = owners_db::expire(db, oldest).await;
+        }
+    }
 }
 
 impl Sync {
     /// Runs until keyward stops.
-    pub(crate) fn spawn(self, mut stop: watch::Receiver<bool>) {
+    pub(crate) fn spawn(mut self, mut stop: watch::Receiver<bool>) {
         let db = self.db.clone();
         db.spawn(async move {
             loop {
@@ -66,7 +109,7 @@ impl Sync {
         });
     }
 
-    async fn once(&self) {
+    async fn once(&mut self) {
         if let Some(tokens) = &self.tokens {
             // A failure is reported by the database's health (once per episode); the tokens
             // read before stay in force.
@@ -83,8 +126,8 @@ impl Sync {
                 }
             }
         }
-        if let Some((owners, seq)) = &self.owners {
-            self.read_owners(owners, seq).await;
+        if let Some(owners) = &mut self.owners {
+            owners.read(&self.db).await;
         }
         if let Some(quotas) = &self.quotas {
             let _ = quotas.exchange(&self.db, self.every).await;
@@ -94,31 +137,6 @@ impl Sync {
                 .db
                 .with_shared(|client| async move { client.simple_query("SELECT 1").await })
                 .await;
-        }
-    }
-
-    /// The other replicas' response owners since the last read (all of them at the first), and
-    /// once an hour, the expired ones removed from the table.
-    async fn read_owners(&self, owners: &Owners, seq: &AtomicI64) {
-        loop {
-            let Ok((owned, last)) = owners_db::poll(&self.db, seq.load(Ordering::Relaxed)).await
-            else {
-                return;
-            };
-            let full = owned.len() == 5000;
-            for owner in owned {
-                owners.merge(owner.key, &owner.client, owner.at, owner.billed);
-            }
-            seq.store(last, Ordering::Relaxed);
-            if !full {
-                break;
-            }
-        }
-        let mut expired_at = self.expired_at.lock().await;
-        if expired_at.is_none_or(|at| at.elapsed() > Duration::from_secs(3600)) {
-            *expired_at = Some(Instant::now());
-            let oldest = crate::access::owners_file::oldest(self.ownership_ttl);
-            let _ = owners_db::expire(&self.db, oldest).await;
         }
     }
 }
