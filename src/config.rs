@@ -107,8 +107,6 @@ pub enum CredentialConfig {
 #[derive(Debug, Clone)]
 pub struct ChatGptConfig {
     pub home: PathBuf,
-    /// The state database the login is shared in (`--state`), instead of the home.
-    pub state: Option<state::StateConfig>,
     pub store: StoreKind,
     pub issuer: String,
     pub originator: HeaderValue,
@@ -369,7 +367,6 @@ fn chatgpt_config(args: &ServeArgs) -> Result<ChatGptConfig, ConfigError> {
     Ok(ChatGptConfig {
         home: values::home_dir(args.home.home.as_deref())
             .ok_or_else(|| ConfigError::Home(values::NO_HOME.into()))?,
-        state: state::settings(&args.home.state)?,
         store: args.home.store,
         issuer: args.issuer.issuer.trim_end_matches('/').to_owned(),
         originator: header("originator", &chatgpt.originator)?,

@@ -59,7 +59,9 @@ pub async fn chatgpt_credential(config: &Config) -> anyhow::Result<Credential> {
         anyhow::bail!("not configured for --auth chatgpt");
     };
     let home = Home::open(&chatgpt.home)?;
-    let (kind, state, opened) = (chatgpt.store, chatgpt.state.clone(), home.clone());
+    // With --state, the login is shared in the database instead of the home.
+    let state = config.state.as_ref().map(|shared| shared.db.clone());
+    let (kind, opened) = (chatgpt.store, home.clone());
     // Opening the state database connects to it: off the async threads.
     let (store, lock) = tokio::task::spawn_blocking(move || {
         crate::credential::chatgpt::refresh_lock::open_store(kind, &opened, state.as_ref())
