@@ -12,6 +12,7 @@ use http::HeaderValue;
 pub mod access;
 pub mod args;
 pub mod command_args;
+mod error;
 pub mod file;
 pub mod quota;
 pub mod responses;
@@ -22,6 +23,7 @@ pub mod values;
 pub use crate::config::access::ClientTokenSource;
 use crate::config::access::{HostCheck, Policy};
 use crate::config::args::{AuthMode, LogFormat, ServeArgs};
+pub use crate::config::error::{AccessConfigError, ConfigError};
 use crate::config::quota::QuotaConfig;
 use crate::config::responses::{Endpoints, Ownership};
 use crate::config::upstream::parse_upstream;
@@ -30,43 +32,6 @@ use crate::config::values::{AuthHeader, KeySource, StoreKind};
 
 pub const OPENAI_UPSTREAM: &str = "https://api.openai.com/v1/responses";
 pub const CHATGPT_UPSTREAM: &str = "https://chatgpt.com/backend-api/codex/responses";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("`{0}` is not an address such as 127.0.0.1:8080, [::1]:8080 or unix:/run/keyward.sock")]
-    BadListen(String),
-    #[error("--metrics-listen `{0}` is not an address such as 127.0.0.1:9464")]
-    BadMetricsListen(String),
-    #[error(
-        "refusing to listen on {0}: it is not a loopback address, so other hosts could spend the \
-         credential. Listen on 127.0.0.1 or [::1] (and reach it from elsewhere through an SSH \
-         tunnel), or require client tokens with --client-tokens FILE"
-    )]
-    NotLoopback(SocketAddr),
-    #[error(
-        "refusing to listen on {0} without TLS: client tokens and prompts would cross the network \
-         in the clear. Give --tls-cert and --tls-key, or --insecure-no-tls on a network you trust"
-    )]
-    NoTls(SocketAddr),
-    #[error("{0}")]
-    Access(#[from] crate::config::access::AccessConfigError),
-    #[error("{0}")]
-    Quota(String),
-    #[error("--upstream-url `{url}` is not usable: {why}")]
-    BadUpstream { url: String, why: String },
-    #[error("--state: {0}")]
-    BadState(String),
-    #[error("--upstream-proxy is not usable: {0}")]
-    BadProxy(String),
-    #[error("--{flag} must be greater than zero")]
-    Zero { flag: &'static str },
-    #[error("{0}")]
-    Conflict(&'static str),
-    #[error("--{flag} is not a valid HTTP header value")]
-    BadHeader { flag: &'static str },
-    #[error("{0}")]
-    Home(String),
-}
 
 /// Request and time limits.
 #[derive(Debug, Clone)]

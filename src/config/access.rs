@@ -7,15 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::HeaderMap;
 use http::header::{HOST, ORIGIN};
 
-#[derive(Debug, thiserror::Error)]
-pub enum AccessConfigError {
-    #[error("there is no user named `{0}` on this host (--{1})")]
-    NoSuchUser(String, &'static str),
-    #[error("there is no group named `{0}` on this host (--allow-group)")]
-    NoSuchGroup(String),
-    #[error("the user database could not be read: {0}")]
-    Database(String),
-}
+use crate::config::error::{AccessConfigError, ConfigError};
 
 /// The uid and gid policy, resolved to numbers at start.
 #[derive(Debug, Clone, Default)]
@@ -195,12 +187,12 @@ pub enum ClientTokenSource {
 pub fn client_token_source(
     flag: Option<&std::path::Path>,
     shared: bool,
-) -> Result<Option<ClientTokenSource>, crate::config::ConfigError> {
+) -> Result<Option<ClientTokenSource>, ConfigError> {
     match flag {
         None => Ok(None),
         Some(path) if path.as_os_str() == "state" => {
             if !shared {
-                return Err(crate::config::ConfigError::BadState(
+                return Err(ConfigError::BadState(
                     "--client-tokens state reads the tokens from the state database: give \
                      --state URL too (or ./state for a file named state)"
                         .into(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 use crate::config::values::{self, parse_duration};
 
 /// The name of the ownership record in keyward's home.

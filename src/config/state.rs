@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct StateArgs {

@@ -5,7 +5,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
 
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 
 /// The upstream endpoint, parsed once.
 #[derive(Debug, Clone)]

@@ -1,12 +1,14 @@
 //! The code layout's rules, checked over `src/` as text (see the module docs of `src/lib.rs`):
-//! rooms import only rooms below them, files inside a folder import each other without a circle,
-//! and no source file is longer than 400 lines outside its tests.
+//! modules import only modules below them, files inside a folder (its front file included)
+//! import each other without a circle, and no source file is longer than 400 lines outside its
+//! tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// The rooms, lowest first. A room may use the rooms before it in this list, never one after.
-const ROOMS: &[&str] = &[
+/// The top-level modules (layers), lowest first. A layer may use the layers before it in this
+/// list, never one after.
+const LAYERS: &[&str] = &[
     "secret",
     "config",
     "upstream",
@@ -20,9 +22,9 @@ const ROOMS: &[&str] = &[
 
 const MAX_LINES: usize = 400;
 
-/// Every module of the library (`a::b` for `src/a/b.rs`), with its file.
-fn modules() -> BTreeMap<String, PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+/// Every module of the library in `src` (`a::b` for `src/a/b.rs`), with its file.
+fn modules(src: &Path) -> BTreeMap<String, PathBuf> {
+    let src = src.to_path_buf();
     let mut found = BTreeMap::new();
     let mut dirs = vec![src.clone()];
     while let Some(dir) = dirs.pop() {
@@ -86,7 +88,7 @@ fn lines_outside_tests(text: &str) -> usize {
         .count()
 }
 
-fn room(module: &str) -> &str {
+fn layer(module: &str) -> &str {
     module.split("::").next().unwrap()
 }
 
@@ -128,7 +130,13 @@ fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
 
 #[test]
 fn imports_go_down_the_layers_and_no_file_is_too_long() {
-    let modules = modules();
+    let problems = check(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Every way the library in `src` breaks the layout's rules.
+fn check(src: &Path) -> Vec<String> {
+    let modules = modules(src);
     let mut problems = Vec::new();
     // Between the files of one folder: `parent` → edges between its children.
     let mut folders: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
@@ -144,15 +152,15 @@ fn imports_go_down_the_layers_and_no_file_is_too_long() {
         if module == "lib" {
             continue;
         }
-        if !ROOMS.contains(&room(module)) {
+        if !LAYERS.contains(&layer(module)) {
             problems.push(format!(
-                "{module} is in no room: add `{}` to ROOMS here and to the layout in src/lib.rs",
-                room(module)
+                "{module} is in no layer: add `{}` to LAYERS here and to the layout in src/lib.rs",
+                layer(module)
             ));
         }
         for target in imports(&text, &modules) {
-            let (from, to) = (room(module), room(&target));
-            let rank = |r: &str| ROOMS.iter().position(|x| *x == r);
+            let (from, to) = (layer(module), layer(&target));
+            let rank = |r: &str| LAYERS.iter().position(|x| *x == r);
             if from != to {
                 if rank(to) >= rank(from) {
                     problems.push(format!(
@@ -164,16 +172,24 @@ fn imports_go_down_the_layers_and_no_file_is_too_long() {
             }
             let (a, b) = (ancestry(module), ancestry(&target));
             let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-            if common == a.len() || common == b.len() {
-                continue; // a folder's front file and its own children
+            if common == a.len() && common == b.len() {
+                continue; // itself
             }
-            let parent = a[common - 1].clone();
+            // A folder's front file is one of its files: `x.rs` is the node `x` in folder `x`.
+            // The front file using a child, or a child using its front file (or one above).
+            let (folder, from, to) = if common == a.len() {
+                (module.clone(), module.clone(), b[common].clone())
+            } else if common == b.len() {
+                (target.clone(), a[common].clone(), target.clone())
+            } else {
+                (a[common - 1].clone(), a[common].clone(), b[common].clone())
+            };
             folders
-                .entry(parent)
+                .entry(folder)
                 .or_default()
-                .entry(a[common].clone())
+                .entry(from)
                 .or_default()
-                .insert(b[common].clone());
+                .insert(to);
         }
     }
     for (folder, graph) in &folders {
@@ -184,7 +200,7 @@ fn imports_go_down_the_layers_and_no_file_is_too_long() {
             ));
         }
     }
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    problems
 }
 
 #[test]
@@ -206,4 +222,21 @@ fn the_checker_sees_an_import_that_goes_up() {
         ("b".to_owned(), BTreeSet::from(["a".to_owned()])),
     ]);
     assert_eq!(circles(&graph).len(), 1);
+}
+
+#[test]
+fn a_circle_through_a_front_file_is_found() {
+    let root = std::env::temp_dir().join(format!("keyward-layout-{}", std::process::id()));
+    let src = root.join("src");
+    std::fs::create_dir_all(src.join("proxy")).unwrap();
+    std::fs::write(src.join("proxy.rs"), "use crate::proxy::relay::Relay;\n").unwrap();
+    std::fs::write(src.join("proxy/relay.rs"), "use crate::proxy::Owner;\n").unwrap();
+    let problems = check(&src);
+    std::fs::remove_dir_all(&root).unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("files in proxy import each other in a circle")),
+        "{problems:?}"
+    );
 }
