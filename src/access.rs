@@ -10,4 +10,5 @@ pub mod gate;
 pub mod owners;
 pub mod owners_db;
 pub mod owners_file;
+pub mod ownership;
 pub mod peer;

@@ -7,7 +7,7 @@
 pub mod assemble;
 pub mod backend;
 pub mod body;
-pub mod codex_endpoints;
+pub mod context;
 pub mod credential;
 pub mod decode;
 pub mod dump;
@@ -16,9 +16,12 @@ pub mod forward;
 pub mod handler;
 pub mod headers;
 pub mod open;
+pub mod pipeline;
+pub mod plan;
 pub mod previous;
 pub mod request_body;
 pub mod routes;
+pub mod send;
 pub mod websocket;
 
 /// Where responses are created (POST, and GET for a WebSocket); the other endpoints are under it

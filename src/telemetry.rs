@@ -4,6 +4,7 @@
 //! (refresh counts for the metrics), `upstream` (the state database: the ledger's table and the
 //! quota exchange), `config` and `secret`; never `proxy` or `server`.
 
+pub mod account;
 pub mod charge;
 pub mod families;
 pub mod json_skim;

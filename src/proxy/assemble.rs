@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
+use crate::config::Limits;
 use crate::proxy::body::UpstreamBody;
 use crate::proxy::error::ProxyError;
 
@@ -32,6 +33,23 @@ pub(crate) async fn read_limited(
             Err(ProxyError::BodyTooLarge { limit })
         }
         Err(err) => Err(ProxyError::ClientBody(err.to_string())),
+    }
+}
+
+/// The most of a small answer keyward reads whole (the backend's model list).
+const MAX_ANSWER: usize = 4 << 20;
+
+/// A small answer read whole, within the idle timeout and [`MAX_ANSWER`].
+pub(crate) async fn read_answer(body: UpstreamBody, limits: &Limits) -> Result<Bytes, ProxyError> {
+    let read = Limited::new(body, MAX_ANSWER).collect();
+    match tokio::time::timeout(limits.idle_timeout, read).await {
+        Err(_) => Err(ProxyError::BackendStream(
+            "the backend did not finish its model list in time".into(),
+        )),
+        Ok(Err(err)) => Err(ProxyError::BackendStream(format!(
+            "the backend's model list could not be read: {err}"
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }
 

@@ -1,40 +1,36 @@
-//! `serve --auth chatgpt`: forwarding to the Codex backend with the ChatGPT login.
-//!
-//! The backend is stricter than the public API, so requests are adapted: `store` is forced to
-//! false, `instructions` supplied, refused parameters dropped, and a stream always requested;
-//! a client that asked for no stream gets the final response object as JSON, assembled from the
-//! stream as it passes.
+//! The ChatGPT backend's rules: what each endpoint becomes there, the headers a login adds, and
+//! how a request is adapted. The backend is stricter than the public API: `store` is forced to
+//! false, `instructions` supplied, refused parameters dropped, and a stream always requested; a
+//! client that asked for no stream gets the final response object as JSON, assembled from the
+//! stream as it passes ([`crate::proxy::assemble`]). Its model list is answered in the OpenAI
+//! shape; it keeps no stored responses and counts no input tokens, so those endpoints get a 404
+//! that says so. Sending is the pipeline's ([`crate::proxy::pipeline`]).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use serde_json::{Map, Value};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::{Map, Value, json};
 
-use crate::config::ChatGptConfig;
-use crate::credential::chatgpt::plan::PlanUsage;
-use crate::credential::chatgpt::record::now;
+use crate::config::{ChatGptConfig, Upstream};
 use crate::credential::chatgpt::tokens::{AuthError, Session, TokenManager};
-use crate::proxy::assemble::{assemble, read_limited};
-use crate::proxy::body::ProxyBody;
-use crate::proxy::body::UpstreamBody;
-use crate::proxy::decode::decode;
-use crate::proxy::dump::ExchangeId;
-use crate::proxy::error::{ProxyError, classify_send, json_response};
-use crate::proxy::forward::Forwarder;
-use crate::proxy::headers;
-use crate::telemetry::log::ExchangeLog;
+use crate::proxy::error::ProxyError;
+use crate::proxy::plan::Plan;
+use crate::proxy::routes::Endpoint;
 
 const CHATGPT_ACCOUNT_ID: HeaderName = HeaderName::from_static("chatgpt-account-id");
 const FEDRAMP: HeaderName = HeaderName::from_static("x-openai-fedramp");
 const ORIGINATOR: HeaderName = HeaderName::from_static("originator");
 const VERSION: HeaderName = HeaderName::from_static("version");
 
-/// The ChatGPT credential and the backend's rules. Requests go through the worker's upstream
-/// connections, like the API key's.
+const NO_STORED_RESPONSES: &str = "the ChatGPT backend keeps no stored responses (store is \
+    always false there), so there is nothing to retrieve, cancel, delete or list; serve with an \
+    API key (--auth api-key) for stored responses";
+const NO_INPUT_TOKENS: &str = "the ChatGPT backend does not count input tokens; serve with an \
+    API key (--auth api-key) for POST /v1/responses/input_tokens";
+
+/// The ChatGPT credential and the backend's rules.
 pub struct Backend {
     pub tokens: Arc<TokenManager>,
     config: ChatGptConfig,
@@ -45,89 +41,46 @@ impl Backend {
         Self { tokens, config }
     }
 
-    pub async fn forward(
+    /// What `endpoint` becomes at the backend.
+    pub(crate) fn plan(
         &self,
-        proxy: &Forwarder,
-        req: Request<Incoming>,
-        mut log: ExchangeLog,
-    ) -> Response<ProxyBody> {
-        match self.try_forward(proxy, req, &mut log).await {
-            Ok(Reply::Relay(parts, body, exchange)) => {
-                let dump = exchange.and_then(|id| proxy.open_response_dump(id, &parts));
-                proxy.relay(parts, body, log, dump, true)
-            }
-            Ok(Reply::Local(response)) => {
-                log.finish_local(
-                    response.status(),
-                    crate::proxy::forward::body_len(&response),
-                );
-                *response
-            }
-            Err(err) => proxy.fail(err, log),
-        }
+        endpoint: &Endpoint,
+        client: &HeaderMap,
+        upstream: &Upstream,
+    ) -> Result<Plan, ProxyError> {
+        let url = |suffix: &str, query: Option<&str>| {
+            upstream.endpoint(suffix, query).ok_or(ProxyError::NotOffered(
+                "--upstream-url does not end in /responses, so keyward cannot derive the backend's \
+                 other endpoints from it",
+            ))
+        };
+        Ok(match endpoint {
+            Endpoint::Create => Plan::Adapted(upstream.uri.clone()),
+            Endpoint::Compact => Plan::Whole(url("/responses/compact", None)?),
+            Endpoint::Models | Endpoint::Model(_) => Plan::Models {
+                uri: url("/models", Some(&self.models_query(client)))?,
+                id: match endpoint {
+                    Endpoint::Model(id) => Some(id.clone()),
+                    _ => None,
+                },
+            },
+            Endpoint::InputTokens => return Err(ProxyError::NotOffered(NO_INPUT_TOKENS)),
+            _ => return Err(ProxyError::NotOffered(NO_STORED_RESPONSES)),
+        })
     }
 
-    async fn try_forward(
-        &self,
-        proxy: &Forwarder,
-        req: Request<Incoming>,
-        log: &mut ExchangeLog,
-    ) -> Result<Reply, ProxyError> {
-        let (parts, body) = req.into_parts();
-        let limit = proxy.limits().max_body;
-        let body = read_limited(body, &parts.headers, limit).await?;
-        log.add_bytes_in(body.len());
-        // The rules change the body, so it is read plain and goes on plain.
-        let encoded_len = body.len();
-        let body = decode(&parts.headers, body, limit)?;
-        if body.len() != encoded_len {
-            let plain = body.len() as u64;
-            log.plain_size(Box::new(move || Some(plain)));
-        }
-        let (payload, wants_stream) = self.adapt(&body)?;
-        // The dump shows the request as the backend receives it.
-        let exchange = proxy.open_request_dump(&parts).map(|(id, mut sink)| {
-            sink.append(&payload);
-            sink.set_end("completed");
-            id
-        });
-
-        let response = self
-            .with_login(log, |session| {
-                self.send(proxy, &parts.headers, &payload, session)
-            })
-            .await?;
-        if let Some(usage) = PlanUsage::from_headers(response.headers(), now()) {
-            self.tokens.plan.observe(usage);
-        }
-
-        if wants_stream || !response.status().is_success() {
-            let (parts, body) = response.into_parts();
-            return Ok(Reply::Relay(parts, body, exchange));
-        }
-        let idle = proxy.limits().idle_timeout;
-        let (status, json) = assemble(response.into_body(), idle).await?;
-        if status.is_success() {
-            log.saw_response(&json);
-        }
-        let response = json_response(status, &json);
-        if let Some(id) = exchange {
-            let (parts, ()) = Response::builder()
-                .status(status)
-                .header(CONTENT_TYPE, "application/json")
-                .body(())
-                .unwrap_or_default()
-                .into_parts();
-            if let Some(mut sink) = proxy.open_response_dump(id, &parts) {
-                sink.append(json.to_string().as_bytes());
-                sink.set_end("completed");
-            }
-        }
-        Ok(Reply::Local(Box::new(response)))
+    /// `client_version=V` for the model list: the version keyward tells the backend of.
+    fn models_query(&self, client: &HeaderMap) -> String {
+        let version = self.client_version(client);
+        format!(
+            "client_version={}",
+            url::form_urlencoded::byte_serialize(version.as_bytes()).collect::<String>()
+        )
     }
 
-    /// The request body as the backend accepts it, and whether the client asked for a stream.
-    fn adapt(&self, body: &[u8]) -> Result<(Bytes, bool), ProxyError> {
+    /// The request body for create as the backend accepts it, and whether the client asked for
+    /// a stream.
+    pub(crate) fn adapt(&self, body: &[u8]) -> Result<(Bytes, bool), ProxyError> {
         let mut request: Map<String, Value> = match serde_json::from_slice(body) {
             Ok(Value::Object(map)) => map,
             Ok(_) => {
@@ -151,65 +104,28 @@ impl Backend {
         Ok((Bytes::from(bytes), wants_stream))
     }
 
-    /// The headers the backend gets for a client's request (HTTP or a WebSocket handshake): the
-    /// client's own, less the ones keyward decides, with the login's credential and account. A
-    /// Codex CLI's `originator`, `version` and `User-Agent` pass on as they are (the backend
-    /// judges a model's availability by them); other clients get the configured ones.
-    pub(crate) fn upstream_headers(
-        &self,
-        client_headers: &HeaderMap,
-        session: &Session,
-    ) -> HeaderMap {
-        let mut headers = headers::upstream_request_headers(client_headers);
-        for name in [CHATGPT_ACCOUNT_ID, header::COOKIE, FEDRAMP] {
-            headers.remove(name);
-        }
+    /// The login's headers on a request the header policy made from the client's (`client`):
+    /// its access token and account. A Codex CLI's `originator`, `version` and `User-Agent`
+    /// pass on as they are (the backend judges a model's availability by them); other clients
+    /// get the configured ones.
+    pub(crate) fn authorize(&self, headers: &mut HeaderMap, client: &HeaderMap, session: &Session) {
         headers.insert(header::AUTHORIZATION, session.authorization.expose());
         headers.insert(CHATGPT_ACCOUNT_ID, session.account_id.clone());
         if session.fedramp {
             headers.insert(FEDRAMP, HeaderValue::from_static("true"));
         }
-        let codex = client_headers.contains_key(ORIGINATOR) && client_headers.contains_key(VERSION);
+        let codex = client.contains_key(ORIGINATOR) && client.contains_key(VERSION);
         if !codex {
             headers.insert(ORIGINATOR, self.config.originator.clone());
             headers.insert(VERSION, self.config.version.clone());
             headers.insert(header::USER_AGENT, self.config.user_agent.clone());
-        } else if !client_headers.contains_key(header::USER_AGENT) {
+        } else if !client.contains_key(header::USER_AGENT) {
             headers.insert(header::USER_AGENT, self.config.user_agent.clone());
         }
-        headers
-    }
-
-    /// Sends a request with the login (`send` builds and sends it for a session): after a 401
-    /// the token may have been replaced or revoked, so the store is re-read, the token refreshed
-    /// if it is still the current one, and the request sent once more.
-    pub(crate) async fn with_login<F, Fut>(
-        &self,
-        log: &mut ExchangeLog,
-        send: F,
-    ) -> Result<Response<UpstreamBody>, ProxyError>
-    where
-        F: Fn(Arc<Session>) -> Fut,
-        Fut: std::future::Future<Output = Result<Response<UpstreamBody>, ProxyError>>,
-    {
-        let session = self.tokens.session().await.map_err(ProxyError::Auth)?;
-        log.sending();
-        let mut response = send(session.clone()).await?;
-        if response.status() == StatusCode::UNAUTHORIZED {
-            tracing::info!("the backend refused the access token; refreshing and retrying once");
-            let fresh = self
-                .tokens
-                .after_unauthorized(&session)
-                .await
-                .map_err(ProxyError::Auth)?;
-            response = send(fresh).await?;
-        }
-        log.upstream_head(response.status(), response.headers());
-        Ok(response)
     }
 
     /// The Codex version the backend is told of: a Codex CLI's own, else `--codex-version`.
-    pub(crate) fn client_version(&self, client_headers: &HeaderMap) -> String {
+    fn client_version(&self, client_headers: &HeaderMap) -> String {
         let codex = client_headers.contains_key(ORIGINATOR);
         client_headers
             .get(VERSION)
@@ -249,43 +165,53 @@ impl Backend {
             request.remove(name);
         }
     }
+}
 
-    async fn send(
-        &self,
-        proxy: &Forwarder,
-        client_headers: &HeaderMap,
-        payload: &Bytes,
-        session: Arc<Session>,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let mut headers = self.upstream_headers(client_headers, &session);
-        headers.remove(CONTENT_LENGTH);
-        headers.remove(header::CONTENT_ENCODING);
-        headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-
-        let mut request = Request::new(Either::Right(Full::new(payload.clone())));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = proxy.upstream().uri.clone();
-        *request.headers_mut() = headers;
-        let timeout = proxy.limits().response_timeout;
-        match tokio::time::timeout(timeout, proxy.pool().send(request)).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
-            Ok(Err(err)) => Err(classify_send(err)),
-            Ok(Ok(response)) => Ok(response),
-        }
+/// The answer to `GET /v1/models` (`id` None) or `/v1/models/{id}` from the backend's answer to
+/// its model list: its error as it gave it, the list in the OpenAI shape, the one model, or a
+/// 404 in the API's words.
+pub(crate) fn models_answer(
+    status: StatusCode,
+    body: &[u8],
+    id: Option<&str>,
+) -> (StatusCode, Value) {
+    let answer: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if !status.is_success() {
+        return (status, answer);
+    }
+    let list = openai_model_list(&answer);
+    let Some(id) = id else {
+        return (StatusCode::OK, list);
+    };
+    let found = list["data"]
+        .as_array()
+        .and_then(|models| models.iter().find(|m| m["id"] == id));
+    match found {
+        Some(model) => (StatusCode::OK, model.clone()),
+        None => (
+            StatusCode::NOT_FOUND,
+            json!({"error": {
+                "message": format!("The model '{id}' does not exist or you do not have access to it."),
+                "type": "invalid_request_error",
+                "param": null,
+                "code": "model_not_found",
+            }}),
+        ),
     }
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "returned once per request and matched at once; boxing would add an allocation"
-)]
-enum Reply {
-    Relay(http::response::Parts, UpstreamBody, Option<ExchangeId>),
-    Local(Box<Response<ProxyBody>>),
+/// The backend's `{"models":[{"slug",...}]}` as OpenAI's list:
+/// `{"object":"list","data":[{"id","object":"model","created","owned_by"}]}`. The backend gives
+/// no creation time: `created` is 0.
+pub fn openai_model_list(codex: &Value) -> Value {
+    let data: Vec<Value> = codex["models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|model| model["slug"].as_str().or(model["id"].as_str()))
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "openai"}))
+        .collect();
+    json!({"object": "list", "data": data})
 }
 
 impl AuthError {
@@ -297,5 +223,30 @@ impl AuthError {
             AuthError::Store(_) => "chatgpt_login_unreadable",
             AuthError::SharedUnreachable(_) => "state_database_unreachable",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backend_model_list_becomes_openai_s() {
+        let codex = json!({"models": [
+            {"slug": "gpt-5.1-codex", "display_name": "GPT-5.1 Codex", "priority": 1},
+            {"slug": "gpt-5.1"},
+            {"display_name": "no slug"}
+        ]});
+        assert_eq!(
+            openai_model_list(&codex),
+            json!({"object": "list", "data": [
+                {"id": "gpt-5.1-codex", "object": "model", "created": 0, "owned_by": "openai"},
+                {"id": "gpt-5.1", "object": "model", "created": 0, "owned_by": "openai"}
+            ]})
+        );
+        assert_eq!(
+            openai_model_list(&json!({})),
+            json!({"object": "list", "data": []})
+        );
     }
 }

@@ -11,9 +11,9 @@ use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::proxy::context::Context as RequestContext;
 use crate::proxy::dump::DumpSink;
 use crate::proxy::request_body::RequestBody;
-use crate::telemetry::log::ExchangeLog;
 use crate::telemetry::record::End;
 use crate::upstream::BoxError;
 
@@ -51,7 +51,8 @@ pin_project! {
         done: bool,
         // A frame to send after the data gathered before it: trailers, or the stream's cut.
         held: Option<Result<Frame<Bytes>, BoxError>>,
-        log: ExchangeLog,
+        // The request's context: the relay phase ends in its account phase.
+        ctx: RequestContext,
         dump: Option<DumpSink>,
     }
 }
@@ -111,7 +112,7 @@ impl RelayBody {
         inner: UpstreamBody,
         idle_limit: Duration,
         sse: bool,
-        log: ExchangeLog,
+        ctx: RequestContext,
         dump: Option<DumpSink>,
     ) -> Self {
         let now = Instant::now();
@@ -124,19 +125,19 @@ impl RelayBody {
             tail: *b"\n\n",
             done: false,
             held: None,
-            log,
+            ctx,
             dump,
         }
     }
 }
 
-/// The upstream finished the body.
+/// The upstream finished the body: the request is accounted for.
 fn complete(this: &mut RelayBodyProj<'_>) {
     *this.done = true;
-    this.log.end(End::Completed);
     if let Some(dump) = this.dump.as_mut() {
         dump.set_end(End::Completed.as_str());
     }
+    this.ctx.finish(End::Completed);
 }
 
 /// Ends the stream early: an SSE `error` event for event streams, an abort for anything else.
@@ -146,22 +147,23 @@ fn cut(
     error: BoxError,
 ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
     *this.done = true;
-    this.log.end(end);
     if let Some(dump) = this.dump.as_mut() {
         dump.set_end(end.as_str());
     }
     tracing::warn!(error = %error, end = end.as_str(), "response stream cut");
-    if *this.sse {
+    let cut = if *this.sse {
         let mut event = sse_error_event(end.as_str(), &end.client_message(*this.idle_limit));
         if this.tail != b"\n\n" && this.tail != b"\r\n" {
             // The upstream stopped inside an event: close it so the error is an event of its own.
             event = [&b"\n\n"[..], &event].concat().into();
         }
-        this.log.add_bytes_out(event.len());
+        this.ctx.add_bytes_out(event.len());
         Poll::Ready(Some(Ok(Frame::data(event))))
     } else {
         Poll::Ready(Some(Err(error)))
-    }
+    };
+    this.ctx.finish(end);
+    cut
 }
 
 impl Body for RelayBody {
@@ -200,8 +202,7 @@ impl Body for RelayBody {
                         1 => *this.tail = [this.tail[1], data[0]],
                         n => *this.tail = [data[n - 2], data[n - 1]],
                     }
-                    this.log.add_bytes_out(data.len());
-                    this.log.scan(&data);
+                    this.ctx.relayed(&data);
                     if let Some(dump) = this.dump.as_mut() {
                         dump.append(&data);
                     }

@@ -46,6 +46,8 @@ pub enum ProxyError {
     UpstreamTimeout(Duration),
     #[error("the upstream request failed: {0}")]
     UpstreamFailed(#[source] BoxError),
+    #[error("the request body was sent upstream already and cannot be sent again")]
+    BodyGone,
     #[error("no usable ChatGPT login: {0}")]
     Auth(#[source] AuthError),
     #[error("{0}")]
@@ -99,7 +101,7 @@ impl ProxyError {
             ProxyError::BadJson(_) | ProxyError::ClientBody(_) | ProxyError::NotWebSocket => {
                 StatusCode::BAD_REQUEST
             }
-            ProxyError::BackendStream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::BackendStream(_) | ProxyError::BodyGone => StatusCode::BAD_GATEWAY,
             ProxyError::AccessDenied(_) | ProxyError::Browser(_) | ProxyError::NotAdmin(_) => {
                 StatusCode::FORBIDDEN
             }
@@ -131,6 +133,7 @@ impl ProxyError {
             ProxyError::BadJson(_) => "invalid_json",
             ProxyError::ClientBody(_) => "bad_request_body",
             ProxyError::BackendStream(_) => "upstream_stream_error",
+            ProxyError::BodyGone => "upstream_error",
             ProxyError::AccessDenied(_) => "access_denied",
             ProxyError::Browser(_) => "browser_request_refused",
             ProxyError::NotAdmin(_) => "admin_only",
@@ -197,6 +200,7 @@ impl ProxyError {
             ProxyError::BadJson(why) => why.clone(),
             ProxyError::ClientBody(_) => "the request body could not be read".into(),
             ProxyError::BackendStream(why) => why.clone(),
+            ProxyError::BodyGone => self.to_string(),
             ProxyError::AccessDenied(why)
             | ProxyError::Browser(why)
             | ProxyError::NotAdmin(why) => why.clone(),

@@ -1,5 +1,6 @@
-//! One request, start to end: the Host check, routing, admission (policy, client token, quota),
-//! the health endpoints, and the hand-off to the forwarder for the credential in use.
+//! One request, start to end: the Host check, routing, the pipeline's admit phase (policy,
+//! client token, quota), the health endpoints, and the hand-off to the rest of the pipeline
+//! ([`crate::proxy::pipeline`]) or the WebSocket ([`crate::proxy::websocket`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -17,15 +18,15 @@ use crate::config::responses::Endpoints;
 use crate::proxy::RESPONSES_PATH;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::body::UpstreamPool;
-use crate::proxy::codex_endpoints;
+use crate::proxy::context::Context;
 use crate::proxy::credential::Credential;
 use crate::proxy::dump::Dumper;
 use crate::proxy::error::{ProxyError, json_response};
-use crate::proxy::forward::{ApiKeyRequest, Forwarder, body_len};
+use crate::proxy::forward::{Forwarder, body_len};
 use crate::proxy::open::OpenCount;
+use crate::proxy::pipeline::{Admitted, Pipeline};
 use crate::proxy::routes::Endpoint;
 use crate::proxy::websocket;
-use crate::telemetry::log::ExchangeLog;
 use crate::telemetry::metrics::Telemetry;
 use crate::upstream::WsConnector;
 
@@ -97,9 +98,9 @@ impl Proxy {
         req: Request<Incoming>,
         peer: &Peer,
         client: Arc<str>,
-        log: ExchangeLog,
+        ctx: Context,
     ) -> Response<ProxyBody> {
-        let ctx = websocket::Accept {
+        let accept = websocket::Accept {
             forwarder: &self.forwarder,
             credential: &self.credential,
             owner: websocket::Owner {
@@ -111,7 +112,7 @@ impl Proxy {
             shutdown: self.shutdown.subscribe(),
             sockets: &self.sockets,
         };
-        websocket::accept(ctx, req, log).await
+        websocket::accept(accept, req, ctx).await
     }
 
     /// Runs `f` with this worker's access gate.
@@ -127,26 +128,20 @@ impl Proxy {
         req: Request<Incoming>,
         peer: Arc<Peer>,
     ) -> Response<ProxyBody> {
-        let started = Instant::now();
-        let mut log = ExchangeLog::new(
-            req.method().clone(),
-            req.uri().path(),
-            started,
-            Arc::default(),
-        );
-        log.identify(peer.uid(), None);
+        let mut ctx = Context::new(req.method().clone(), req.uri().path(), Instant::now());
+        ctx.identify(peer.uid(), None);
         let outcome = match self.hosts.check(req.headers()) {
             Err(why) => Err(ProxyError::Browser(why)),
             Ok(()) => match self.route(&req) {
                 Route::Forward(endpoint) => {
-                    log.endpoint(endpoint.name(), endpoint.charge(), self.owners.clone());
-                    match self.admit(&req, &peer, &mut log) {
-                        Ok(client) => return self.forward(req, endpoint, &client, log).await,
+                    ctx.endpoint(endpoint.name(), endpoint.charge(), self.owners.clone());
+                    match self.admit(&req, &peer, &mut ctx) {
+                        Ok(client) => return self.forward(req, endpoint, &client, ctx).await,
                         Err(err) => Err(err),
                     }
                 }
-                Route::WebSocket => match self.admit(&req, &peer, &mut log) {
-                    Ok(client) => return self.websocket(req, &peer, client, log).await,
+                Route::WebSocket => match self.admit(&req, &peer, &mut ctx) {
+                    Ok(client) => return self.websocket(req, &peer, client, ctx).await,
                     Err(err) => Err(err),
                 },
                 Route::Health => Ok(self.health(req.uri().path())),
@@ -172,7 +167,7 @@ impl Proxy {
             tracing::debug!(error = %err, "request refused");
             err.into_response()
         });
-        log.finish_local(response.status(), body_len(&response));
+        ctx.finish_local(response.status(), body_len(&response));
         response
     }
 
@@ -181,27 +176,18 @@ impl Proxy {
         if path == "/healthz" {
             return json_response(StatusCode::OK, &serde_json::json!({ "status": "alive" }));
         }
-        let ready = match &self.credential {
-            Credential::ApiKey { .. } => Ok(()),
-            Credential::ChatGpt(backend) => backend.tokens.readiness(),
-        };
+        let ready = self.credential.readiness();
         let mut answer = serde_json::json!({
             "status": "ready",
             "credential": self.credential.kind(),
         });
-        if let Some(backend) = self.credential.chatgpt() {
-            answer["plan_usage"] = serde_json::json!(backend.tokens.plan.latest());
-        }
-        let degraded = self
-            .credential
-            .chatgpt()
-            .and_then(|backend| backend.tokens.degraded())
-            .or_else(|| {
-                self.telemetry
-                    .as_ref()
-                    .is_some_and(|t| t.state_down())
-                    .then_some("state database unreachable")
-            });
+        self.credential.report(&mut answer);
+        let degraded = self.credential.degraded().or_else(|| {
+            self.telemetry
+                .as_ref()
+                .is_some_and(|t| t.state_down())
+                .then_some("state database unreachable")
+        });
         if let Some(reason) = degraded
             && ready.is_ok()
         {
@@ -227,18 +213,18 @@ impl Proxy {
         &self,
         req: &Request<Incoming>,
         peer: &Peer,
-        log: &mut ExchangeLog,
+        ctx: &mut Context,
     ) -> Result<Arc<str>, ProxyError> {
         // Refused requests are counted too, as the connecting user's.
-        log.identify(peer.uid(), peer.name.clone());
+        ctx.identify(peer.uid(), peer.name.clone());
         if let Some(telemetry) = &self.telemetry {
-            log.track(telemetry.clone());
+            ctx.track(telemetry.clone());
         }
         if let Some(refusal) = &peer.refusal {
             return Err(ProxyError::AccessDenied(refusal.message.clone()));
         }
         let client = self.check_token(req)?.or_else(|| peer.name.clone());
-        log.identify(peer.uid(), client.clone());
+        ctx.identify(peer.uid(), client.clone());
         // An owner the kernel could not name shares the `unknown` client's quotas.
         let client = client.unwrap_or_else(|| Arc::from("unknown"));
         if let Some(telemetry) = &self.telemetry {
@@ -246,7 +232,7 @@ impl Proxy {
                 return Err(ProxyError::LedgerBehind);
             }
             match telemetry.quotas.admit(&client) {
-                Ok(permit) => log.hold(permit),
+                Ok(permit) => ctx.hold(permit),
                 Err(exceeded) => {
                     telemetry.quota_refused(&client, exceeded.quota);
                     return Err(ProxyError::QuotaExceeded {
@@ -325,53 +311,24 @@ impl Proxy {
         }
     }
 
+    /// The rest of the pipeline, for an admitted request.
     async fn forward(
         &self,
         req: Request<Incoming>,
         endpoint: Endpoint,
         client: &Arc<str>,
-        log: ExchangeLog,
+        ctx: Context,
     ) -> Response<ProxyBody> {
-        if let Some(id) = endpoint.stored_response()
-            && let Some(owners) = &self.owners
-            && !owners.permits_shared(id, client).await
-        {
-            let owner = owners.owner(id);
-            tracing::warn!(
-                client = %client,
-                response = id,
-                known = owner.is_some(),
-                "refused a stored response to a client that did not create it"
-            );
-            return self
-                .forwarder
-                .fail(ProxyError::UnknownResponse { id: id.to_owned() }, log);
-        }
-        match &self.credential {
-            // Boxed: the ChatGPT path's future is large, and would make every request's so.
-            Credential::ChatGpt(backend) if endpoint == Endpoint::Create => {
-                Box::pin(backend.forward(&self.forwarder, req, log)).await
-            }
-            Credential::ChatGpt(backend) => {
-                Box::pin(codex_endpoints::forward(
-                    backend,
-                    &self.forwarder,
-                    req,
-                    &endpoint,
-                    log,
-                ))
-                .await
-            }
-            Credential::ApiKey { header, value } => {
-                let ctx = ApiKeyRequest {
-                    endpoint: &endpoint,
-                    client,
-                    owners: self.owners.as_ref(),
-                    credential: (header, value),
-                };
-                self.forwarder.forward_endpoint(req, ctx, log).await
-            }
-        }
+        let pipeline = Pipeline {
+            forwarder: &self.forwarder,
+            credential: &self.credential,
+            owners: self.owners.as_ref(),
+        };
+        let admitted = Admitted {
+            endpoint: &endpoint,
+            client,
+        };
+        pipeline.forward(req, admitted, ctx).await
     }
 }
 

@@ -15,14 +15,20 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
-/// Client headers keyward replaces or handles itself. `Host` is set from the upstream URL,
-/// the credential headers are keyward's own, `Expect: 100-continue` is answered by keyward's
-/// HTTP server, and `Accept-Encoding` is keyward's: it asks for answers it can read the usage
-/// of.
-const REPLACED: [HeaderName; 5] = [
+/// Client headers keyward replaces or handles itself, whatever the credential, endpoint or
+/// transport. `Host` is set from the upstream URL; the credential headers are keyward's own;
+/// the client's own identity with the upstream (`Cookie`, `ChatGPT-Account-ID`,
+/// `X-OpenAI-Fedramp`) never passes: a browser sends the cookies of every local web app to every
+/// port of 127.0.0.1, and an account is the credential's to name; `Expect: 100-continue` is
+/// answered by keyward's HTTP server; and `Accept-Encoding` is keyward's: it asks for answers it
+/// can read the usage of.
+const REPLACED: [HeaderName; 8] = [
     header::HOST,
     header::AUTHORIZATION,
     HeaderName::from_static("api-key"),
+    header::COOKIE,
+    HeaderName::from_static("chatgpt-account-id"),
+    HeaderName::from_static("x-openai-fedramp"),
     header::EXPECT,
     header::ACCEPT_ENCODING,
 ];
@@ -37,9 +43,11 @@ pub const CREDENTIALS: [HeaderName; 6] = [
     HeaderName::from_static("x-api-key"),
 ];
 
-/// The headers sent upstream for a client's request: everything the client sent except
-/// hop-by-hop headers (including those its `Connection` header names) and the replaced ones,
-/// and `Accept-Encoding: identity`. An uncompressed answer is one whose usage keyward can read
+/// The headers sent upstream for a client's request, on every path (HTTP or a WebSocket
+/// handshake) and with every credential: everything the client sent except hop-by-hop headers
+/// (including those its `Connection` header names) and the replaced ones, and
+/// `Accept-Encoding: identity`. The credential adds its own afterwards
+/// ([`crate::proxy::credential::Credential::authorize`]). An uncompressed answer is one whose usage keyward can read
 /// (a client asking for gzip would otherwise go uncounted); the client gets it uncompressed,
 /// which on loopback costs nothing.
 pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
@@ -115,6 +123,8 @@ mod tests {
             ("originator", "codex_exec"),
             ("accept", "text/event-stream"),
             ("cookie", "a=b"),
+            ("chatgpt-account-id", "acct_client"),
+            ("x-openai-fedramp", "true"),
             ("accept-encoding", "gzip, br"),
         ]);
         let out = upstream_request_headers(&client);
@@ -128,7 +138,6 @@ mod tests {
                 "x-codex-window-id",
                 "originator",
                 "accept",
-                "cookie",
                 "accept-encoding"
             ]
         );

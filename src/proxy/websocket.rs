@@ -1,13 +1,16 @@
-//! Responses over WebSocket (`GET /v1/responses` with `Upgrade: websocket`), Codex's fast path:
-//! the upstream's socket is opened first with the credential on its handshake (a refusal comes
-//! back to the client as that HTTP answer), then the client's is accepted and messages are
-//! relayed one by one, each way, as they arrive. Every `response.create` the client sends is a
-//! turn: quota-checked, logged and charged like a POST ([`turns`]).
+//! Responses over WebSocket (`GET /v1/responses` with `Upgrade: websocket`), Codex's fast path,
+//! through the pipeline's phases: the socket is admitted like any request, the upstream's socket
+//! is opened first through the send phase ([`crate::proxy::send`]: the header policy, the
+//! credential on its handshake, one 401 refresh-and-retry; a refusal comes back to the client as
+//! that HTTP answer), then the client's is accepted and messages are relayed one by one, each
+//! way, as they arrive. Every `response.create` the client sends is a turn: admitted against the
+//! quotas, adapted by the credential, and accounted for like a POST ([`turns`]).
 
+mod owner;
 mod relay;
 mod turns;
 
-use std::sync::Arc;
+pub use crate::proxy::websocket::owner::Owner;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -20,19 +23,16 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
-use crate::access::owners::Owners;
-use crate::credential::chatgpt::plan::PlanUsage;
-use crate::credential::chatgpt::record::now;
 use crate::proxy::body::ProxyBody;
+use crate::proxy::context::Context;
 use crate::proxy::credential::Credential;
 use crate::proxy::error::ProxyError;
 use crate::proxy::forward::Forwarder;
 use crate::proxy::headers;
 use crate::proxy::open::OpenCount;
+use crate::proxy::send::{self, Answer};
 use crate::proxy::websocket::relay::Relay;
 use crate::proxy::websocket::turns::Turns;
-use crate::telemetry::log::ExchangeLog;
-use crate::telemetry::metrics::Telemetry;
 use crate::upstream::WsIo;
 
 /// Headers of one side's handshake that the other side must not see.
@@ -53,15 +53,6 @@ pub fn is_upgrade(req: &Request<Incoming>) -> bool {
         && req.headers().contains_key(header::SEC_WEBSOCKET_KEY)
 }
 
-/// Who a socket belongs to, for its turns' quotas, logs and ledger lines.
-pub struct Owner {
-    pub uid: Option<u32>,
-    pub client: Arc<str>,
-    pub telemetry: Option<Arc<Telemetry>>,
-    /// The record the socket's responses go in as the client's.
-    pub owners: Option<Arc<Owners>>,
-}
-
 /// Everything a socket needs once accepted.
 pub struct Accept<'a> {
     pub forwarder: &'a Forwarder,
@@ -74,23 +65,23 @@ pub struct Accept<'a> {
 /// Opens the upstream's socket, then answers the client's handshake and relays in a task of
 /// its own; a refused upstream handshake is passed back as it came.
 pub async fn accept(
-    ctx: Accept<'_>,
+    accept: Accept<'_>,
     mut req: Request<Incoming>,
-    mut log: ExchangeLog,
+    mut ctx: Context,
 ) -> Response<ProxyBody> {
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return ctx.forwarder.fail(ProxyError::NotWebSocket, log);
+        return accept.forwarder.fail(ProxyError::NotWebSocket, ctx);
     };
-    let config = config(ctx.forwarder.limits().max_body);
-    log.sending();
-    let (upstream, upstream_head) = match open_upstream(&ctx, req.headers(), config).await {
-        Ok(opened) => opened,
-        Err(Opened::Refused(response)) => {
-            log.upstream_status(response.status());
-            return *response;
-        }
-        Err(Opened::Failed(err)) => return ctx.forwarder.fail(err, log),
-    };
+    let config = config(accept.forwarder.limits().max_body);
+    let (upstream, upstream_head) =
+        match open_upstream(&accept, req.headers(), config, &mut ctx).await {
+            Ok(Handshake::Open(socket, head)) => (socket, head),
+            Ok(Handshake::Refused(status, head, body)) => {
+                ctx.upstream_status(status);
+                return refusal(status, &head, body);
+            }
+            Err(err) => return accept.forwarder.fail(err, ctx),
+        };
     let mut response = Response::new(ProxyBody::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let mut headers = headers::client_response_headers(&upstream_head);
@@ -105,19 +96,19 @@ pub async fn accept(
     *response.headers_mut() = headers;
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let guard = ctx.sockets.enter();
-    let telemetry = ctx.owner.telemetry.clone();
-    let turns = Turns::new(ctx.owner, ctx.credential.chatgpt().cloned());
-    let shutdown = ctx.shutdown;
-    let limits = ctx.forwarder.limits().clone();
-    let dumps = ctx
+    let guard = accept.sockets.enter();
+    let telemetry = accept.owner.telemetry.clone();
+    let turns = Turns::new(accept.owner, accept.credential.clone());
+    let shutdown = accept.shutdown;
+    let limits = accept.forwarder.limits().clone();
+    let dumps = accept
         .forwarder
         .open_request_dump(&req.into_parts().0)
-        .map(|(id, sink)| (id, sink, ctx.forwarder.open_ws_response_dump(id)));
+        .map(|(id, sink)| (id, sink, accept.forwarder.open_ws_response_dump(id)));
     // The handshake itself is logged, not charged: the turns are.
-    log.untrack();
-    log.upstream_status(StatusCode::SWITCHING_PROTOCOLS);
-    drop(log);
+    ctx.untrack();
+    ctx.upstream_status(StatusCode::SWITCHING_PROTOCOLS);
+    ctx.finish(crate::telemetry::record::End::ClientGone);
     tokio::spawn(async move {
         let _guard = guard;
         let _open = telemetry.as_ref().map(|t| t.websocket_opened());
@@ -146,82 +137,26 @@ fn config(max_body: u64) -> WebSocketConfig {
         .max_frame_size(Some(max))
 }
 
-enum Opened {
-    /// The upstream answered the handshake with something other than 101.
-    Refused(Box<Response<ProxyBody>>),
-    Failed(ProxyError),
-}
-
-/// The upstream's socket, with the credential on its handshake; with a ChatGPT login, a 401
-/// refreshes the login and tries once more.
+/// The upstream's socket, opened through the send phase with the credential on its handshake.
 async fn open_upstream(
-    ctx: &Accept<'_>,
+    accept: &Accept<'_>,
     client_headers: &HeaderMap,
     config: WebSocketConfig,
-) -> Result<(WebSocketStream<WsIo>, HeaderMap), Opened> {
-    let mut session = match ctx.credential {
-        Credential::ChatGpt(backend) => Some(
-            backend
-                .tokens
-                .session()
-                .await
-                .map_err(|e| Opened::Failed(ProxyError::Auth(e)))?,
-        ),
-        Credential::ApiKey { .. } => None,
-    };
-    let mut retried = false;
-    loop {
-        let mut headers = match (ctx.credential, &session) {
-            (Credential::ChatGpt(backend), Some(session)) => {
-                backend.upstream_headers(client_headers, session)
-            }
-            (Credential::ApiKey { header, value }, _) => {
-                let mut headers = headers::upstream_request_headers(client_headers);
-                // The client's own identity with the upstream never passes.
-                headers.remove(header::COOKIE);
-                headers.remove(HeaderName::from_static("chatgpt-account-id"));
-                headers.insert(header.clone(), value.expose());
-                headers
-            }
-            (Credential::ChatGpt(_), None) => HeaderMap::new(),
-        };
+    ctx: &mut Context,
+) -> Result<Handshake, ProxyError> {
+    let credential = accept.credential;
+    let opened = send::with_credential(credential, ctx, |grant| {
+        let mut headers = send::upstream_headers(credential, client_headers, &grant);
         for name in HANDSHAKE {
             headers.remove(name);
         }
-        match open_websocket(ctx.forwarder, headers, generate_key(), config).await {
-            Ok(opened) => {
-                if let Credential::ChatGpt(backend) = ctx.credential
-                    && let Some(usage) = PlanUsage::from_headers(&opened.1, now())
-                {
-                    backend.tokens.plan.observe(usage);
-                }
-                return Ok(opened);
-            }
-            Err(Handshake::Refused(status, head, body))
-                if status == StatusCode::UNAUTHORIZED && !retried =>
-            {
-                let (Credential::ChatGpt(backend), Some(failed)) = (ctx.credential, &session)
-                else {
-                    return Err(Opened::Refused(Box::new(refusal(status, &head, body))));
-                };
-                tracing::info!(
-                    "the backend refused the access token on a WebSocket; refreshing and retrying once"
-                );
-                retried = true;
-                session = Some(
-                    backend
-                        .tokens
-                        .after_unauthorized(failed)
-                        .await
-                        .map_err(|e| Opened::Failed(ProxyError::Auth(e)))?,
-                );
-            }
-            Err(Handshake::Refused(status, head, body)) => {
-                return Err(Opened::Refused(Box::new(refusal(status, &head, body))));
-            }
-            Err(Handshake::Failed(err)) => return Err(Opened::Failed(err)),
-        }
+        open_websocket(accept.forwarder, headers, generate_key(), config)
+    })
+    .await?;
+    if let Handshake::Open(_, head) = &opened {
+        credential.observe_head(head);
     }
+    Ok(opened)
 }
 
 /// The upstream's refusal of a handshake, as the client's answer: its status, body and headers.
@@ -233,10 +168,20 @@ fn refusal(status: StatusCode, head: &HeaderMap, body: Vec<u8>) -> Response<Prox
     response
 }
 
-/// How opening the upstream's socket went wrong.
+/// How the upstream answered a handshake: its socket, or its refusal (status, head, body).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per socket and taken apart at once"
+)]
 pub enum Handshake {
+    Open(WebSocketStream<WsIo>, HeaderMap),
     Refused(StatusCode, HeaderMap, Vec<u8>),
-    Failed(ProxyError),
+}
+
+impl Answer for Handshake {
+    fn unauthorized(&self) -> bool {
+        matches!(self, Handshake::Refused(StatusCode::UNAUTHORIZED, ..))
+    }
 }
 
 /// Opens a WebSocket to the upstream URL with `headers` (the credential among them) and the
@@ -246,18 +191,18 @@ pub(crate) async fn open_websocket(
     mut headers: HeaderMap,
     key: String,
     config: WebSocketConfig,
-) -> Result<(WebSocketStream<WsIo>, HeaderMap), Handshake> {
+) -> Result<Handshake, ProxyError> {
     use http::header::{CONNECTION, HOST, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
     let uri = forwarder.upstream().uri.clone();
     let connect_timeout = forwarder.limits().connect_timeout;
     let io = match tokio::time::timeout(connect_timeout, forwarder.ws().connect(uri.clone())).await
     {
         Ok(Ok(io)) => io,
-        Ok(Err(err)) => return Err(Handshake::Failed(crate::proxy::error::classify_send(err))),
+        Ok(Err(err)) => return Err(crate::proxy::error::classify_send(err)),
         Err(_) => {
-            return Err(Handshake::Failed(ProxyError::UpstreamConnectTimeout(
+            return Err(ProxyError::UpstreamConnectTimeout(
                 "connecting for a WebSocket timed out".into(),
-            )));
+            ));
         }
     };
     let value = |text: &str| http::HeaderValue::from_str(text).ok();
@@ -283,16 +228,16 @@ pub(crate) async fn open_websocket(
     let timeout = forwarder.limits().response_timeout;
     let handshake = client_async_with_config(request, io, Some(config));
     match tokio::time::timeout(timeout, handshake).await {
-        Err(_) => Err(Handshake::Failed(ProxyError::UpstreamTimeout(timeout))),
-        Ok(Ok((socket, response))) => Ok((socket, response.headers().clone())),
+        Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
+        Ok(Ok((socket, response))) => Ok(Handshake::Open(socket, response.headers().clone())),
         Ok(Err(WsError::Http(response))) => {
             let (parts, body) = (*response).into_parts();
-            Err(Handshake::Refused(
+            Ok(Handshake::Refused(
                 parts.status,
                 parts.headers,
                 body.unwrap_or_default(),
             ))
         }
-        Ok(Err(err)) => Err(Handshake::Failed(ProxyError::UpstreamFailed(Box::new(err)))),
+        Ok(Err(err)) => Err(ProxyError::UpstreamFailed(Box::new(err))),
     }
 }

@@ -54,10 +54,7 @@ pub(crate) fn telemetry(
         }
         None => None,
     };
-    let chatgpt = match credential {
-        Credential::ChatGpt(backend) => Some(backend.tokens.clone()),
-        Credential::ApiKey { .. } => None,
-    };
+    let chatgpt = credential.tokens().cloned();
     let shared = match (state_db, &config.state) {
         (Some(db), Some(state)) => {
             let ledger = state

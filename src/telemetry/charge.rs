@@ -1,6 +1,7 @@
 //! What a request is charged in the ledger and the token quotas: the usage the upstream
 //! reported, an estimate when an answer ended without it, or nothing for endpoints that generate
-//! nothing; and a stored response's usage once, whoever's request shows it first.
+//! nothing; and a stored response's usage once, whoever's request shows it first. Who owns a
+//! created response is `access`'s ([`crate::access::ownership`]).
 
 use crate::access::owners::Owners;
 
@@ -32,11 +33,8 @@ const FINISHED: [&str; 4] = ["completed", "incomplete", "failed", "cancelled"];
 pub struct Bill<'a> {
     pub charge: Charge,
     pub seen: &'a Seen,
-    /// The record a created response goes in, and a stored one is charged against.
-    pub owners: Option<&'a Owners>,
-    pub client: &'a str,
-    /// The response's id is in the record already (it was seen as the answer passed).
-    pub recorded: bool,
+    /// The record a stored response is charged against, once.
+    pub stored: Option<&'a Owners>,
     /// The upstream took the request and answered with success.
     pub answered: bool,
     pub bytes_in: u64,
@@ -46,11 +44,10 @@ pub struct Bill<'a> {
     pub output_bytes: u64,
 }
 
-/// The tokens charged, and whether they are an estimate. A created response goes in the record
-/// of owners (if it is not already), marked charged when it was.
+/// The tokens charged, and whether they are an estimate.
 pub fn settle(bill: Bill) -> (Option<Tokens>, bool) {
     let status = bill.seen.status.as_deref();
-    let charged = match (bill.charge, bill.seen.tokens) {
+    match (bill.charge, bill.seen.tokens) {
         (Charge::Free, _) | (Charge::StoredOnce, None) => (None, false),
         (Charge::StoredOnce, Some(tokens)) => {
             let first = status.is_some_and(|s| FINISHED.contains(&s))
@@ -58,7 +55,7 @@ pub fn settle(bill: Bill) -> (Option<Tokens>, bool) {
                     .seen
                     .id
                     .as_deref()
-                    .zip(bill.owners)
+                    .zip(bill.stored)
                     .is_some_and(|(id, owners)| owners.bill(id));
             (first.then_some(tokens), false)
         }
@@ -75,17 +72,7 @@ pub fn settle(bill: Bill) -> (Option<Tokens>, bool) {
             (Some(estimate(input, bill.output_bytes)), true)
         }
         (Charge::Generated, None) => (None, false),
-    };
-    if bill.charge == Charge::Generated
-        && let (Some(owners), Some(id)) = (bill.owners, &bill.seen.id)
-    {
-        if !bill.recorded {
-            owners.record(id, bill.client, charged.0.is_some());
-        } else if charged.0.is_some() {
-            owners.bill(id);
-        }
     }
-    charged
 }
 
 /// What a response that reported no usage is charged: the request body's bytes as input and the

@@ -454,7 +454,17 @@ pub(crate) async fn chatgpt_keyward(
     home: &Path,
     extra: &[&str],
 ) -> (std::net::SocketAddr, crate::support::keyward::Started) {
-    let upstream = format!("http://{}/backend-api/codex/responses", backend.addr);
+    chatgpt_keyward_at(issuer, backend.addr, home, extra).await
+}
+
+/// The same against a backend at `backend` (a WebSocket upstream, say).
+pub(crate) async fn chatgpt_keyward_at(
+    issuer: &FakeIssuer,
+    backend: std::net::SocketAddr,
+    home: &Path,
+    extra: &[&str],
+) -> (std::net::SocketAddr, crate::support::keyward::Started) {
+    let upstream = format!("http://{backend}/backend-api/codex/responses");
     let issuer_url = issuer.url();
     let mut args = vec![
         "--auth",

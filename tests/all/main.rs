@@ -14,6 +14,7 @@ mod dump;
 mod e2e;
 mod forwarding;
 mod hardening;
+mod headers;
 mod layout;
 mod lifecycle;
 mod operations;

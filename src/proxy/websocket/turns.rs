@@ -3,20 +3,16 @@
 //! event (`response.completed`, `.incomplete`, `.failed`) or an `error` ends it. A socket that
 //! ends mid-turn is charged an estimate, as a cut stream is.
 
-use std::sync::Arc;
-
 use http::{HeaderMap, Method, StatusCode};
 use tokio::time::Instant;
 
-use crate::credential::chatgpt::plan::PlanUsage;
-use crate::credential::chatgpt::record::now;
 use crate::proxy::RESPONSES_PATH;
-use crate::proxy::backend::Backend;
+use crate::proxy::context::Context;
+use crate::proxy::credential::Credential;
 use crate::proxy::error::ProxyError;
 use crate::proxy::previous::PreviousCheck;
-use crate::proxy::websocket::Owner;
+use crate::proxy::websocket::owner::Owner;
 use crate::telemetry::charge::Charge;
-use crate::telemetry::log::ExchangeLog;
 use crate::telemetry::record::End;
 use crate::telemetry::usage::{EventName, message_type};
 
@@ -30,15 +26,16 @@ pub enum FromClient {
 
 pub struct Turns {
     owner: Owner,
-    backend: Option<Arc<Backend>>,
-    current: Option<ExchangeLog>,
+    credential: Credential,
+    /// The running turn's context.
+    current: Option<Context>,
 }
 
 impl Turns {
-    pub fn new(owner: Owner, backend: Option<Arc<Backend>>) -> Self {
+    pub fn new(owner: Owner, credential: Credential) -> Self {
         Self {
             owner,
-            backend,
+            credential,
             current: None,
         }
     }
@@ -66,17 +63,17 @@ impl Turns {
             tracing::warn!(client = %self.owner.client, previous_response = id, "refused a turn that continues a response its client did not create");
             return FromClient::Refuse(error_message(&ProxyError::UnknownPrevious { id }));
         }
-        let mut log = ExchangeLog::new(Method::GET, RESPONSES_PATH, Instant::now(), Arc::default());
-        log.identify(self.owner.uid, Some(self.owner.client.clone()));
-        log.endpoint(
+        let mut ctx = Context::new(Method::GET, RESPONSES_PATH, Instant::now());
+        ctx.endpoint(
             "responses.create",
             Charge::Generated,
             self.owner.owners.clone(),
         );
+        ctx.identify(self.owner.uid, Some(self.owner.client.clone()));
         if let Some(telemetry) = &self.owner.telemetry {
-            log.track(telemetry.clone());
+            ctx.track(telemetry.clone());
             match telemetry.quotas.admit(&self.owner.client) {
-                Ok(permit) => log.hold(permit),
+                Ok(permit) => ctx.hold(permit),
                 Err(exceeded) => {
                     telemetry.quota_refused(&self.owner.client, exceeded.quota);
                     let err = ProxyError::QuotaExceeded {
@@ -84,40 +81,28 @@ impl Turns {
                         exceeded,
                     };
                     let message = error_message(&err);
-                    log.finish_local(err.status(), message.len() as u64);
+                    ctx.finish_local(err.status(), message.len() as u64);
                     return FromClient::Refuse(message);
                 }
             }
         }
-        log.add_bytes_in(text.len());
-        let forwarded = match &self.backend {
-            Some(backend) => match backend.adapt_ws_message(text.as_bytes()) {
-                Some(adapted) => String::from_utf8(adapted).unwrap_or_else(|_| text.to_owned()),
-                None => text.to_owned(),
-            },
-            None => text.to_owned(),
-        };
-        log.sending();
-        log.upstream_head(StatusCode::OK, &HeaderMap::new());
-        log.relaying(true);
-        self.current = Some(log);
+        ctx.add_bytes_in(text.len());
+        let forwarded = self.credential.adapt_message(text);
+        ctx.sending();
+        ctx.upstream_head(StatusCode::OK, &HeaderMap::new());
+        ctx.relaying(true);
+        self.current = Some(ctx);
         FromClient::Forward(forwarded)
     }
 
     /// A text message from the upstream: read for usage; a final event or an error ends the
     /// turn.
     pub fn upstream_message(&mut self, text: &str) {
-        if let Some(backend) = &self.backend
-            && text.contains("codex.rate_limits")
-            && let Ok(event) = serde_json::from_str(text)
-            && let Some(usage) = PlanUsage::from_event(&event, now())
-        {
-            backend.tokens.plan.observe(usage);
-        }
-        let Some(log) = &mut self.current else {
+        self.credential.observe_message(text);
+        let Some(ctx) = &mut self.current else {
             return;
         };
-        match log.scan_event(text.as_bytes()) {
+        match ctx.relayed_event(text.as_bytes()) {
             EventName::Final => self.end(End::Completed),
             EventName::Error => self.end(End::UpstreamError),
             EventName::Created | EventName::Other => {}
@@ -126,8 +111,8 @@ impl Turns {
 
     /// Ends the running turn, if any, as `end` says; its line is written now.
     pub fn end(&mut self, end: End) {
-        if let Some(mut log) = self.current.take() {
-            log.end(end);
+        if let Some(mut ctx) = self.current.take() {
+            ctx.finish(end);
         }
     }
 }
