@@ -31,9 +31,10 @@ fn body(report: &serde_json::Value, status: u16) -> &str {
     report["bodies"][status.to_string()].as_str().unwrap_or("")
 }
 
+#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
 #[tokio::test]
 async fn allowed_and_refused_users_over_tcp_v4_v6_and_a_unix_socket() {
-    let Some(users) = users() else { return };
+    let users = users();
     let upstream = FakeUpstream::ok_json().await;
     let dir = shared_dir();
     let sock = dir.path().join("keyward.sock");
@@ -84,9 +85,10 @@ async fn allowed_and_refused_users_over_tcp_v4_v6_and_a_unix_socket() {
     );
 }
 
+#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
 #[tokio::test]
 async fn members_of_an_allowed_group_are_served_and_others_refused() {
-    let Some(users) = users() else { return };
+    let users = users();
     let upstream = FakeUpstream::ok_json().await;
     let (addr, _keyward) = start_for(&upstream.url(), &["--allow-group", GROUP]).await;
     let target = json!({ "target": format!("tcp:{addr}") });
@@ -97,9 +99,10 @@ async fn members_of_an_allowed_group_are_served_and_others_refused() {
     assert_eq!(upstream.requests().len(), 1);
 }
 
+#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
 #[tokio::test]
 async fn many_connections_from_two_users_on_the_same_ports_are_never_confused() {
-    let Some(users) = users() else { return };
+    let users = users();
     let upstream = FakeUpstream::ok_json().await;
     let (addr, _keyward) = start_for(&upstream.url(), &["--allow-user", ALICE]).await;
     // Both users connect from the same 16 local ports (below the ephemeral range), so each port
@@ -144,11 +147,10 @@ async fn many_connections_from_two_users_on_the_same_ports_are_never_confused() 
     assert_eq!(upstream.requests().len(), per_user as usize);
 }
 
+#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
 #[tokio::test]
 async fn a_connection_whose_owner_cannot_be_found_is_refused() {
-    if users().is_none() {
-        return;
-    }
+    users();
     let upstream = FakeUpstream::ok_json().await;
     // Root (this test) is allowed, so only a failed lookup can refuse its request.
     let mut keyward = Process::spawn(
@@ -323,9 +325,10 @@ async fn a_client_tokens_file_others_can_read_is_refused_at_start() {
     assert!(stderr.contains("chmod 600"), "{stderr}");
 }
 
+#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
 #[tokio::test]
 async fn tokens_and_the_user_policy_must_both_pass() {
-    let Some(users) = users() else { return };
+    let users = users();
     let upstream = FakeUpstream::ok_json().await;
     let dir = shared_dir();
     let file = dir.path().join("clients.json");
@@ -588,9 +591,10 @@ async fn requests_from_web_pages_and_foreign_hosts_are_refused_and_no_cors_heade
     );
 }
 
+#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
 #[tokio::test]
 async fn shutdown_is_served_only_to_admins_whatever_the_policy() {
-    let Some(users) = users() else { return };
+    let users = users();
     let upstream = FakeUpstream::ok_json().await;
     let (addr, keyward) = start_for(
         &upstream.url(),
@@ -616,9 +620,10 @@ async fn shutdown_is_served_only_to_admins_whatever_the_policy() {
     crate::support::within("keyward to stop", keyward.wait()).await;
 }
 
+#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
 #[tokio::test]
 async fn shutdown_is_refused_to_other_users_when_no_policy_is_set() {
-    let Some(users) = users() else { return };
+    let users = users();
     let upstream = FakeUpstream::ok_json().await;
     let (addr, _keyward) = start_for(&upstream.url(), &["--http-shutdown"]).await;
     let bob = client_as(
@@ -631,9 +636,10 @@ async fn shutdown_is_refused_to_other_users_when_no_policy_is_set() {
     assert_eq!(reply.status, StatusCode::OK, "keyward kept running");
 }
 
+#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
 #[tokio::test]
 async fn a_unix_socket_gets_its_mode_and_group_and_replaces_only_a_stale_socket() {
-    let Some(users) = users() else { return };
+    let users = users();
     let upstream = FakeUpstream::ok_json().await;
     let dir = shared_dir();
     let sock = dir.path().join("keyward.sock");
@@ -700,10 +706,11 @@ async fn a_unix_socket_gets_its_mode_and_group_and_replaces_only_a_stale_socket(
     assert!(!sock.exists(), "keyward removes its socket when it stops");
 }
 
+#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
 #[tokio::test]
 async fn an_allowed_user_is_served_while_a_refused_user_floods() {
     use tokio::io::AsyncBufReadExt;
-    let Some(users) = users() else { return };
+    let users = users();
     let upstream = FakeUpstream::ok_json().await;
     let (addr, _keyward) = start_for(
         &upstream.url(),

@@ -493,13 +493,11 @@ async fn connections_over_the_total_cap_are_turned_away_at_accept() {
     until_status(addr, 200).await;
 }
 
+#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
 #[tokio::test]
 async fn both_connections_of_a_relayed_stream_send_without_delay() {
     // Looking into another (non-dumpable) process's sockets takes root.
-    if keyward::secret::hardening::effective_uid() != 0 {
-        eprintln!("skipped: needs root to read keyward's socket options (pidfd_getfd)");
-        return;
-    }
+    crate::support::need_root();
     let (upstream, mut streams) = FakeUpstream::driven().await;
     let keyward = Process::spawn(&["--upstream-url", &upstream.url()], b"sk-key\n", &[]).await;
     let req = Request::post("/v1/responses")

@@ -265,15 +265,13 @@ async fn core_dumps_are_off() {
     );
 }
 
+#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
 #[tokio::test]
 async fn the_process_is_not_dumpable_so_its_own_user_cannot_read_its_memory() {
     // The kernel makes /proc/PID/{mem,environ,...} of a non-dumpable process owned by root, so
     // another process of the same user cannot read or ptrace it. Seen from outside: run keyward
     // as `nobody` and look at who owns those files. Needs root to switch users.
-    if keyward::secret::hardening::effective_uid() != 0 {
-        eprintln!("skipped: needs root to start keyward as another user");
-        return;
-    }
+    crate::support::need_root();
     use std::os::unix::fs::MetadataExt;
     let upstream = FakeUpstream::ok_json().await;
     let mut cmd = crate::support::keyward::command(&["--upstream-url", &upstream.url()], &[]);
@@ -395,14 +393,12 @@ async fn the_open_file_limit_is_raised_to_its_ceiling() {
     assert_ne!(open_files[3], "256");
 }
 
+#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
 #[tokio::test]
 async fn without_the_right_to_lock_all_memory_the_key_is_locked_on_its_own() {
     // An unprivileged keyward under a finite memlock limit cannot lock all its memory; the key's
     // own pages are still locked (VmLck). Needs root to start keyward as `nobody`.
-    if keyward::secret::hardening::effective_uid() != 0 {
-        eprintln!("skipped: needs root to start keyward as another user");
-        return;
-    }
+    crate::support::need_root();
     let upstream = FakeUpstream::ok_json().await;
     let mut cmd = tokio::process::Command::new("prlimit");
     cmd.arg("--memlock=1048576:1048576")

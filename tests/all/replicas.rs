@@ -94,9 +94,13 @@ async fn replica_with(
     Process::spawn(&args, b"", &[("KEYWARD_STATE_PASSWORD", PASSWORD)]).await
 }
 
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_refresh_a_shared_login_once() {
-    let Some(pg) = Postgres::start() else { return };
+    let pg = Postgres::start();
     let issuer = FakeIssuer::start().await;
     issuer.state.lock().unwrap().refresh_delay = Duration::from_millis(300);
     let backend = fake_backend(issuer.state.clone()).await;
@@ -155,9 +159,13 @@ async fn three_replicas_refresh_a_shared_login_once() {
     assert!(out.contains("state database"), "{out}");
 }
 
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_while_refreshing_leaves_the_lock_and_the_login_to_the_others() {
-    let Some(pg) = Postgres::start() else { return };
+    let pg = Postgres::start();
     let issuer = FakeIssuer::start().await;
     let backend = fake_backend(issuer.state.clone()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -210,9 +218,13 @@ async fn a_replica_killed_while_refreshing_leaves_the_lock_and_the_login_to_the_
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
 }
 
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wrong_key_is_a_clear_error() {
-    let Some(pg) = Postgres::start() else { return };
+    let pg = Postgres::start();
     let issuer = FakeIssuer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let _key = shared_login(&pg, dir.path(), &issuer.mint()).await;
@@ -264,11 +276,13 @@ fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_database_is_down_the_cached_token_serves_until_it_expires() {
-    let Some(mut pg) = Postgres::start() else {
-        return;
-    };
+    let mut pg = Postgres::start();
     let issuer = FakeIssuer::start().await;
     let backend = fake_backend(issuer.state.clone()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -369,11 +383,13 @@ async fn while_the_database_is_down_the_cached_token_serves_until_it_expires() {
     .await;
 }
 
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_database_is_reached_over_verified_tls() {
-    let Some((pg, ca)) = Postgres::start_tls() else {
-        return;
-    };
+    let (pg, ca) = Postgres::start_tls();
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca).unwrap();
@@ -414,9 +430,13 @@ async fn the_state_database_is_reached_over_verified_tls() {
     assert!(ok, "{err}");
 }
 
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_through_the_database_revokes_and_deletes_the_shared_login() {
-    let Some(pg) = Postgres::start() else { return };
+    let pg = Postgres::start();
     let issuer = FakeIssuer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let minted = issuer.mint();
@@ -446,9 +466,13 @@ async fn logout_through_the_database_revokes_and_deletes_the_shared_login() {
     assert!(!ok, "status says not signed in: {out}");
 }
 
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_login_stored_in_the_database_is_used_by_every_replica_within_a_sync() {
-    let Some(pg) = Postgres::start() else { return };
+    let pg = Postgres::start();
     let issuer = FakeIssuer::start().await;
     let backend = fake_backend(issuer.state.clone()).await;
     let dir = tempfile::tempdir().unwrap();

@@ -80,9 +80,13 @@ async fn until_all(replicas: &[&Process], token: &str, want: StatusCode) -> Dura
     started.elapsed()
 }
 
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_token_added_or_revoked_through_one_host_holds_on_every_replica() {
-    let Some(pg) = Postgres::start() else { return };
+    let pg = Postgres::start();
     let upstream = upstream_with_usage().await;
     let tokens = ["--client-tokens", "state"];
     let a = replica(&pg, &upstream, "a", &tokens).await;
@@ -188,11 +192,13 @@ fn rows(pg: &Postgres) -> u64 {
         .unwrap()
 }
 
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_database_down_for_10s_every_request_is_served_and_recorded_once() {
-    let Some(mut pg) = Postgres::start() else {
-        return;
-    };
+    let mut pg = Postgres::start();
     let upstream = upstream_with_usage().await;
     // Replica b keeps at most a few rows in memory: the rest wait in its home's unsent file.
     let a = replica(&pg, &upstream, "a", &[]).await;
@@ -295,9 +301,13 @@ async fn with_the_database_down_for_10s_every_request_is_served_and_recorded_onc
     assert_eq!(summed[0]["output_tokens"], total * 9, "{out}");
 }
 
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tokens_per_day_quota_holds_across_replicas() {
-    let Some(pg) = Postgres::start() else { return };
+    let pg = Postgres::start();
     let upstream = upstream_with_usage().await;
     let quota = [
         "--quota",
@@ -354,9 +364,13 @@ async fn a_tokens_per_day_quota_holds_across_replicas() {
     );
 }
 
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_created_through_one_replica_is_its_creator_s_on_every_replica() {
-    let Some(pg) = Postgres::start() else { return };
+    let pg = Postgres::start();
     let upstream = crate::support::api::start().await;
     let url = pg.url();
     let mut tokens = Vec::new();
@@ -443,9 +457,13 @@ async fn a_response_created_through_one_replica_is_its_creator_s_on_every_replic
     assert!(table.contains(" alice") && !table.contains(&id), "{table}");
 }
 
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_held_on_one_replica_counts_against_a_concurrent_quota_on_another() {
-    let Some(pg) = Postgres::start() else { return };
+    let pg = Postgres::start();
     let (upstream, mut streams) = FakeUpstream::driven().await;
     let quota = ["--quota", "default:concurrent=1", "--state-sync", "200ms"];
     let a = replica(&pg, &upstream, "a", &quota).await;
@@ -496,10 +514,14 @@ async fn a_stream_held_on_one_replica_counts_against_a_concurrent_quota_on_anoth
     .await;
 }
 
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loose_or_unreadable_unsent_file_is_refused_or_set_aside_and_loses_nothing() {
     use std::os::unix::fs::PermissionsExt;
-    let Some(pg) = Postgres::start() else { return };
+    let pg = Postgres::start();
     let upstream = upstream_with_usage().await;
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");

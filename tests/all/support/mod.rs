@@ -39,6 +39,16 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// For a test that needs root: it is ignored when the tests were not built as root
+/// (`keyward_root`, see build.rs); run as another user anyway, it fails here, saying why.
+pub fn need_root() {
+    assert_eq!(
+        ::keyward::secret::hardening::effective_uid(),
+        0,
+        "this test needs root; it was built as root (build.rs) but runs as another user"
+    );
+}
+
 /// The name of the user the tests run as: keyward counts this process's requests under it.
 pub fn me() -> &'static str {
     static ME: std::sync::OnceLock<String> = std::sync::OnceLock::new();

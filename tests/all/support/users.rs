@@ -1,7 +1,7 @@
 //! Real users for the access-control tests, and clients that run as them.
 //!
 //! The tests create (once, idempotently: a later run reuses them) two system users and a group
-//! with `useradd` and `groupadd`, so they need root, as CI has; without root they skip and say
+//! with `useradd` and `groupadd`, so they need root, as CI has; without root they are ignored and say
 //! so. `scripts/test` removes the users and the group again if the run created them.
 
 use std::process::Stdio;
@@ -30,14 +30,12 @@ pub struct Users {
     pub group_gid: u32,
 }
 
-/// The test users, created on first use; `None` when the tests were asked to skip.
-pub fn users() -> Option<&'static Users> {
-    if keyward::secret::hardening::effective_uid() != 0 {
-        eprintln!("skipped: needs root to create test users and connect as them");
-        return None;
-    }
+/// The test users, created on first use. Creating them needs root: the tests that call this are
+/// ignored when not built as root (`keyward_root`, see build.rs).
+pub fn users() -> &'static Users {
+    super::need_root();
     static USERS: OnceLock<Users> = OnceLock::new();
-    Some(USERS.get_or_init(|| {
+    USERS.get_or_init(|| {
         run(&["groupadd", "--system", GROUP]);
         for name in [ALICE, BOB] {
             run(&[
@@ -59,7 +57,7 @@ pub fn users() -> Option<&'static Users> {
                 .gid
                 .as_raw(),
         }
-    }))
+    })
 }
 
 /// Runs an account command; "already exists" (9) is fine, as another test process may have
