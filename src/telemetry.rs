@@ -5,6 +5,7 @@
 //! quota exchange), `config` and `secret`; never `proxy` or `server`.
 
 pub mod account;
+pub mod batched;
 pub mod charge;
 pub mod families;
 pub mod json_skim;

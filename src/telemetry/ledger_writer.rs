@@ -1,5 +1,6 @@
-//! The ledger's writer thread: ledger lines are handed over in memory and written by a thread of
-//! their own, so a slow or stalled disk delays ledger lines, never answers.
+//! The ledger's writer: ledger lines are handed over in memory and written by the batched
+//! writer's thread ([`crate::telemetry::batched`]), so a slow or stalled disk delays ledger
+//! lines, never answers.
 //!
 //! Nothing is dropped: a failed write is retried every second (with one error logged per
 //! episode) until it succeeds, and the lines wait meanwhile. How much may wait is bounded by
@@ -8,9 +9,9 @@
 //! running finish and are recorded.
 
 use std::io::{self, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use crate::telemetry::batched::{self, Batch, Closer, Output, Settings};
 
 /// How long a failed write waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -18,151 +19,100 @@ const RETRY: Duration = Duration::from_secs(1);
 /// (with an error naming how many).
 const GIVE_UP_AT_EXIT: Duration = Duration::from_secs(10);
 
-#[derive(Default)]
-struct Pending {
-    bytes: Vec<u8>,
-    /// Bytes the thread took but has not yet written.
-    writing: usize,
-    closed: bool,
-}
-
-struct Shared {
-    pending: Mutex<Pending>,
-    wake: Condvar,
-    max_pending: usize,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Hands lines to the writer thread. Dropping it writes what is left, then stops the thread.
+/// Hands ledger lines to the writer thread. Dropping it writes what waits (retrying as above),
+/// then stops the thread.
 pub struct Appender {
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    appender: batched::Appender,
+    _closer: Closer,
 }
 
 impl Appender {
-    /// Starts the thread that appends to `out`; `what` names it in error messages.
+    /// Starts the thread that appends to `out` (`what` names the ledger in log lines); more than
+    /// `max_pending` bytes waiting makes the ledger [behind](Self::is_behind).
     pub fn spawn<W: Write + Send + 'static>(
         out: W,
         what: String,
         max_pending: usize,
     ) -> io::Result<Self> {
-        let shared = Arc::new(Shared {
-            pending: Mutex::default(),
-            wake: Condvar::new(),
+        let settings = Settings {
+            thread: "keyward-ledger",
+            gather: None,
             max_pending,
-        });
-        let thread = std::thread::Builder::new()
-            .name("keyward-ledger".into())
-            .spawn({
-                let shared = shared.clone();
-                move || run(&shared, out, &what)
-            })?;
+            drop_when_full: false,
+        };
+        let (appender, closer) = batched::spawn(settings, Ledger { out, what })?;
         Ok(Self {
-            shared,
-            thread: Some(thread),
+            appender,
+            _closer: closer,
         })
     }
 
-    /// Queues one line (with its newline); never waits for the disk.
+    /// Queues whole lines; never blocks on the disk.
     pub fn append(&self, line: &[u8]) {
-        let mut pending = self.shared.lock();
-        let was_empty = pending.bytes.is_empty();
-        pending.bytes.extend_from_slice(line);
-        drop(pending);
-        if was_empty {
-            self.shared.wake.notify_one();
-        }
+        self.appender.append(line);
     }
 
-    /// Bytes handed over but not yet written.
+    /// Bytes handed over and not yet written.
     pub fn backlog(&self) -> usize {
-        let pending = self.shared.lock();
-        pending.bytes.len() + pending.writing
+        self.appender.backlog()
     }
 
-    /// Whether more waits than the buffer allows: the disk is not keeping up.
+    /// More than the buffer waits: the disk is not keeping up.
     pub fn is_behind(&self) -> bool {
-        self.backlog() > self.shared.max_pending
+        self.appender.is_behind()
     }
 }
 
-fn run<W: Write>(shared: &Shared, mut out: W, what: &str) {
-    let mut batch = Vec::new();
-    loop {
-        let mut pending = shared.lock();
-        while pending.bytes.is_empty() && !pending.closed {
-            pending = shared.wake.wait(pending).unwrap_or_else(|p| p.into_inner());
-        }
-        if pending.bytes.is_empty() {
-            return; // closed, all written
-        }
-        std::mem::swap(&mut batch, &mut pending.bytes);
-        pending.writing = batch.len();
-        drop(pending);
-        write_all_retrying(shared, &mut out, &batch, what);
-        batch.clear();
-        shared.lock().writing = 0;
-    }
+/// The ledger's file: every batch written whole, retried until it is.
+struct Ledger<W> {
+    out: W,
+    what: String,
 }
 
-/// Writes `batch`, retrying after failures: while keyward runs, for as long as it takes; once it
-/// is stopping, for [`GIVE_UP_AT_EXIT`].
-fn write_all_retrying<W: Write>(shared: &Shared, out: &mut W, batch: &[u8], what: &str) {
-    let mut done = 0;
-    let mut failing_since: Option<Instant> = None;
-    while done < batch.len() {
-        match out.write(&batch[done..]).and_then(|n| {
-            if n == 0 {
-                Err(io::Error::from(io::ErrorKind::WriteZero))
-            } else {
-                Ok(n)
-            }
-        }) {
-            Ok(n) => {
-                done += n;
-                shared.lock().writing = batch.len() - done;
-                if failing_since.take().is_some() {
-                    tracing::info!(ledger = what, "the usage ledger is written again");
+impl<W: Write + Send + 'static> Output for Ledger<W> {
+    fn write_batch(&mut self, bytes: &[u8], batch: &Batch<'_>) {
+        let what = self.what.as_str();
+        let mut done = 0;
+        let mut failing_since: Option<Instant> = None;
+        while done < bytes.len() {
+            match self.out.write(&bytes[done..]).and_then(|n| {
+                if n == 0 {
+                    Err(io::Error::from(io::ErrorKind::WriteZero))
+                } else {
+                    Ok(n)
+                }
+            }) {
+                Ok(n) => {
+                    done += n;
+                    batch.left(bytes.len() - done);
+                    if failing_since.take().is_some() {
+                        tracing::info!(ledger = what, "the usage ledger is written again");
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    let since = *failing_since.get_or_insert_with(|| {
+                        tracing::error!(
+                            ledger = what,
+                            error = %err,
+                            "could not append to the usage ledger; its lines wait in memory and \
+                             the write is retried every second"
+                        );
+                        Instant::now()
+                    });
+                    if batch.closing() && since.elapsed() >= GIVE_UP_AT_EXIT {
+                        let lost = bytes[done..].iter().filter(|&&b| b == b'\n').count();
+                        tracing::error!(
+                            ledger = what,
+                            error = %err,
+                            lines = lost,
+                            "keyward is stopping and these usage ledger lines could not be written"
+                        );
+                        return;
+                    }
+                    std::thread::sleep(RETRY);
                 }
             }
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => {
-                let since = *failing_since.get_or_insert_with(|| {
-                    tracing::error!(
-                        ledger = what,
-                        error = %err,
-                        "could not append to the usage ledger; its lines wait in memory and the \
-                         write is retried every second"
-                    );
-                    Instant::now()
-                });
-                if shared.lock().closed && since.elapsed() >= GIVE_UP_AT_EXIT {
-                    let lost = batch[done..].iter().filter(|&&b| b == b'\n').count();
-                    tracing::error!(
-                        ledger = what,
-                        error = %err,
-                        lines = lost,
-                        "keyward is stopping and these usage ledger lines could not be written"
-                    );
-                    return;
-                }
-                std::thread::sleep(RETRY);
-            }
-        }
-    }
-}
-
-impl Drop for Appender {
-    fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.wake.notify_one();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }
@@ -170,6 +120,9 @@ impl Drop for Appender {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
     use std::sync::mpsc;
 
     /// A disk that takes nothing until the test lets it go, then everything.
@@ -181,7 +134,7 @@ mod tests {
                 let _ = self.0.recv();
                 self.2 = true;
             }
-            self.1.lock().unwrap_or_else(|p| p.into_inner()).extend(buf);
+            self.1.lock().extend(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -208,8 +161,7 @@ mod tests {
         assert!(appender.is_behind());
         drop(release);
         drop(appender);
-        let text = String::from_utf8(written.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .unwrap_or_default();
+        let text = String::from_utf8(written.lock().clone()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 10_000);
         assert_eq!(lines[9_999], "line 9999");
@@ -224,7 +176,7 @@ mod tests {
                 self.0 -= 1;
                 return Err(io::Error::other("disk full"));
             }
-            self.1.lock().unwrap_or_else(|p| p.into_inner()).extend(buf);
+            self.1.lock().extend(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -240,9 +192,6 @@ mod tests {
         appender.append(b"one\n");
         appender.append(b"two\n");
         drop(appender);
-        assert_eq!(
-            &*written.lock().unwrap_or_else(|p| p.into_inner()),
-            b"one\ntwo\n"
-        );
+        assert_eq!(&*written.lock(), b"one\ntwo\n");
     }
 }

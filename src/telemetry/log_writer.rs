@@ -1,4 +1,4 @@
-//! Where log lines go: a shared buffer that a background thread writes to stderr in batches.
+//! Where log lines go: the batched writer ([`crate::telemetry::batched`]) to stderr.
 //!
 //! A request appends its line under a short lock and goes on; it never waits on stderr and never
 //! wakes another thread, except to start a batch after a quiet spell. The thread writes what has
@@ -15,16 +15,15 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
 
+pub use crate::telemetry::batched::BATCH_BYTES;
+use crate::telemetry::batched::{self, Appender, Batch, Closer, Output, Settings};
+
 /// How long the first line of a batch may wait for others.
 pub const BATCH_DELAY: Duration = Duration::from_millis(50);
-/// A batch this large is written without waiting for the delay.
-pub const BATCH_BYTES: usize = 64 * 1024;
 /// How much may wait for stderr by default; past it, lines are dropped.
 pub const DEFAULT_MAX_PENDING: usize = 8 * 1024 * 1024;
 
@@ -36,37 +35,32 @@ pub fn dropped_lines() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
-#[derive(Default)]
-struct Pending {
-    bytes: Vec<u8>,
-    closed: bool,
-    /// Lines dropped since the last report of it.
-    dropped: u64,
-}
-
-struct Shared {
-    pending: Mutex<Pending>,
-    /// Signals the writer thread: lines after a quiet spell, a full batch, or the end.
-    wake: Condvar,
-    max_pending: usize,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 /// The [`MakeWriter`] handed to the log subscriber.
 #[derive(Clone)]
 pub struct BatchWriter {
-    shared: Arc<Shared>,
+    appender: Appender,
 }
 
 /// Writes what is left when dropped, then stops the thread. Keep it until the process ends.
 pub struct FlushGuard {
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    _closer: Closer,
+}
+
+/// stderr, or what stands in for it.
+struct Stderr<W>(W);
+
+impl<W: Write + Send + 'static> Output for Stderr<W> {
+    fn write_batch(&mut self, bytes: &[u8], batch: &Batch<'_>) {
+        // Nothing to do about a failed write to stderr: the lines are lost either way.
+        let _ = self.0.write_all(bytes).and_then(|()| self.0.flush());
+        if batch.dropped > 0 {
+            // stderr moves again. Logged like any line (it reaches the buffer, not `out`).
+            tracing::warn!(
+                dropped = batch.dropped,
+                "log lines were dropped: stderr was not read fast enough (see --log-buffer)"
+            );
+        }
+    }
 }
 
 /// Starts the thread that writes batches to `out`, holding at most `max_pending` bytes for it.
@@ -74,83 +68,20 @@ pub fn spawn<W: Write + Send + 'static>(
     out: W,
     max_pending: usize,
 ) -> io::Result<(BatchWriter, FlushGuard)> {
-    let shared = Arc::new(Shared {
-        pending: Mutex::default(),
-        wake: Condvar::new(),
+    let settings = Settings {
+        thread: "keyward-log",
+        gather: Some(BATCH_DELAY),
         max_pending,
-    });
-    let thread = std::thread::Builder::new()
-        .name("keyward-log".into())
-        .spawn({
-            let shared = shared.clone();
-            move || run(&shared, out)
-        })?;
-    Ok((
-        BatchWriter {
-            shared: shared.clone(),
-        },
-        FlushGuard {
-            shared,
-            thread: Some(thread),
-        },
-    ))
-}
-
-fn run<W: Write>(shared: &Shared, mut out: W) {
-    let mut batch = Vec::new();
-    loop {
-        let mut pending = shared.lock();
-        while pending.bytes.is_empty() && !pending.closed {
-            pending = shared.wake.wait(pending).unwrap_or_else(|p| p.into_inner());
-        }
-        // Let the batch gather, unless it is already large or keyward is stopping.
-        let deadline = Instant::now() + BATCH_DELAY;
-        while pending.bytes.len() < BATCH_BYTES && !pending.closed {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                break;
-            };
-            pending = shared
-                .wake
-                .wait_timeout(pending, left)
-                .map(|(guard, _)| guard)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-        std::mem::swap(&mut batch, &mut pending.bytes);
-        let closed = pending.closed;
-        let dropped = std::mem::take(&mut pending.dropped);
-        drop(pending);
-        // Nothing to do about a failed write to stderr: the lines are lost either way.
-        let _ = out.write_all(&batch).and_then(|()| out.flush());
-        batch.clear();
-        if dropped > 0 {
-            // stderr moves again. Logged like any line (it reaches the buffer, not `out`).
-            tracing::warn!(
-                dropped,
-                "log lines were dropped: stderr was not read fast enough (see --log-buffer)"
-            );
-        }
-        if closed && shared.lock().bytes.is_empty() {
-            return;
-        }
-    }
+        drop_when_full: true,
+    };
+    let (appender, closer) = batched::spawn(settings, Stderr(out))?;
+    Ok((BatchWriter { appender }, FlushGuard { _closer: closer }))
 }
 
 impl Write for &BatchWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let shared = &self.shared;
-        let mut pending = shared.lock();
-        if pending.bytes.len() + buf.len() > shared.max_pending && !pending.closed {
-            pending.dropped += 1;
+        if !self.appender.append(buf) {
             DROPPED.fetch_add(1, Ordering::Relaxed);
-            return Ok(buf.len());
-        }
-        let was_empty = pending.bytes.is_empty();
-        pending.bytes.extend_from_slice(buf);
-        let full = pending.bytes.len() >= BATCH_BYTES;
-        drop(pending);
-        // The thread is asleep only when nothing was pending; it is woken again for a full batch.
-        if was_empty || full {
-            shared.wake.notify_one();
         }
         Ok(buf.len())
     }
@@ -168,19 +99,13 @@ impl<'a> MakeWriter<'a> for BatchWriter {
     }
 }
 
-impl Drop for FlushGuard {
-    fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.wake.notify_one();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+    use std::time::Instant;
 
     /// An output the test can read while the thread writes to it.
     #[derive(Clone, Default)]
@@ -188,7 +113,7 @@ mod tests {
 
     impl Write for Sink {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend(buf);
+            self.0.lock().extend(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -198,7 +123,7 @@ mod tests {
 
     impl Sink {
         fn text(&self) -> String {
-            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+            String::from_utf8_lossy(&self.0.lock()).into_owned()
         }
     }
 
@@ -300,7 +225,7 @@ mod tests {
         );
         drop(release);
         drop(guard);
-        let written = sink.0.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let written = sink.0.lock().len();
         assert!(written > 0 && written <= 2 * max_pending, "{written}");
     }
 }
