@@ -6,7 +6,9 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use ring::digest::{SHA256, digest};
@@ -235,12 +237,10 @@ impl ClientTokens {
         if current.clients == parsed {
             return Ok(false);
         }
-        if let Ok(mut slot) = self.loaded.write() {
-            *slot = Arc::new(Loaded {
-                clients: parsed,
-                stamp: None,
-            });
-        }
+        *self.loaded.write() = Arc::new(Loaded {
+            clients: parsed,
+            stamp: None,
+        });
         Ok(true)
     }
 
@@ -266,10 +266,7 @@ impl ClientTokens {
     }
 
     fn current(&self) -> Arc<Loaded> {
-        match self.loaded.read() {
-            Ok(loaded) => loaded.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.loaded.read().clone()
     }
 
     /// Re-reads the file if it changed, at most once per [`RECHECK`]. A file that became
@@ -277,9 +274,7 @@ impl ClientTokens {
     fn refresh(&self) {
         let Some(path) = &self.path else { return };
         {
-            let Ok(mut checked) = self.checked.lock() else {
-                return;
-            };
+            let mut checked = self.checked.lock();
             if checked.elapsed() < RECHECK {
                 return;
             }
@@ -298,9 +293,7 @@ impl ClientTokens {
         match load(path) {
             Ok(loaded) => {
                 tracing::info!(clients = loaded.clients.len(), "client tokens file re-read");
-                if let Ok(mut slot) = self.loaded.write() {
-                    *slot = Arc::new(loaded);
-                }
+                *self.loaded.write() = Arc::new(loaded);
             }
             Err(err) => {
                 tracing::error!(error = %err, "the client tokens file changed but is not usable; the tokens read before stay in force")
@@ -406,7 +399,7 @@ mod tests {
             Err(ClientsError::NoSuchClient(_))
         ));
         // The running side notices within RECHECK.
-        *tokens.checked.lock().unwrap() = Instant::now() - RECHECK;
+        *tokens.checked.lock() = Instant::now() - RECHECK;
         assert_eq!(tokens.verify(ci.expose().as_bytes()), None);
         assert_eq!(
             tokens.verify(laptop.expose().as_bytes()).as_deref(),

@@ -17,19 +17,19 @@ const GROUP_CACHE_TTL: Duration = Duration::from_secs(10);
 
 /// The policy in force, replaced whole when the configuration is re-read (SIGHUP).
 #[derive(Debug, Default)]
-pub struct SharedPolicy(std::sync::RwLock<Arc<Policy>>);
+pub struct SharedPolicy(parking_lot::RwLock<Arc<Policy>>);
 
 impl SharedPolicy {
     pub fn new(policy: Policy) -> Self {
-        Self(std::sync::RwLock::new(Arc::new(policy)))
+        Self(parking_lot::RwLock::new(Arc::new(policy)))
     }
 
     pub fn current(&self) -> Arc<Policy> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.read().clone()
     }
 
     pub fn set(&self, policy: Policy) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        *self.0.write() = Arc::new(policy);
     }
 }
 

@@ -12,7 +12,9 @@
 //! The same record says whether a response's usage has been charged yet: a background response
 //! reports its usage only when it finishes, to whoever retrieves it then, and is charged once.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use crate::access::owners_file::IdHash;
@@ -87,7 +89,7 @@ impl Owners {
         if at < self.oldest() {
             return;
         }
-        let mut table = self.lock();
+        let mut table = self.table.lock();
         let client = table.client_index(client);
         let entry = table
             .entries
@@ -103,14 +105,14 @@ impl Owners {
 
     /// Whether `key` is remembered.
     pub fn knows(&self, key: &IdHash) -> bool {
-        self.lock().entries.contains_key(key)
+        self.table.lock().entries.contains_key(key)
     }
 
     /// Records that `client` created the response `id`. An id already recorded keeps its owner.
     pub fn record(&self, id: &str, client: &str, billed: bool) {
         let key = hash(id);
         let line = {
-            let mut table = self.lock();
+            let mut table = self.table.lock();
             if table.entries.contains_key(&key) {
                 return;
             }
@@ -158,7 +160,7 @@ impl Owners {
 
     /// Who created `id`, if keyward relayed it within the time it remembers.
     pub fn owner(&self, id: &str) -> Option<Arc<str>> {
-        let table = self.lock();
+        let table = self.table.lock();
         let entry = table.entries.get(&hash(id))?;
         if entry.at < self.oldest() {
             return None;
@@ -171,7 +173,7 @@ impl Owners {
     pub fn bill(&self, id: &str) -> bool {
         let key = hash(id);
         let line = {
-            let mut table = self.lock();
+            let mut table = self.table.lock();
             let Some(entry) = table.entries.get_mut(&key) else {
                 return false;
             };
@@ -192,7 +194,7 @@ impl Owners {
 
     /// How many responses are remembered.
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.table.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -202,10 +204,6 @@ impl Owners {
     /// Seconds since the epoch before which an entry has expired.
     fn oldest(&self) -> u32 {
         oldest(self.ttl)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

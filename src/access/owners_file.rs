@@ -10,7 +10,9 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -369,7 +371,7 @@ fn maintain(
         return Ok(());
     };
     let snapshot = {
-        let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = table.lock();
         let expired = if sweep { table.expire(oldest(ttl)) } else { 0 };
         (expired > 0 || file.lines > 2 * table.entries.len() + SLACK)
             .then(|| (table.entries.clone(), table.clients.clone()))

@@ -4,7 +4,9 @@
 //! under the encoding it came in.
 
 use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -65,7 +67,7 @@ impl Kept {
         let kept = Self::default();
         let bytes = kept.0.clone();
         let size: PlainSize = Box::new(move || {
-            let body = std::mem::take(&mut *bytes.lock().unwrap_or_else(|p| p.into_inner()));
+            let body = std::mem::take(&mut *bytes.lock());
             decode_all(&encodings, Bytes::from(body), limit)
                 .ok()
                 .map(|plain| plain.len() as u64)
@@ -74,10 +76,7 @@ impl Kept {
     }
 
     pub fn keep(&self, data: &[u8]) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(data);
+        self.0.lock().extend_from_slice(data);
     }
 }
 

@@ -2,7 +2,9 @@
 //! client token, quota), the health endpoints, and the hand-off to the rest of the pipeline
 //! ([`crate::proxy::pipeline`]) or the WebSocket ([`crate::proxy::websocket`]).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -117,10 +119,7 @@ impl Proxy {
 
     /// Runs `f` with this worker's access gate.
     pub fn with_gate<T>(&self, f: impl FnOnce(&mut Gate) -> T) -> T {
-        match self.gate.lock() {
-            Ok(mut gate) => f(&mut gate),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
+        f(&mut self.gate.lock())
     }
 
     pub async fn handle(

@@ -22,7 +22,7 @@ pub struct BodyTooLarge(pub u64);
 /// What went wrong with the client's body, noted by the body before its error reaches the
 /// upstream connection, so the failed send is blamed on the right side.
 #[derive(Debug, Default)]
-pub struct BodyFault(AtomicU8, std::sync::Mutex<Option<String>>);
+pub struct BodyFault(AtomicU8, parking_lot::Mutex<Option<String>>);
 
 impl BodyFault {
     const TOO_LARGE: u8 = 1;
@@ -34,7 +34,7 @@ impl BodyFault {
         if self.0.load(Ordering::Relaxed) != Self::FOREIGN {
             return None;
         }
-        self.1.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.1.lock().clone()
     }
 
     fn set(&self, fault: u8) {
@@ -112,7 +112,7 @@ impl Body for RequestBody {
                     if let Some(previous) = this.previous.as_mut()
                         && let Err(id) = previous.feed(data)
                     {
-                        *this.fault.1.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+                        *this.fault.1.lock() = Some(id);
                         this.fault.set(BodyFault::FOREIGN);
                         return Poll::Ready(Some(Err("a foreign previous_response_id".into())));
                     }

@@ -3,8 +3,10 @@
 //! or refused) can take every file descriptor or pin unbounded memory with idle connections.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 
 /// The caps, shared by every worker.
 #[derive(Debug)]
@@ -53,7 +55,7 @@ impl ConnectionCaps {
             return Err(Full::Total(self.max_total));
         }
         if let (Some(uid), true) = (uid, self.counts_users()) {
-            let mut per_user = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+            let mut per_user = self.per_user.lock();
             let open = per_user.entry(uid).or_insert(0);
             if *open >= self.max_per_user {
                 drop(per_user);
@@ -75,7 +77,7 @@ impl ConnectionCaps {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(uid) = self.uid {
-            let mut per_user = self.caps.per_user.lock().unwrap_or_else(|p| p.into_inner());
+            let mut per_user = self.caps.per_user.lock();
             if let Some(open) = per_user.get_mut(&uid) {
                 *open -= 1;
                 if *open == 0 {

@@ -2,7 +2,9 @@
 //! connections.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::pem::PemObject;
@@ -29,10 +31,7 @@ struct Current(RwLock<Arc<CertifiedKey>>);
 
 impl ResolvesServerCert for Current {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(match self.0.read() {
-            Ok(key) => key.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        })
+        Some(self.0.read().clone())
     }
 }
 
@@ -67,10 +66,7 @@ impl Tls {
     /// Re-reads the certificate and key. On any error the old ones stay in use.
     pub fn reload(&self) -> Result<(), TlsError> {
         let key = Arc::new(load(&self.config)?);
-        match self.current.0.write() {
-            Ok(mut slot) => *slot = key,
-            Err(poisoned) => *poisoned.into_inner() = key,
-        }
+        *self.current.0.write() = key;
         Ok(())
     }
 }

@@ -13,8 +13,10 @@ use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use parking_lot::{Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -51,12 +53,6 @@ struct Inner {
     spilled: AtomicU64,
     /// The unsent file cannot be written either: memory is all that is left.
     spill_failing: AtomicBool,
-}
-
-impl Inner {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// Hands rows to the sending thread. Dropping it sends what it can and puts the rest in the
@@ -106,7 +102,7 @@ impl SharedLedger {
 
     /// Queues one row; never waits for the database.
     pub fn append(&self, entry: Entry) {
-        let mut queue = self.inner.lock();
+        let mut queue = self.inner.queue.lock();
         let first = queue.rows.is_empty();
         if first {
             queue.oldest = Some(Instant::now());
@@ -122,7 +118,7 @@ impl SharedLedger {
 
     /// Rows waiting in memory.
     pub fn backlog(&self) -> usize {
-        self.inner.lock().rows.len()
+        self.inner.queue.lock().rows.len()
     }
 
     /// Neither the database nor the unsent file takes rows and the buffer is full: new
@@ -144,7 +140,7 @@ impl SharedLedger {
 
 impl Drop for SharedLedger {
     fn drop(&mut self) {
-        self.inner.lock().closed = true;
+        self.inner.queue.lock().closed = true;
         self.inner.wake.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -157,7 +153,7 @@ fn run(inner: &Inner) {
     // Set while the database is away: nothing is sent before then.
     let mut retry_at: Option<Instant> = None;
     loop {
-        let mut queue = inner.lock();
+        let mut queue = inner.queue.lock();
         loop {
             if queue.closed {
                 break;
@@ -168,10 +164,7 @@ fn run(inner: &Inner) {
                         break;
                     }
                     let wait = at.saturating_duration_since(Instant::now());
-                    queue = inner
-                        .wake
-                        .wait_timeout(queue, wait)
-                        .map_or_else(|p| p.into_inner().0, |(q, _)| q);
+                    inner.wake.wait_for(&mut queue, wait);
                 }
                 _ => {
                     if unsent_waiting || queue.rows.len() >= BATCH {
@@ -185,10 +178,7 @@ fn run(inner: &Inner) {
                         None if !queue.rows.is_empty() => break,
                         None => Duration::from_secs(3600),
                     };
-                    queue = inner
-                        .wake
-                        .wait_timeout(queue, wait)
-                        .map_or_else(|p| p.into_inner().0, |(q, _)| q);
+                    inner.wake.wait_for(&mut queue, wait);
                 }
             }
         }
@@ -209,7 +199,7 @@ fn run(inner: &Inner) {
             }
             unsent_waiting = false;
         }
-        let mut queue = inner.lock();
+        let mut queue = inner.queue.lock();
         if queue.rows.is_empty() {
             if closed {
                 return;
@@ -233,7 +223,7 @@ fn run(inner: &Inner) {
             continue;
         }
         retry_at = Some(Instant::now() + RETRY);
-        let mut queue = inner.lock();
+        let mut queue = inner.queue.lock();
         for row in batch.into_iter().rev() {
             queue.rows.push_front(row.entry);
         }
@@ -243,7 +233,7 @@ fn run(inner: &Inner) {
             drop(queue);
             if !spill_or_keep(inner, all) {
                 tracing::error!(
-                    rows = inner.lock().rows.len(),
+                    rows = inner.queue.lock().rows.len(),
                     "keyward is stopping and these usage ledger rows could not be kept"
                 );
             }
@@ -264,7 +254,7 @@ fn spill_or_keep(inner: &Inner, over: Vec<Entry>) -> bool {
             if !inner.spill_failing.swap(true, Ordering::Relaxed) {
                 tracing::error!(path = %inner.unsent.display(), error = %err, rows = over.len(), "could not write ledger rows the state database did not take; they wait in memory");
             }
-            let mut queue = inner.lock();
+            let mut queue = inner.queue.lock();
             for entry in over.into_iter().rev() {
                 queue.rows.push_front(entry);
             }

@@ -2,8 +2,10 @@
 //! Every request's figures arrive here once, when its response has ended ([`Record`]).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock};
+
+use parking_lot::RwLock;
 
 use crate::credential::chatgpt::tokens::TokenManager;
 use crate::telemetry::families::StateMetrics;
@@ -39,15 +41,10 @@ impl Capped {
     }
 
     fn label(&self, value: &str) -> Arc<str> {
-        if let Some(known) = self
-            .known
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(value)
-        {
+        if let Some(known) = self.known.read().get(value) {
             return known.clone();
         }
-        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        let mut known = self.known.write();
         if let Some(label) = known.get(value) {
             return label.clone();
         }

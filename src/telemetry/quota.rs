@@ -7,7 +7,9 @@
 //! for the database.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -98,30 +100,23 @@ impl Quotas {
 
     /// Replaces the limits (SIGHUP); the counts stay.
     pub fn set_config(&self, config: QuotaConfig) {
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+        *self.config.write() = config;
     }
 
     pub fn is_empty(&self) -> bool {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        self.config.read().is_empty()
     }
 
     /// Admits a request of `client`, or says which quota it is over and when to retry. The
     /// permit holds a concurrent-stream slot until it is dropped.
     pub fn admit(self: &Arc<Self>, client: &Arc<str>) -> Result<Option<Permit>, Exceeded> {
-        let limits = self
-            .config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .for_client(client);
+        let limits = self.config.read().for_client(client);
         if limits.is_empty() {
             return Ok(None);
         }
         let now = Instant::now();
         let now_minute = minute_of(SystemTime::now());
-        let mut states = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut states = self.state.lock();
         let state = states.clients.entry(client.clone()).or_default();
         state.expire(now, now_minute);
 
@@ -194,7 +189,7 @@ impl Quotas {
         if minute + DAY_SECS / 60 <= minute_of(SystemTime::now()) {
             return;
         }
-        let mut states = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut states = self.state.lock();
         let States { clients, dirty } = &mut *states;
         let name: Arc<str> = match clients.get_key_value(client) {
             Some((name, _)) => name.clone(),
@@ -222,7 +217,7 @@ impl Quotas {
 
     /// Tokens `client` used in the last 24 hours, here and (as of the last exchange) elsewhere.
     pub fn tokens_used(&self, client: &str) -> u64 {
-        let states = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let states = self.state.lock();
         states
             .clients
             .get(client)
@@ -232,7 +227,7 @@ impl Quotas {
     /// What to tell the other replicas now; the changed token counts are taken (give them back
     /// with [`Quotas::unsent`] if they could not be sent).
     pub fn outgoing(&self) -> Outgoing {
-        let mut states = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut states = self.state.lock();
         let now = Instant::now();
         let now_minute = minute_of(SystemTime::now());
         let dirty = std::mem::take(&mut states.dirty);
@@ -256,7 +251,7 @@ impl Quotas {
 
     /// Token counts that could not be sent: sent with the next exchange.
     pub fn unsent(&self, out: Outgoing) {
-        let mut states = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut states = self.state.lock();
         states.dirty.extend(
             out.tokens
                 .into_iter()
@@ -266,7 +261,7 @@ impl Quotas {
 
     /// The other replicas' counts, as just read; clients missing from `remote` have none.
     pub fn set_remote(&self, mut remote: HashMap<String, Remote>) {
-        let mut states = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut states = self.state.lock();
         for (client, state) in &mut states.clients {
             state.remote = remote.remove(&**client).unwrap_or_default();
         }
@@ -278,7 +273,7 @@ impl Quotas {
     /// The database is unreachable: the others' streams and requests are no longer known and
     /// stop counting; their tokens (which only leave the window slowly) still count.
     pub fn forget_remote_live(&self) {
-        let mut states = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut states = self.state.lock();
         for state in states.clients.values_mut() {
             state.remote.active = 0;
             state.remote.recent = 0;
@@ -299,7 +294,7 @@ pub struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut states = self.quotas.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut states = self.quotas.state.lock();
         if let Some(state) = states.clients.get_mut(&self.client) {
             state.active = state.active.saturating_sub(1);
         }

@@ -13,7 +13,9 @@
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -231,7 +233,7 @@ impl<B: Outgoing> Pool<B> {
 
     /// The worker's HTTP/2 connection, if one is open.
     fn h2_sender(&self) -> Option<http2::SendRequest<B>> {
-        let mut h2 = lock(&self.h2);
+        let mut h2 = self.h2.lock();
         if h2.as_ref().is_some_and(|sender| sender.is_closed()) {
             *h2 = None;
         }
@@ -242,7 +244,7 @@ impl<B: Outgoing> Pool<B> {
     async fn reuse(self: &Arc<Self>) -> Option<Lease<B>> {
         loop {
             let idle = {
-                let mut idle = lock(&self.idle);
+                let mut idle = self.idle.lock();
                 evict_expired(&mut idle, Instant::now());
                 idle.pop_back()?
             };
@@ -283,7 +285,7 @@ impl<B: Outgoing> Pool<B> {
                     tracing::debug!(error = %err, "HTTP/2 connection to the upstream ended");
                 }
             });
-            *lock(&self.h2) = Some(sender.clone());
+            *self.h2.lock() = Some(sender.clone());
             return Ok(Fresh::Http2(sender));
         }
         let (sender, connection) = http1::Builder::new().handshake(io).await?;
@@ -295,7 +297,7 @@ impl<B: Outgoing> Pool<B> {
     }
 
     fn check_in(&self, sender: http1::SendRequest<B>, connection: H1Connection<B>) {
-        let mut idle = lock(&self.idle);
+        let mut idle = self.idle.lock();
         let now = Instant::now();
         evict_expired(&mut idle, now);
         if idle.len() >= MAX_IDLE {
@@ -372,10 +374,6 @@ fn host_header(uri: &Uri) -> HeaderValue {
         _ => host.to_owned(),
     };
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

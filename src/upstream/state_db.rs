@@ -107,8 +107,8 @@ pub enum StateError {
 }
 
 /// The databases open in this process, by their settings.
-static OPEN: std::sync::Mutex<Vec<(String, std::sync::Weak<StateDb>)>> =
-    std::sync::Mutex::new(Vec::new());
+static OPEN: parking_lot::Mutex<Vec<(String, std::sync::Weak<StateDb>)>> =
+    parking_lot::Mutex::new(Vec::new());
 
 /// The state database: how to reach it, and the runtime its connections run on.
 pub struct StateDb {
@@ -133,7 +133,7 @@ impl StateDb {
     pub fn open(config: &StateConfig) -> Result<Arc<Self>, StateError> {
         // The settings' Debug form names everything but the password (read when connecting).
         let identity = format!("{config:?}");
-        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = OPEN.lock();
         open.retain(|(_, db)| db.strong_count() > 0);
         if let Some(db) = open
             .iter()

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -147,7 +149,7 @@ pub async fn browser(
         done: Mutex::new(None),
     });
     let (tx, mut rx) = mpsc::channel::<Result<Login, FlowError>>(1);
-    *callback.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    *callback.done.lock() = Some(tx);
     let server = tokio::spawn(serve_callback(listener, callback));
     let outcome = tokio::time::timeout(options.timeout, rx.recv()).await;
     server.abort();
@@ -209,7 +211,7 @@ struct Callback {
 
 impl Callback {
     fn finish(&self, result: Result<Login, FlowError>) {
-        if let Some(tx) = self.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(tx) = self.done.lock().take() {
             let _ = tx.try_send(result);
         }
     }

@@ -4,8 +4,8 @@
 //! gets), kept as the latest snapshot, and written to `plan-usage.json` in the home so that
 //! `keyward status` can show it.
 
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -111,15 +111,12 @@ impl Default for PlanLimits {
 impl PlanLimits {
     /// Takes in a report; cheap, and never waits.
     pub fn observe(&self, usage: PlanUsage) {
-        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(usage.clone());
+        *self.latest.lock() = Some(usage.clone());
         self.changed.send_replace(Some(usage));
     }
 
     pub fn latest(&self) -> Option<PlanUsage> {
-        self.latest
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.latest.lock().clone()
     }
 
     /// Writes each new snapshot to `home`/[`FILE`] (0600), at most once a second (a second

@@ -2,8 +2,10 @@
 //! of a login happens at a time, in this process and across processes sharing the home (or, with
 //! `--state`, across replicas sharing the state database).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+
+use parking_lot::{Mutex, RwLock};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -151,14 +153,11 @@ impl TokenManager {
 
     /// The reason the login is dead, if it is.
     pub fn dead_reason(&self) -> Option<String> {
-        self.dead.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.dead.lock().clone()
     }
 
     fn current(&self) -> Option<Arc<Session>> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.read().clone()
     }
 
     fn expiring(&self, session: &Session) -> bool {
@@ -255,7 +254,7 @@ impl TokenManager {
         if let Some(dead) = &login.dead {
             return Err(self.mark_dead_locally(&dead.reason));
         }
-        self.dead.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.dead.lock().take();
 
         let stored = login.access_token.fingerprint();
         let replaced_elsewhere = stale.as_deref() != Some(stored.as_str());
@@ -353,13 +352,13 @@ impl TokenManager {
             expires_at: login.expires_at,
             fingerprint: login.access_token.fingerprint(),
         });
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(session.clone());
+        *self.current.write() = Some(session.clone());
         Ok(session)
     }
 
     fn mark_dead_locally(&self, reason: &str) -> AuthError {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
-        *self.dead.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+        *self.current.write() = None;
+        *self.dead.lock() = Some(reason.to_owned());
         AuthError::Dead {
             reason: reason.to_owned(),
         }

@@ -1,6 +1,6 @@
 //! A store in memory, for tests and embedding.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use super::{LoginStore, StoreError};
 use crate::credential::chatgpt::record::Login;
@@ -20,21 +20,16 @@ impl MemoryStore {
 
 impl LoginStore for MemoryStore {
     fn load(&self) -> Result<Option<Login>, StoreError> {
-        Ok(self.login.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        Ok(self.login.lock().clone())
     }
 
     fn save(&self, login: &Login) -> Result<(), StoreError> {
-        *self.login.lock().unwrap_or_else(|p| p.into_inner()) = Some(login.clone());
+        *self.login.lock() = Some(login.clone());
         Ok(())
     }
 
     fn delete(&self) -> Result<bool, StoreError> {
-        Ok(self
-            .login
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .is_some())
+        Ok(self.login.lock().take().is_some())
     }
 
     fn describe(&self) -> String {

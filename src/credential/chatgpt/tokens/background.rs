@@ -91,18 +91,12 @@ impl TokenManager {
                 if current.as_deref() != Some(login.access_token.fingerprint().as_str())
                     && self.adopt(&login).is_ok()
                 {
-                    self.dead.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    self.dead.lock().take();
                     tracing::info!("the shared ChatGPT login changed: using the new access token");
                 }
             }
             None => {
-                if self
-                    .current
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                    .is_some()
-                {
+                if self.current.write().take().is_some() {
                     tracing::warn!(
                         "the shared ChatGPT login was removed (keyward logout): requests get 503 until `keyward login --state` stores a new one"
                     );
