@@ -5,9 +5,8 @@
 //! half of it (and at start).
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Weak};
@@ -16,7 +15,8 @@ use parking_lot::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::credential::chatgpt::home::{Home, HomeError, check_private};
+use crate::credential::chatgpt::home::{Home, HomeError};
+use crate::secret::private_file;
 
 const HEADER: &str = "keyward response owners 1";
 /// How often the writer looks for expired entries when nothing else happens.
@@ -119,15 +119,13 @@ impl OwnersFile {
         if let Some(dir) = path.parent() {
             Home::open(dir)?;
         }
-        let file = OpenOptions::new()
+        let file = private_file::options()
             .read(true)
             .append(true)
             .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(io_err)?;
-        check_private(path, false)?;
+        private_file::check(path, false).map_err(HomeError::from)?;
         let (mut table, lines) = read(path, &file)?;
         let mut owners = Self {
             path: path.to_owned(),
@@ -169,19 +167,14 @@ impl OwnersFile {
         }
         let temporary = self.path.with_extension("new");
         let _ = fs::remove_file(&temporary);
-        let mut new = OpenOptions::new()
+        let mut new = private_file::options()
             .write(true)
             .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
             .open(&temporary)?;
         new.write_all(text.as_bytes())?;
         new.sync_all()?;
         fs::rename(&temporary, &self.path)?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&self.path)?;
+        self.file = private_file::options().append(true).open(&self.path)?;
         self.lines = entries.len();
         Ok(())
     }

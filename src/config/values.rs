@@ -64,54 +64,30 @@ pub fn parse_mode(text: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("`{text}` is not a file mode such as 660 or 0600"))
 }
 
-/// `90`, `90s`, `1500ms`, `5m`, `1h`, `7d`. A bare number is seconds.
+/// `90`, `90s`, `1500ms`, `5m`, `1h`, `7d` (humantime's units). A bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration such as 30s, 1500ms, 5m or 1h"))?;
-    let duration = match unit.trim() {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "d" => Duration::from_secs(n.saturating_mul(86_400)),
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{text}`: use ms, s, m, h or d"
-            ));
-        }
+    let with_unit = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{text}s")
+    } else {
+        text.to_owned()
     };
-    Ok(duration)
+    humantime::parse_duration(&with_unit)
+        .map_err(|err| format!("`{text}` is not a duration such as 30s, 1500ms, 5m or 1h ({err})"))
 }
 
-/// `1048576`, `64KiB`, `64MiB`, `1GiB` (also `KB`/`MB`/`GB` and `K`/`M`/`G`, all powers of 1024).
+/// `1048576`, `64KiB`, `64MiB`, `1GiB` (also `KB`/`MB`/`GB` and `K`/`M`/`G`, all powers of 1024:
+/// memory and buffer sizes, where nobody means 1000).
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size such as 65536, 64KiB or 64MiB"))?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{text}`: use KiB, MiB or GiB"
-            ));
-        }
-    };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(text.trim())
+        .map_err(|err| {
+            format!(
+                "`{}` is not a size such as 65536, 64KiB or 64MiB ({err})",
+                text.trim()
+            )
+        })
 }
 
 /// What to say when no home can be found.

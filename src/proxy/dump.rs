@@ -4,9 +4,9 @@
 //! never held in memory and the proxy's tasks never wait on the disk.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 use crate::config::DumpConfig;
 use crate::proxy::headers;
 use crate::secret::hardening;
+use crate::secret::private_file;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
@@ -194,11 +195,9 @@ fn write_loop(rx: mpsc::Receiver<Message>) {
     for message in rx {
         match message {
             Message::Open { id, path, head } => {
-                let file = OpenOptions::new()
+                let file = private_file::options()
                     .write(true)
                     .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
                     .open(&path);
                 match file {
                     Ok(mut file) => {

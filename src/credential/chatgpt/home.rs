@@ -1,12 +1,12 @@
 //! keyward's home: where the login and its lock live. Private to keyward's user, or refused.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::values;
-use crate::secret::hardening;
+use crate::secret::private_file::{self, PrivateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HomeError {
@@ -83,7 +83,7 @@ impl Home {
     /// Takes the home's lock, waiting for another keyward process to release it.
     pub fn lock(&self) -> Result<HomeLock, HomeError> {
         let path = self.dir.join("lock");
-        let file = lock_file(&path).map_err(|error| HomeError::Io { path, error })?;
+        let file = private_file::lock_file(&path).map_err(|error| HomeError::Io { path, error })?;
         Ok(HomeLock { file })
     }
 
@@ -99,51 +99,16 @@ impl Home {
     }
 }
 
-/// Opens (creating, 0600, never through a symlink) and exclusively locks the file at `path`,
-/// waiting for another process to release it. The lock lasts as long as the returned file.
-pub fn lock_file(path: &Path) -> io::Result<fs::File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    file.lock()?;
-    Ok(file)
+impl From<PrivateError> for HomeError {
+    fn from(err: PrivateError) -> Self {
+        match err {
+            PrivateError::Unsafe { path, what } => HomeError::Unsafe { path, what },
+            PrivateError::Io { path, error } => HomeError::Io { path, error },
+        }
+    }
 }
 
 /// Refuses `path` if it is not owned by keyward's user or if group or others have any access.
 pub fn check_private(path: &Path, is_dir: bool) -> Result<(), HomeError> {
-    let meta = fs::symlink_metadata(path).map_err(|error| HomeError::Io {
-        path: path.to_owned(),
-        error,
-    })?;
-    let unsafe_because = |what: String| HomeError::Unsafe {
-        path: path.to_owned(),
-        what,
-    };
-    if meta.file_type().is_symlink() {
-        return Err(unsafe_because(
-            "is a symbolic link; keyward uses only a real file or directory here".into(),
-        ));
-    }
-    let me = hardening::effective_uid();
-    if meta.uid() != me {
-        return Err(unsafe_because(format!(
-            "is owned by uid {}, not by keyward's user (uid {me}); fix with: chown {me} {}",
-            meta.uid(),
-            path.display()
-        )));
-    }
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        let want = if is_dir { "700" } else { "600" };
-        return Err(unsafe_because(format!(
-            "other users can read or write it (mode {mode:o}); fix with: chmod {want} {}",
-            path.display()
-        )));
-    }
-    Ok(())
+    Ok(private_file::check(path, is_dir)?)
 }

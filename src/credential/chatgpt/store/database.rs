@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 use super::{LoginStore, StoreError};
 use crate::credential::chatgpt::record::Login;
 use crate::secret::LockedSecret;
+use crate::secret::private_file;
 use crate::upstream::state_db::{StateDb, StateError};
 
 /// What the sealed bytes are bound to: a sealed login cannot pass for anything else.
@@ -51,7 +52,6 @@ impl LoginKey {
     /// Writes a new random key to `path` (created 0600, never over an existing file).
     pub fn create(path: &Path) -> Result<(), StoreError> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         SystemRandom::new()
             .fill(&mut key[..])
@@ -59,11 +59,9 @@ impl LoginKey {
                 path: path.to_owned(),
                 why: "the system's random source failed".into(),
             })?;
-        let mut file = std::fs::OpenOptions::new()
+        let mut file = private_file::options()
             .write(true)
             .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .and_then(|mut f| f.write_all(&key[..]).map(|()| f))
             .map_err(|e| StoreError::Key {
