@@ -5,10 +5,9 @@
 
 pub mod client_token;
 pub mod clients;
-pub mod clients_db;
 pub mod gate;
 pub mod owners;
-pub mod owners_db;
 pub mod owners_file;
 pub mod ownership;
 pub mod peer;
+pub mod token_store;

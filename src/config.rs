@@ -1,7 +1,7 @@
 //! What the operator asked for: the command line ([`args`], [`command_args`], [`values`]), the
 //! `--config` file ([`file`]), and the validated settings the rest of keyward takes ([`Config`],
 //! built from [`args::ServeArgs`]), including the access policy ([`access`]) and the quotas
-//! ([`quota`]) as configured. Uses only `secret`; every other room may use it.
+//! ([`quota`]) as configured. Uses only `secret`; every other layer may use it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;

@@ -1,8 +1,10 @@
-//! One request, from the head the server read to the last byte relayed: the Host check, routing
-//! ([`routes`]: the endpoints forwarded) and admission ([`handler`]), the header policy ([`headers`]), request and response bodies
-//! ([`body`]), sending upstream with the credential and relaying back ([`forward`]), the ChatGPT
-//! backend's rules ([`backend`]), dumps ([`dump`]), and the one place an error becomes a response
-//! ([`error`]). Uses every room below `server`.
+//! One request, from the head the server read to the last byte relayed, through one pipeline
+//! ([`pipeline`]): the admit phase ([`handler`]: Host check, routing by [`routes`], policy,
+//! client token, quota), the credential and its plan ([`credential`], [`plan`], the ChatGPT
+//! backend's rules in [`backend`]), building the upstream request (the header policy in
+//! [`headers`], bodies in [`request_body`], [`decode`] and [`body`]), sending ([`send`]),
+//! relaying ([`forward`], [`websocket`]) and accounting ([`context`]); dumps ([`dump`]) and the
+//! one place an error becomes a response ([`error`]). Uses every layer below `server`.
 
 pub mod assemble;
 pub mod backend;

@@ -1,6 +1,6 @@
 //! The server: listeners, worker threads, graceful shutdown and SIGHUP reload, and the TLS they
 //! serve with. It accepts connections and hands each request to [`crate::proxy`]; it may use
-//! every room below it, and nothing but `cli` uses it.
+//! every layer below it, and nothing but `cli` uses it.
 
 mod caps;
 mod error;
@@ -8,7 +8,6 @@ mod listen;
 mod metrics;
 mod reload;
 mod start;
-mod state;
 pub mod tls;
 mod worker;
 

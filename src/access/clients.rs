@@ -3,21 +3,19 @@
 //! plain hash cannot be reversed or guessed); it must be private to keyward's user.
 
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::access::client_token::{is_client_name, new_token};
-use crate::credential::chatgpt::home::check_private;
-use crate::secret::SecretString;
+use crate::secret::private_file;
 
 /// How often a running keyward looks at the file for tokens added or revoked since.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -53,120 +51,14 @@ pub struct Client {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct FileContents {
-    version: u32,
-    clients: Vec<Client>,
-}
-
-/// The client tokens file, read and written by the `keyward token` commands.
-pub struct TokenFile {
-    path: PathBuf,
-}
-
-impl TokenFile {
-    pub fn new(path: PathBuf) -> Self {
-        Self { path }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The clients in the file; a file that does not exist yet has none.
-    pub fn list(&self) -> Result<Vec<Client>, ClientsError> {
-        match read(&self.path) {
-            Ok((clients, _)) => Ok(clients),
-            Err(ClientsError::Io { error, .. }) if error.kind() == io::ErrorKind::NotFound => {
-                Ok(Vec::new())
-            }
-            Err(err) => Err(err),
-        }
-    }
-
-    /// Adds a client and returns its new token: the only time the token exists outside the
-    /// client's hands.
-    pub fn add(&self, name: &str) -> Result<SecretString, ClientsError> {
-        let (token, client) = new_client(name)?;
-        let _lock = self.lock()?;
-        let mut clients = self.list()?;
-        if clients.iter().any(|c| c.name == name) {
-            return Err(ClientsError::Exists(name.to_owned()));
-        }
-        clients.push(client);
-        self.write(&clients)?;
-        Ok(token)
-    }
-
-    /// Removes a client: its token stops working within a second in a running keyward.
-    pub fn revoke(&self, name: &str) -> Result<(), ClientsError> {
-        let _lock = self.lock()?;
-        let mut clients = self.list()?;
-        let before = clients.len();
-        clients.retain(|c| c.name != name);
-        if clients.len() == before {
-            return Err(ClientsError::NoSuchClient(name.to_owned()));
-        }
-        self.write(&clients)
-    }
-
-    /// Serialises the commands that change the file, across processes.
-    fn lock(&self) -> Result<fs::File, ClientsError> {
-        let mut path = self.path.clone().into_os_string();
-        path.push(".lock");
-        let path = PathBuf::from(path);
-        crate::credential::chatgpt::home::lock_file(&path)
-            .map_err(|error| ClientsError::Io { path, error })
-    }
-
-    /// Replaces the file atomically, 0600.
-    fn write(&self, clients: &[Client]) -> Result<(), ClientsError> {
-        let io_err = |error| ClientsError::Io {
-            path: self.path.clone(),
-            error,
-        };
-        let dir = match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        let mut file = tempfile::Builder::new()
-            .prefix(".keyward-clients")
-            .permissions(fs::Permissions::from_mode(0o600))
-            .tempfile_in(dir)
-            .map_err(io_err)?;
-        let contents = FileContents {
-            version: 1,
-            clients: clients.to_vec(),
-        };
-        let json =
-            serde_json::to_string_pretty(&contents).map_err(|e| io_err(io::Error::other(e)))?;
-        file.write_all(json.as_bytes()).map_err(io_err)?;
-        file.write_all(b"\n").map_err(io_err)?;
-        file.as_file().sync_all().map_err(io_err)?;
-        file.persist(&self.path).map_err(|e| io_err(e.error))?;
-        Ok(())
-    }
-}
-
-/// A new client named `name`: its token (shown once), and what is stored of it.
-pub fn new_client(name: &str) -> Result<(SecretString, Client), ClientsError> {
-    if !is_client_name(name) {
-        return Err(ClientsError::BadName(name.to_owned()));
-    }
-    let (token, sha256) = new_token().map_err(ClientsError::Random)?;
-    let created = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let client = Client {
-        name: name.to_owned(),
-        sha256,
-        created,
-    };
-    Ok((token, client))
+pub(crate) struct FileContents {
+    pub(crate) version: u32,
+    pub(crate) clients: Vec<Client>,
 }
 
 /// What identifies one version of the file, to notice changes without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+pub(crate) struct Stamp {
     dev: u64,
     ino: u64,
     mtime: i64,
@@ -329,17 +221,16 @@ fn parse(clients: &[Client], source: &Path) -> Result<Hashes, ClientsError> {
 }
 
 /// Reads the file after checking it is keyward's user's own and private.
-fn read(path: &Path) -> Result<(Vec<Client>, Stamp), ClientsError> {
+pub(crate) fn read(path: &Path) -> Result<(Vec<Client>, Stamp), ClientsError> {
     let io_err = |error| ClientsError::Io {
         path: path.to_owned(),
         error,
     };
-    let mut file = fs::OpenOptions::new()
+    let mut file = private_file::options()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(io_err)?;
-    check_private(path, false).map_err(|e| ClientsError::Unsafe(e.to_string()))?;
+    private_file::check(path, false).map_err(|e| ClientsError::Unsafe(e.to_string()))?;
     let meta = file.metadata().map_err(io_err)?;
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(io_err)?;
@@ -368,57 +259,9 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn add_verify_revoke_and_the_file_holds_no_token() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("clients.json");
-        let file = TokenFile::new(path.clone());
-        let ci = file.add("ci").unwrap();
-        let laptop = file.add("laptop").unwrap();
-        assert!(ci.expose().starts_with("kw-"));
-        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-        let text = fs::read_to_string(&path).unwrap();
-        assert!(!text.contains(ci.expose()) && text.contains("\"ci\""));
-
-        let tokens = ClientTokens::open(&path).unwrap();
-        assert_eq!(tokens.verify(ci.expose().as_bytes()).as_deref(), Some("ci"));
-        assert_eq!(
-            tokens.verify(laptop.expose().as_bytes()).as_deref(),
-            Some("laptop")
-        );
-        assert_eq!(tokens.verify(b"kw-wrong"), None);
-        assert!(matches!(file.add("ci"), Err(ClientsError::Exists(_))));
-        assert!(matches!(file.add("../x"), Err(ClientsError::BadName(_))));
-
-        file.revoke("ci").unwrap();
-        assert!(matches!(
-            file.revoke("ci"),
-            Err(ClientsError::NoSuchClient(_))
-        ));
-        // The running side notices within RECHECK.
-        *tokens.checked.lock() = Instant::now() - RECHECK;
-        assert_eq!(tokens.verify(ci.expose().as_bytes()), None);
-        assert_eq!(
-            tokens.verify(laptop.expose().as_bytes()).as_deref(),
-            Some("laptop")
-        );
-    }
-
-    #[test]
-    fn a_loose_mode_or_a_corrupt_file_is_refused_with_the_fix() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("clients.json");
-        TokenFile::new(path.clone()).add("ci").unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = ClientTokens::open(&path).err().unwrap().to_string();
-        assert!(err.contains("chmod 600"), "{err}");
-
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        fs::write(&path, "{\"version\":1,\"clients\":[{\"name\":\"x\"").unwrap();
-        let err = ClientTokens::open(&path).err().unwrap().to_string();
-        assert!(err.contains("not a valid client tokens file"), "{err}");
+impl ClientTokens {
+    /// The next check re-reads the file, as it would [`RECHECK`] from now.
+    pub(crate) fn recheck_now(&self) {
+        *self.checked.lock() = Instant::now() - RECHECK;
     }
 }

@@ -14,13 +14,49 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
 use crate::access::owners_file::IdHash;
-use crate::access::owners_file::{Entry, OwnersError, OwnersFile, Table, Writer, now, oldest};
+use crate::access::owners_file::{
+    Entry, Line, OwnersError, OwnersFile, Table, Writer, now, oldest,
+};
 use crate::config::responses::Ownership;
 use crate::credential::chatgpt::home::HomeError;
+
+/// Where the record's changes are kept: the file in keyward's home
+/// ([`crate::access::owners_file::Writer`]) and, with `--state`, the state database's table
+/// (`crate::state::owners::Outbox`). Neither may make a request wait.
+pub trait OwnersStore: Send + Sync {
+    /// A response recorded as its client's.
+    fn record(&self, line: &Line);
+    /// A response's usage marked charged.
+    fn bill(&self, line: &Line);
+    /// Changes it dropped because it could not keep up.
+    fn dropped(&self) -> u64 {
+        0
+    }
+    /// Its owner of `key` (client, when, charged): what another replica recorded.
+    fn lookup(&self, _key: IdHash) -> Lookup<'_> {
+        Box::pin(std::future::ready(None))
+    }
+}
+
+/// The file: every change appended by its writer thread.
+impl OwnersStore for Writer {
+    fn record(&self, line: &Line) {
+        self.append(line.clone());
+    }
+
+    fn bill(&self, line: &Line) {
+        self.append(line.clone());
+    }
+}
+
+/// A store's answer to [`OwnersStore::lookup`].
+pub type Lookup<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<(String, u32, bool)>> + Send + 'a>>;
 
 /// The record of response owners, shared by every worker.
 pub struct Owners {
@@ -29,7 +65,7 @@ pub struct Owners {
     enforce: bool,
     writer: Writer,
     /// With `--state`: where changes go to be shared with the other replicas.
-    shared: std::sync::OnceLock<crate::access::owners_db::Outbox>,
+    shared: std::sync::OnceLock<Box<dyn OwnersStore>>,
 }
 
 impl std::fmt::Debug for Owners {
@@ -78,9 +114,14 @@ impl Owners {
         }))
     }
 
-    /// From now on, changes are also handed to `outbox` (the state database's writer).
-    pub fn share(&self, outbox: crate::access::owners_db::Outbox) {
-        let _ = self.shared.set(outbox);
+    /// Where changes are kept: the file, and with `--state` the database.
+    fn stores(&self) -> impl Iterator<Item = &dyn OwnersStore> {
+        std::iter::once(&self.writer as &dyn OwnersStore).chain(self.shared.get().map(|s| &**s))
+    }
+
+    /// From now on, changes are also kept in `shared` (the state database's table).
+    pub fn share(&self, shared: Box<dyn OwnersStore>) {
+        let _ = self.shared.set(shared);
     }
 
     /// The state database's view of `id` (read by a replica's poll or lookup): kept in memory,
@@ -100,7 +141,7 @@ impl Owners {
 
     /// With `--state`: changes the database did not take in time, which only this replica knows.
     pub fn unshared(&self) -> u64 {
-        self.shared.get().map_or(0, |outbox| outbox.dropped())
+        self.shared.get().map_or(0, |shared| shared.dropped())
     }
 
     /// Whether `key` is remembered.
@@ -124,10 +165,9 @@ impl Owners {
             table.entries.insert(key, entry);
             (key, entry, Arc::from(client))
         };
-        if let Some(outbox) = self.shared.get() {
-            outbox.record(&line);
+        for store in self.stores() {
+            store.record(&line);
         }
-        self.writer.append(line);
     }
 
     /// Whether `client` may use the response `id`: it created it and the entry has not expired.
@@ -143,9 +183,9 @@ impl Owners {
             return true;
         }
         let key = hash(id);
-        if let Some(outbox) = self.shared.get()
+        if let Some(shared) = self.shared.get()
             && !self.knows(&key)
-            && let Some((owner, at, billed)) = outbox.lookup(key).await
+            && let Some((owner, at, billed)) = shared.lookup(key).await
         {
             self.merge(key, &owner, at, billed);
             return self.permits(id, client);
@@ -185,10 +225,9 @@ impl Owners {
             let client = table.clients.get(entry.client as usize).cloned();
             (key, entry, client.unwrap_or_else(|| Arc::from("unknown")))
         };
-        if let Some(outbox) = self.shared.get() {
-            outbox.bill(key);
+        for store in self.stores() {
+            store.bill(&line);
         }
-        self.writer.append(line);
         true
     }
 

@@ -6,11 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
-use crate::access::clients::TokenFile;
-use crate::access::clients_db::SharedClients;
+use crate::access::token_store::{TokenFile, TokenStore};
 use crate::cli::commands::when;
 use crate::config::command_args::{TokenAction, TokenArgs, UsageArgs, UsageBy};
 use crate::credential::chatgpt::home::Home;
+use crate::state::clients::SharedClients;
 use crate::telemetry::ledger_sum::{GroupBy, Summer};
 use crate::upstream::state_db::StateDb;
 
@@ -31,16 +31,7 @@ pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
              file `serve --client-tokens` reads), or --state URL for the state database's table"
         );
     };
-    let file = TokenFile::new(path.clone());
-    let place = path.display().to_string();
-    match &args.action {
-        TokenAction::Add { name } => print_added(name, &file.add(name)?, &place),
-        TokenAction::List { json } => print_clients(&file.list()?, *json, &place),
-        TokenAction::Revoke { name } => {
-            file.revoke(name)?;
-            print_revoked(name)
-        }
-    }
+    token_in(&TokenFile::new(path.clone()), &args.action)
 }
 
 /// `keyward token --state ...`.
@@ -50,13 +41,17 @@ fn shared_token(
 ) -> anyhow::Result<()> {
     let db = StateDb::open(config)?;
     db.block_on(db.migrate())?;
-    let clients = SharedClients::new(db.clone());
-    let place = clients.describe();
-    match &args.action {
-        TokenAction::Add { name } => print_added(name, &db.block_on(clients.add(name))?, &place),
-        TokenAction::List { json } => print_clients(&db.block_on(clients.list())?, *json, &place),
+    token_in(&SharedClients::new(db), &args.action)
+}
+
+/// One `keyward token` action on the tokens in `store`.
+fn token_in<S: TokenStore>(store: &S, action: &TokenAction) -> anyhow::Result<()> {
+    let place = store.describe();
+    match action {
+        TokenAction::Add { name } => print_added(name, &store.add(name)?, &place),
+        TokenAction::List { json } => print_clients(&store.list()?, *json, &place),
         TokenAction::Revoke { name } => {
-            db.block_on(clients.revoke(name))?;
+            store.revoke(name)?;
             print_revoked(name)
         }
     }
@@ -139,7 +134,7 @@ pub fn usage(args: &UsageArgs) -> anyhow::Result<()> {
         Some(config) => {
             let db = StateDb::open(&config)?;
             db.block_on(db.migrate())?;
-            let rows = db.block_on(crate::telemetry::ledger_sum::from_table(&db, by, since))?;
+            let rows = db.block_on(crate::state::ledger::from_table(&db, by, since))?;
             (rows, format!("the state database {}", db.url()))
         }
         None => {

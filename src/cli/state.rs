@@ -8,7 +8,7 @@ use anyhow::Context;
 use crate::config::command_args::{StateAction, StateCommandArgs};
 use crate::credential::chatgpt::home::Home;
 use crate::credential::chatgpt::store;
-use crate::telemetry::ledger_db::{Row, insert};
+use crate::state::ledger::{Row, insert};
 use crate::upstream::state_db::StateDb;
 
 /// `keyward state ...`.

@@ -146,7 +146,9 @@ impl Pipeline<'_> {
                 }
                 sent
             }
-            Plan::Adapted(uri) => self.adapted(parts, body, uri, ctx).await,
+            // Boxed: assembling a response makes this branch's future large, and it would make
+            // every request's so.
+            Plan::Adapted(uri) => Box::pin(self.adapted(parts, body, uri, ctx)).await,
             Plan::Whole(uri) => {
                 let body = read_limited(body, &parts.headers, self.forwarder.limits().max_body);
                 let body = body.await?;

@@ -12,8 +12,9 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::proxy::credential::Credential;
+use crate::state::ledger::SharedLedger;
+use crate::telemetry::ledger::LedgerStore;
 use crate::telemetry::ledger::{Ledger, LedgerError};
-use crate::telemetry::ledger_db::SharedLedger;
 use crate::telemetry::metrics::{SharedTelemetry, Telemetry};
 use crate::telemetry::quota::Quotas;
 use crate::upstream::state_db::StateDb;
@@ -35,49 +36,45 @@ pub(crate) fn telemetry(
         return Ok(None);
     }
     let quotas = Arc::new(Quotas::new(config.quotas.clone()));
-    let ledger = match &config.usage_log {
-        Some(path) => {
-            let ledger = Ledger::open(path, config.usage_log_buffer)?;
-            if state_db.is_some() {
-                // The day's counts, this replica's earlier runs included, come from the state
-                // database at the first exchange.
-            } else if std::fs::metadata(path).is_ok_and(|meta| meta.is_file()) {
-                rebuild_token_counts(path, &quotas)?;
-            } else {
-                // A FIFO (a log shipper reading it), a device: nothing to read back.
-                tracing::info!(
-                    path = %path.display(),
-                    "the usage ledger is not a regular file: token quotas start from zero"
-                );
-            }
-            Some(ledger)
+    let mut ledgers: Vec<Box<dyn LedgerStore>> = Vec::new();
+    if let Some(path) = &config.usage_log {
+        let ledger = Ledger::open(path, config.usage_log_buffer)?;
+        if state_db.is_some() {
+            // The day's counts, this replica's earlier runs included, come from the state
+            // database at the first exchange.
+        } else if std::fs::metadata(path).is_ok_and(|meta| meta.is_file()) {
+            rebuild_token_counts(path, &quotas)?;
+        } else {
+            // A FIFO (a log shipper reading it), a device: nothing to read back.
+            tracing::info!(
+                path = %path.display(),
+                "the usage ledger is not a regular file: token quotas start from zero"
+            );
         }
-        None => None,
-    };
+        ledgers.push(Box::new(ledger));
+    }
     let chatgpt = credential.tokens().cloned();
     let shared = match (state_db, &config.state) {
         (Some(db), Some(state)) => {
-            let ledger = state
-                .ledger
-                .then(|| {
-                    SharedLedger::spawn(
-                        db.clone(),
-                        state.replica.clone(),
-                        state.unsent.clone(),
-                        config.usage_log_buffer,
-                    )
-                    .map_err(|error| LedgerError::Io {
-                        path: state.unsent.clone(),
-                        error,
-                    })
-                })
-                .transpose()?;
-            Some(SharedTelemetry::new(db.clone(), ledger, owners.cloned()))
+            if state.ledger {
+                let table = SharedLedger::spawn(
+                    db.clone(),
+                    state.replica.clone(),
+                    state.unsent.clone(),
+                    config.usage_log_buffer,
+                )
+                .map_err(|error| LedgerError::Io {
+                    path: state.unsent.clone(),
+                    error,
+                })?;
+                ledgers.push(Box::new(table));
+            }
+            Some(SharedTelemetry::new(db.clone(), owners.cloned()))
         }
         _ => None,
     };
     Ok(Some(Arc::new(Telemetry::new(
-        ledger, quotas, chatgpt, shared,
+        ledgers, quotas, chatgpt, shared,
     ))))
 }
 

@@ -10,6 +10,7 @@ use tokio::sync::{oneshot, watch};
 use crate::access::clients::ClientTokens;
 use crate::access::gate::SharedPolicy;
 use crate::access::owners::Owners;
+use crate::config::state::SharedState;
 use crate::config::{ClientTokenSource, Config, CredentialConfig};
 use crate::proxy::credential::Credential;
 use crate::proxy::dump::Dumper;
@@ -21,9 +22,11 @@ use crate::server::metrics::{serve_metrics, telemetry};
 use crate::server::reload::Reloader;
 use crate::server::tls::Tls;
 use crate::server::worker::{Worker, connection_builder, refused_connection_builder};
+use crate::state::clients::SharedClients;
+use crate::state::quota::QuotaExchange;
 use crate::telemetry::metrics::Telemetry;
-use crate::telemetry::quota_sync::QuotaExchange;
 use crate::upstream;
+use crate::upstream::state_db::StateDb;
 
 /// A started keyward: its addresses, and the means to stop it. Dropping it starts the graceful
 /// shutdown.
@@ -101,7 +104,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         .map(Arc::new);
     let threads = config.threads.max(1);
     let state_db = match &config.state {
-        Some(shared) => Some(crate::server::state::open(shared).await?),
+        Some(shared) => Some(open_state(shared).await?),
         None => None,
     };
     let (tokens, shared_tokens) = match (&config.access.client_tokens, &state_db) {
@@ -109,7 +112,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
             (Some(Arc::new(ClientTokens::open(path)?)), None)
         }
         (Some(ClientTokenSource::State), Some(db)) => {
-            let tokens = crate::server::state::client_tokens(db).await?;
+            let tokens = shared_client_tokens(db).await?;
             (Some(tokens.clone()), Some(tokens))
         }
         (Some(ClientTokenSource::State), None) | (None, _) => (None, None),
@@ -180,7 +183,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
 
     let (shutdown, _) = watch::channel(false);
     if let (Some(db), Some(shared)) = (&state_db, &config.state) {
-        crate::server::state::Sync {
+        crate::state::sync::Sync {
             db: db.clone(),
             every: shared.sync,
             tokens: shared_tokens,
@@ -188,9 +191,9 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
                 .as_ref()
                 .map(|t| QuotaExchange::new(t.quotas.clone(), &shared.replica)),
             owners: owners.clone().map(|owners| {
-                owners.share(crate::access::owners_db::Outbox::start(db.clone()));
+                owners.share(Box::new(crate::state::owners::Outbox::start(db.clone())));
                 let ttl = config.ownership.as_ref().map_or(Duration::ZERO, |o| o.ttl);
-                crate::server::state::OwnersSync::new(owners, ttl)
+                crate::state::sync::OwnersSync::new(owners, ttl)
             }),
         }
         .spawn(shutdown.subscribe());
@@ -294,4 +297,23 @@ fn default_max_connections() -> usize {
     usize::try_from(limit.saturating_sub(64) / 2)
         .unwrap_or(usize::MAX)
         .max(16)
+}
+
+/// Connects and brings the schema up to date (replicas starting together take turns).
+async fn open_state(shared: &SharedState) -> Result<Arc<StateDb>, ServeError> {
+    if let Some(home) = shared.unsent.parent() {
+        // Where ledger rows wait while the database is away.
+        crate::credential::chatgpt::home::Home::open(home)
+            .map_err(|e| ServeError::Home(e.to_string()))?;
+    }
+    let db = StateDb::open(&shared.db)?;
+    let version = db.migrate().await?;
+    tracing::info!(url = %db.url(), version, replica = %shared.replica, "using the state database");
+    Ok(db)
+}
+
+/// The client tokens in the database's table, as they are now.
+async fn shared_client_tokens(db: &Arc<StateDb>) -> Result<Arc<ClientTokens>, ServeError> {
+    let clients = SharedClients::new(db.clone()).list().await?;
+    Ok(Arc::new(ClientTokens::shared(&clients)?))
 }

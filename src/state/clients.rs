@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::access::clients::{Client, ClientsError, new_client};
+use crate::access::clients::{Client, ClientsError};
+use crate::access::token_store::{TokenStore, new_client};
 use crate::secret::SecretString;
 use crate::upstream::state_db::{StateDb, StateError};
 
@@ -89,5 +90,26 @@ impl SharedClients {
             return Err(ClientsError::NoSuchClient(name.to_owned()).into());
         }
         Ok(())
+    }
+}
+
+/// For the `keyward token` commands, which wait for each answer.
+impl TokenStore for SharedClients {
+    type Error = SharedClientsError;
+
+    fn describe(&self) -> String {
+        SharedClients::describe(self)
+    }
+
+    fn list(&self) -> Result<Vec<Client>, SharedClientsError> {
+        Ok(self.db.block_on(SharedClients::list(self))?)
+    }
+
+    fn add(&self, name: &str) -> Result<SecretString, SharedClientsError> {
+        self.db.block_on(SharedClients::add(self, name))
+    }
+
+    fn revoke(&self, name: &str) -> Result<(), SharedClientsError> {
+        self.db.block_on(SharedClients::revoke(self, name))
     }
 }

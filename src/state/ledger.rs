@@ -9,9 +9,8 @@
 //! back, a crash before the file was emptied) is stored once.
 
 use std::collections::VecDeque;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,8 +19,9 @@ use parking_lot::{Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::telemetry::ledger::Entry;
-pub use crate::telemetry::ledger_rows::{Row, insert};
+use crate::secret::private_file;
+pub use crate::state::ledger_rows::{Row, from_table, insert};
+use crate::telemetry::ledger::{Entry, LedgerStore};
 use crate::upstream::state_db::{StateDb, StateError};
 
 /// Rows per INSERT.
@@ -72,7 +72,7 @@ impl SharedLedger {
     ) -> std::io::Result<Self> {
         // Rows of the ledger wait here: it must be keyward's own and private, like the ledger.
         if fs::symlink_metadata(&unsent).is_ok() {
-            crate::credential::chatgpt::home::check_private(&unsent, false)
+            private_file::check(&unsent, false)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         let inner = Arc::new(Inner {
@@ -101,7 +101,7 @@ impl SharedLedger {
     }
 
     /// Queues one row; never waits for the database.
-    pub fn append(&self, entry: Entry) {
+    fn push(&self, entry: Entry) {
         let mut queue = self.inner.queue.lock();
         let first = queue.rows.is_empty();
         if first {
@@ -117,14 +117,15 @@ impl SharedLedger {
     }
 
     /// Rows waiting in memory.
-    pub fn backlog(&self) -> usize {
+    fn rows_waiting(&self) -> usize {
         self.inner.queue.lock().rows.len()
     }
 
     /// Neither the database nor the unsent file takes rows and the buffer is full: new
     /// requests must wait.
-    pub fn is_behind(&self) -> bool {
-        self.inner.spill_failing.load(Ordering::Relaxed) && self.backlog() > self.inner.max_rows
+    fn behind(&self) -> bool {
+        self.inner.spill_failing.load(Ordering::Relaxed)
+            && self.rows_waiting() > self.inner.max_rows
     }
 
     /// Rows stored in the table since start.
@@ -135,6 +136,26 @@ impl SharedLedger {
     /// Rows put in the unsent file since start (the database was unreachable).
     pub fn spilled(&self) -> u64 {
         self.inner.spilled.load(Ordering::Relaxed)
+    }
+}
+
+impl LedgerStore for SharedLedger {
+    fn append(&self, entry: &Entry) {
+        self.push(entry.clone());
+    }
+
+    /// Rows waiting in memory for the database.
+    fn backlog(&self) -> usize {
+        self.rows_waiting()
+    }
+
+    /// Neither the database nor the unsent file takes rows, and memory holds all it may.
+    fn is_behind(&self) -> bool {
+        self.behind()
+    }
+
+    fn shipped(&self) -> Option<(u64, u64)> {
+        Some((self.sent(), self.spilled()))
     }
 }
 
@@ -274,11 +295,9 @@ fn spill(inner: &Inner, entries: &[Entry]) -> std::io::Result<()> {
         serde_json::to_writer(&mut text, &row).map_err(std::io::Error::other)?;
         text.push(b'\n');
     }
-    let mut file = OpenOptions::new()
+    let mut file = private_file::options()
         .append(true)
         .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
         .open(&inner.unsent)?;
     file.write_all(&text)?;
     file.sync_data()?;
@@ -327,9 +346,8 @@ fn send_unsent(inner: &Inner) -> Result<(), StateError> {
     if bad > 0 {
         // Lines that do not read are kept, not emptied away: set aside for the operator.
         set_aside(inner, bad);
-    } else if let Err(err) = OpenOptions::new()
+    } else if let Err(err) = private_file::options()
         .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
         .open(&inner.unsent)
         .and_then(|f| f.set_len(0))
     {

@@ -1,10 +1,12 @@
 //! The usage ledger's rows in the state database's `keyward_usage` table: a JSONL line's fields,
 //! the replica, and the line's id. Sent many at once (one array per column); a row already there
-//! (same replica and id) is left alone, so sending one twice stores it once.
+//! (same replica and id) is left alone, so sending one twice stores it once. Summed for
+//! `keyward usage --state` ([`from_table`]).
 
 use serde::{Deserialize, Serialize};
 
 use crate::telemetry::ledger::Entry;
+use crate::telemetry::ledger_sum::{GroupBy, UsageRow};
 use crate::upstream::state_db::{StateDb, StateError};
 
 /// A row as it waits in the unsent file: the entry and the replica it belongs to.
@@ -116,4 +118,41 @@ fn content_id(entry: &Entry) -> String {
         .map(|b| format!("{b:02x}"))
         .collect();
     format!("line-{hex}")
+}
+
+/// The same sums over the state database's `keyward_usage`, rows at or after `since` (seconds
+/// since the epoch), every replica's.
+pub async fn from_table(
+    db: &StateDb,
+    by: GroupBy,
+    since: f64,
+) -> Result<Vec<UsageRow>, StateError> {
+    let column = match by {
+        GroupBy::Client => "client",
+        GroupBy::Model => "coalesce(model, '-')",
+        GroupBy::Endpoint => "endpoint",
+    };
+    let sql = format!(
+        "SELECT {column}, count(*)::int8, \
+         count(*) FILTER (WHERE status >= 400 OR end_cause <> 'completed')::int8, \
+         coalesce(sum(input_tokens), 0)::int8, coalesce(sum(cached_input_tokens), 0)::int8, \
+         coalesce(sum(output_tokens), 0)::int8, coalesce(sum(reasoning_tokens), 0)::int8 \
+         FROM keyward_usage WHERE time >= to_timestamp($1) GROUP BY 1 ORDER BY 1"
+    );
+    let rows = db
+        .with_shared(|client| async move { client.query(&sql, &[&since]).await })
+        .await?;
+    let n = |row: &tokio_postgres::Row, i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+    Ok(rows
+        .iter()
+        .map(|row| UsageRow {
+            key: row.get(0),
+            requests: n(row, 1),
+            errors: n(row, 2),
+            input_tokens: n(row, 3),
+            cached_input_tokens: n(row, 4),
+            output_tokens: n(row, 5),
+            reasoning_tokens: n(row, 6),
+        })
+        .collect())
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::access::owners::{Lookup, OwnersStore};
 use crate::access::owners_file::{IdHash, Line};
 use crate::upstream::state_db::{StateDb, StateError};
 
@@ -64,20 +65,6 @@ impl Outbox {
         }
     }
 
-    pub(crate) fn record(&self, line: &Line) {
-        let (key, entry, client) = line;
-        self.send(Change::Record {
-            key: *key,
-            client: client.clone(),
-            at: entry.at,
-            billed: entry.billed,
-        });
-    }
-
-    pub(crate) fn bill(&self, key: IdHash) {
-        self.send(Change::Bill(key));
-    }
-
     fn send(&self, change: Change) {
         if self.tx.try_send(change).is_err()
             && self
@@ -93,13 +80,8 @@ impl Outbox {
         }
     }
 
-    /// Changes dropped because the database did not keep up.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
     /// The table's owner of `key` (client, when, charged), asked twice a moment apart.
-    pub(crate) async fn lookup(&self, key: IdHash) -> Option<(String, u32, bool)> {
+    async fn find(&self, key: IdHash) -> Option<(String, u32, bool)> {
         for attempt in 0..2 {
             if attempt > 0 {
                 tokio::time::sleep(LOOKUP_AGAIN).await;
@@ -126,6 +108,32 @@ impl Outbox {
             }
         }
         None
+    }
+}
+
+/// The table: changes sent by the writer task, lookups asked of the database.
+impl OwnersStore for Outbox {
+    fn record(&self, line: &Line) {
+        let (key, entry, client) = line;
+        self.send(Change::Record {
+            key: *key,
+            client: client.clone(),
+            at: entry.at,
+            billed: entry.billed,
+        });
+    }
+
+    fn bill(&self, line: &Line) {
+        self.send(Change::Bill(line.0));
+    }
+
+    /// Changes dropped because the database did not keep up.
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn lookup(&self, key: IdHash) -> Lookup<'_> {
+        Box::pin(self.find(key))
     }
 }
 

@@ -1,7 +1,7 @@
-//! `serve --state`: the state database at serve time. At start, the schema is brought up to date
-//! and the client tokens read (with `--client-tokens state`); then, every `--state-sync`, the
-//! tokens are read again and the quota counts exchanged. That work runs on the state database's
-//! own runtime: serving never waits for it.
+//! `serve --state`, every `--state-sync`: the client tokens read again (with
+//! `--client-tokens state`), the quota counts exchanged, the response owners polled, the shared
+//! login's change noticed. That work runs on the state database's own runtime: serving never
+//! waits for it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,35 +9,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::access::clients::ClientTokens;
-use crate::access::clients_db::SharedClients;
 use crate::access::owners::Owners;
-use crate::access::owners_db;
-use crate::config::state::SharedState;
-use crate::server::error::ServeError;
-use crate::telemetry::quota_sync::QuotaExchange;
+use crate::state::clients::SharedClients;
+use crate::state::owners as owners_db;
+use crate::state::quota::QuotaExchange;
 use crate::upstream::state_db::StateDb;
 
-/// Connects and brings the schema up to date (replicas starting together take turns).
-pub(crate) async fn open(shared: &SharedState) -> Result<Arc<StateDb>, ServeError> {
-    if let Some(home) = shared.unsent.parent() {
-        // Where ledger rows wait while the database is away.
-        crate::credential::chatgpt::home::Home::open(home)
-            .map_err(|e| ServeError::Home(e.to_string()))?;
-    }
-    let db = StateDb::open(&shared.db)?;
-    let version = db.migrate().await?;
-    tracing::info!(url = %db.url(), version, replica = %shared.replica, "using the state database");
-    Ok(db)
-}
-
-/// The client tokens in the database's table, as they are now.
-pub(crate) async fn client_tokens(db: &Arc<StateDb>) -> Result<Arc<ClientTokens>, ServeError> {
-    let clients = SharedClients::new(db.clone()).list().await?;
-    Ok(Arc::new(ClientTokens::shared(&clients)?))
-}
-
 /// What the sync does each interval.
-pub(crate) struct Sync {
+pub struct Sync {
     pub db: Arc<StateDb>,
     pub every: Duration,
     /// With `--client-tokens state`.
@@ -47,7 +26,7 @@ pub(crate) struct Sync {
 }
 
 /// The record of response owners, as the sync keeps it up to date.
-pub(crate) struct OwnersSync {
+pub struct OwnersSync {
     owners: Arc<Owners>,
     /// Entries older than this are removed from the table (hourly).
     ttl: Duration,
@@ -57,7 +36,7 @@ pub(crate) struct OwnersSync {
 }
 
 impl OwnersSync {
-    pub(crate) fn new(owners: Arc<Owners>, ttl: Duration) -> Self {
+    pub fn new(owners: Arc<Owners>, ttl: Duration) -> Self {
         Self {
             owners,
             ttl,
@@ -96,7 +75,7 @@ impl OwnersSync {
 
 impl Sync {
     /// Runs until keyward stops.
-    pub(crate) fn spawn(mut self, mut stop: watch::Receiver<bool>) {
+    pub fn spawn(mut self, mut stop: watch::Receiver<bool>) {
         let db = self.db.clone();
         db.spawn(async move {
             loop {

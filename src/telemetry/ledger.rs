@@ -4,14 +4,15 @@
 //! written. A torn last line (the host crashed mid-write) is skipped with a warning when the file
 //! is read.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::secret::private_file;
 use crate::telemetry::ledger_writer::Appender;
 use crate::telemetry::record::Record;
 
@@ -113,6 +114,22 @@ impl Entry {
     }
 }
 
+/// Where ledger lines are kept: the file ([`Ledger`]) and, with `--state`, the state database's
+/// table (`crate::state::ledger::SharedLedger`). Handing a line over never waits; a store that
+/// cannot keep up says so, and admission waits for it.
+pub trait LedgerStore: Send + Sync {
+    /// Hands one line over.
+    fn append(&self, entry: &Entry);
+    /// Lines (in bytes for the file, rows for the table) handed over and not yet kept.
+    fn backlog(&self) -> usize;
+    /// So far behind that new requests must wait.
+    fn is_behind(&self) -> bool;
+    /// For the table: rows stored in it, and rows put in the unsent file, since start.
+    fn shipped(&self) -> Option<(u64, u64)> {
+        None
+    }
+}
+
 /// The ledger file, open for appending.
 pub struct Ledger {
     path: PathBuf,
@@ -134,11 +151,9 @@ impl Ledger {
             path: path.to_owned(),
             error,
         };
-        let file = OpenOptions::new()
+        let file = private_file::options()
             .append(true)
             .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(io_err)?;
         let meta = file.metadata().map_err(io_err)?;
@@ -178,9 +193,11 @@ impl Ledger {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
 
+impl LedgerStore for Ledger {
     /// Hands one line to the writer thread; never waits for the disk.
-    pub fn append(&self, entry: &Entry) {
+    fn append(&self, entry: &Entry) {
         let Ok(mut line) = serde_json::to_vec(entry) else {
             return;
         };
@@ -189,12 +206,12 @@ impl Ledger {
     }
 
     /// Bytes of ledger lines not yet on disk.
-    pub fn backlog(&self) -> usize {
+    fn backlog(&self) -> usize {
         self.appender.backlog()
     }
 
     /// More waits for the disk than the buffer allows: new requests are refused until it drains.
-    pub fn is_behind(&self) -> bool {
+    fn is_behind(&self) -> bool {
         self.appender.is_behind()
     }
 }
@@ -306,26 +323,7 @@ fn next_line_ts(file: &mut File, offset: u64) -> io::Result<Option<(u64, Option<
 
 /// `2026-11-24T03:04:05.678Z`.
 pub fn rfc3339(at: SystemTime) -> String {
-    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 #[cfg(test)]
@@ -401,7 +399,7 @@ mod tests {
         // Every line is on disk once the ledger is closed.
         drop(ledger);
         // A write cut short.
-        OpenOptions::new()
+        std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap()

@@ -9,8 +9,7 @@ use parking_lot::RwLock;
 
 use crate::credential::chatgpt::tokens::TokenManager;
 use crate::telemetry::families::StateMetrics;
-use crate::telemetry::ledger::{Entry, Ledger};
-use crate::telemetry::ledger_db::SharedLedger;
+use crate::telemetry::ledger::{Entry, LedgerStore};
 use crate::telemetry::quota::Quotas;
 use crate::telemetry::record::Record;
 
@@ -62,10 +61,11 @@ pub struct Telemetry {
     metrics: Metrics,
     clients: Capped,
     models: Capped,
-    ledger: Option<Ledger>,
+    /// Where ledger lines go: the file, and with `--state` the database's table.
+    ledgers: Vec<Box<dyn LedgerStore>>,
     pub quotas: Arc<Quotas>,
     chatgpt: Option<Arc<TokenManager>>,
-    /// With `--state`: the ledger's table, the database's health, and their metrics.
+    /// With `--state`: the database's health, and its metrics.
     state: Option<SharedTelemetry>,
     /// Refresh counts already turned into metric increments.
     refreshes_seen: [AtomicU64; 2],
@@ -76,8 +76,6 @@ pub struct Telemetry {
 /// What the telemetry does with the state database (`--state`).
 pub struct SharedTelemetry {
     pub db: Arc<crate::upstream::state_db::StateDb>,
-    /// The ledger's table (none with --no-usage-log).
-    pub ledger: Option<SharedLedger>,
     /// The record of response owners, whose changes go to the database too.
     pub owners: Option<Arc<crate::access::owners::Owners>>,
     metrics: Option<StateMetrics>,
@@ -86,12 +84,10 @@ pub struct SharedTelemetry {
 impl SharedTelemetry {
     pub fn new(
         db: Arc<crate::upstream::state_db::StateDb>,
-        ledger: Option<SharedLedger>,
         owners: Option<Arc<crate::access::owners::Owners>>,
     ) -> Self {
         Self {
             db,
-            ledger,
             owners,
             metrics: None,
         }
@@ -100,7 +96,7 @@ impl SharedTelemetry {
 
 impl Telemetry {
     pub fn new(
-        ledger: Option<Ledger>,
+        ledgers: Vec<Box<dyn LedgerStore>>,
         quotas: Arc<Quotas>,
         chatgpt: Option<Arc<TokenManager>>,
         state: Option<SharedTelemetry>,
@@ -114,7 +110,7 @@ impl Telemetry {
             metrics,
             clients: Capped::new(MAX_CLIENTS),
             models: Capped::new(MAX_MODELS),
-            ledger,
+            ledgers,
             quotas,
             chatgpt,
             state,
@@ -209,14 +205,10 @@ impl Telemetry {
             self.quotas
                 .add_tokens(&record.client, record.at, tokens.total());
         }
-        let shared = self.state.as_ref().and_then(|s| s.ledger.as_ref());
-        if self.ledger.is_some() || shared.is_some() {
+        if !self.ledgers.is_empty() {
             let entry = Entry::from_record(record);
-            if let Some(ledger) = &self.ledger {
+            for ledger in &self.ledgers {
                 ledger.append(&entry);
-            }
-            if let Some(shared) = shared {
-                shared.append(entry);
             }
         }
     }
@@ -224,12 +216,7 @@ impl Telemetry {
     /// Whether the ledger's disk (or, with `--state`, the database and the unsent file) has
     /// fallen so far behind that new requests must wait.
     pub fn ledger_behind(&self) -> bool {
-        self.ledger.as_ref().is_some_and(Ledger::is_behind)
-            || self
-                .state
-                .as_ref()
-                .and_then(|s| s.ledger.as_ref())
-                .is_some_and(SharedLedger::is_behind)
+        self.ledgers.iter().any(|ledger| ledger.is_behind())
     }
 
     /// With `--state`: the state database did not answer the last background work.
@@ -239,23 +226,26 @@ impl Telemetry {
 
     /// The metrics in Prometheus' text format.
     pub fn encode(&self) -> String {
-        if let Some(ledger) = &self.ledger {
-            self.metrics
-                .ledger_backlog
-                .set(i64::try_from(ledger.backlog()).unwrap_or(i64::MAX));
+        let state_metrics = self.state.as_ref().and_then(|s| s.metrics.as_ref());
+        for ledger in &self.ledgers {
+            let backlog = i64::try_from(ledger.backlog()).unwrap_or(i64::MAX);
+            match (ledger.shipped(), state_metrics) {
+                (None, _) => {
+                    self.metrics.ledger_backlog.set(backlog);
+                }
+                (Some((sent, spilled)), Some(metrics)) => {
+                    metrics.ledger_waiting.set(backlog);
+                    metrics.catch_up(1, &metrics.ledger_sent, sent);
+                    metrics.catch_up(2, &metrics.ledger_unsent, spilled);
+                }
+                (Some(_), None) => {}
+            }
         }
         if let Some(state) = &self.state
             && let Some(metrics) = &state.metrics
         {
             metrics.up.set(i64::from(!state.db.is_down()));
             metrics.catch_up(0, &metrics.errors, state.db.errors());
-            if let Some(ledger) = &state.ledger {
-                metrics
-                    .ledger_waiting
-                    .set(i64::try_from(ledger.backlog()).unwrap_or(i64::MAX));
-                metrics.catch_up(1, &metrics.ledger_sent, ledger.sent());
-                metrics.catch_up(2, &metrics.ledger_unsent, ledger.spilled());
-            }
             if let Some(owners) = &state.owners {
                 metrics.catch_up(3, &metrics.owners_unshared, owners.unshared());
             }

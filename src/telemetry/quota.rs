@@ -3,7 +3,7 @@
 //! never cut.
 //!
 //! With `--state`, the other replicas' counts ([`Remote`]) are added to this replica's own:
-//! [`crate::telemetry::quota_sync`] exchanges them every sync interval, so admission never waits
+//! `crate::state::quota` exchanges them every sync interval, so admission never waits
 //! for the database.
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -31,7 +31,10 @@ fn body(report: &serde_json::Value, status: u16) -> &str {
     report["bodies"][status.to_string()].as_str().unwrap_or("")
 }
 
-#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
+#[cfg_attr(
+    not(keyward_root),
+    ignore = "needs root (scripts/test in CI runs as root)"
+)]
 #[tokio::test]
 async fn allowed_and_refused_users_over_tcp_v4_v6_and_a_unix_socket() {
     let users = users();
@@ -85,7 +88,10 @@ async fn allowed_and_refused_users_over_tcp_v4_v6_and_a_unix_socket() {
     );
 }
 
-#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
+#[cfg_attr(
+    not(keyward_root),
+    ignore = "needs root (scripts/test in CI runs as root)"
+)]
 #[tokio::test]
 async fn members_of_an_allowed_group_are_served_and_others_refused() {
     let users = users();
@@ -99,7 +105,10 @@ async fn members_of_an_allowed_group_are_served_and_others_refused() {
     assert_eq!(upstream.requests().len(), 1);
 }
 
-#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
+#[cfg_attr(
+    not(keyward_root),
+    ignore = "needs root (scripts/test in CI runs as root)"
+)]
 #[tokio::test]
 async fn many_connections_from_two_users_on_the_same_ports_are_never_confused() {
     let users = users();
@@ -147,7 +156,10 @@ async fn many_connections_from_two_users_on_the_same_ports_are_never_confused() 
     assert_eq!(upstream.requests().len(), per_user as usize);
 }
 
-#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
+#[cfg_attr(
+    not(keyward_root),
+    ignore = "needs root (scripts/test in CI runs as root)"
+)]
 #[tokio::test]
 async fn a_connection_whose_owner_cannot_be_found_is_refused() {
     users();
@@ -325,7 +337,10 @@ async fn a_client_tokens_file_others_can_read_is_refused_at_start() {
     assert!(stderr.contains("chmod 600"), "{stderr}");
 }
 
-#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
+#[cfg_attr(
+    not(keyward_root),
+    ignore = "needs root (scripts/test in CI runs as root)"
+)]
 #[tokio::test]
 async fn tokens_and_the_user_policy_must_both_pass() {
     let users = users();
@@ -591,7 +606,10 @@ async fn requests_from_web_pages_and_foreign_hosts_are_refused_and_no_cors_heade
     );
 }
 
-#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
+#[cfg_attr(
+    not(keyward_root),
+    ignore = "needs root (scripts/test in CI runs as root)"
+)]
 #[tokio::test]
 async fn shutdown_is_served_only_to_admins_whatever_the_policy() {
     let users = users();
@@ -620,7 +638,10 @@ async fn shutdown_is_served_only_to_admins_whatever_the_policy() {
     crate::support::within("keyward to stop", keyward.wait()).await;
 }
 
-#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
+#[cfg_attr(
+    not(keyward_root),
+    ignore = "needs root (scripts/test in CI runs as root)"
+)]
 #[tokio::test]
 async fn shutdown_is_refused_to_other_users_when_no_policy_is_set() {
     let users = users();
@@ -636,7 +657,10 @@ async fn shutdown_is_refused_to_other_users_when_no_policy_is_set() {
     assert_eq!(reply.status, StatusCode::OK, "keyward kept running");
 }
 
-#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
+#[cfg_attr(
+    not(keyward_root),
+    ignore = "needs root (scripts/test in CI runs as root)"
+)]
 #[tokio::test]
 async fn a_unix_socket_gets_its_mode_and_group_and_replaces_only_a_stale_socket() {
     let users = users();
@@ -706,7 +730,10 @@ async fn a_unix_socket_gets_its_mode_and_group_and_replaces_only_a_stale_socket(
     assert!(!sock.exists(), "keyward removes its socket when it stops");
 }
 
-#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
+#[cfg_attr(
+    not(keyward_root),
+    ignore = "needs root (scripts/test in CI runs as root)"
+)]
 #[tokio::test]
 async fn an_allowed_user_is_served_while_a_refused_user_floods() {
     use tokio::io::AsyncBufReadExt;

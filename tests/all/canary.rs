@@ -242,7 +242,10 @@ fn find_in_memory(pid: u32, needle: &[u8]) -> Vec<u64> {
     hits
 }
 
-#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
+#[cfg_attr(
+    not(keyward_root),
+    ignore = "needs root (scripts/test in CI runs as root)"
+)]
 #[tokio::test]
 async fn every_copy_of_the_key_in_memory_is_in_locked_pages() {
     // Reading another process's memory needs root (keyward is not dumpable), and so does
@@ -349,7 +352,10 @@ async fn a_client_token_appears_nowhere_and_never_reaches_the_upstream() {
     );
 }
 
-#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
+#[cfg_attr(
+    not(keyward_root),
+    ignore = "needs root (scripts/test in CI runs as root)"
+)]
 #[tokio::test]
 async fn a_key_left_in_the_environment_is_wiped_from_proc_environ_and_from_memory() {
     // A non-dumpable process's environ and memory are readable by root only.

@@ -493,7 +493,10 @@ async fn connections_over_the_total_cap_are_turned_away_at_accept() {
     until_status(addr, 200).await;
 }
 
-#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
+#[cfg_attr(
+    not(keyward_root),
+    ignore = "needs root (scripts/test in CI runs as root)"
+)]
 #[tokio::test]
 async fn both_connections_of_a_relayed_stream_send_without_delay() {
     // Looking into another (non-dumpable) process's sockets takes root.

@@ -15,6 +15,7 @@ const LAYERS: &[&str] = &[
     "credential",
     "access",
     "telemetry",
+    "state",
     "proxy",
     "server",
     "cli",

@@ -265,7 +265,10 @@ async fn core_dumps_are_off() {
     );
 }
 
-#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
+#[cfg_attr(
+    not(keyward_root),
+    ignore = "needs root (scripts/test in CI runs as root)"
+)]
 #[tokio::test]
 async fn the_process_is_not_dumpable_so_its_own_user_cannot_read_its_memory() {
     // The kernel makes /proc/PID/{mem,environ,...} of a non-dumpable process owned by root, so
@@ -393,7 +396,10 @@ async fn the_open_file_limit_is_raised_to_its_ceiling() {
     assert_ne!(open_files[3], "256");
 }
 
-#[cfg_attr(not(keyward_root), ignore = "needs root (scripts/test in CI runs as root)")]
+#[cfg_attr(
+    not(keyward_root),
+    ignore = "needs root (scripts/test in CI runs as root)"
+)]
 #[tokio::test]
 async fn without_the_right_to_lock_all_memory_the_key_is_locked_on_its_own() {
     // An unprivileged keyward under a finite memlock limit cannot lock all its memory; the key's
