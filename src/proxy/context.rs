@@ -47,21 +47,21 @@ impl Context {
         }
     }
 
-    fn account(&mut self) -> &mut Account {
-        // Only `finish` takes it, and nothing is called on a context after that but `finish`.
-        self.account
-            .get_or_insert_with(|| Account::new(Method::GET, "", Instant::now(), Arc::default()))
+    /// Runs `f` on the figures while the request is not yet accounted for; after the account
+    /// phase, nothing more is noted.
+    fn note<T: Default>(&mut self, f: impl FnOnce(&mut Account) -> T) -> T {
+        self.account.as_mut().map(f).unwrap_or_default()
     }
 
     /// What was called, how its answer is charged, and the record of owners it uses.
     pub fn endpoint(&mut self, name: &'static str, charge: Charge, owners: Option<Arc<Owners>>) {
-        self.account().endpoint(name, charge);
+        self.note(|account| account.endpoint(name, charge));
         self.owners = owners;
     }
 
     /// Who sent the request: the connection's uid and the client's name, as known.
     pub fn identify(&mut self, uid: Option<u32>, client: Option<Arc<str>>) {
-        self.account().identify(uid, client);
+        self.note(|account| account.identify(uid, client));
     }
 
     /// Claims the response the request creates for its client, from now on (once the client
@@ -78,12 +78,12 @@ impl Context {
 
     /// Counts the request in the metrics, the ledger and the quotas.
     pub fn track(&mut self, telemetry: Arc<Telemetry>) {
-        self.account().track(telemetry);
+        self.note(|account| account.track(telemetry));
     }
 
     /// Not counted after all (a WebSocket handshake: its turns are); its log line is written.
     pub fn untrack(&mut self) {
-        self.account().untrack();
+        self.note(|account| account.untrack());
     }
 
     /// Holds a concurrent-stream quota slot until the request is accounted for.
@@ -92,37 +92,40 @@ impl Context {
     }
 
     pub fn sending(&mut self) {
-        self.account().sending();
+        self.note(|account| account.sending());
     }
 
     pub fn upstream_head(&mut self, status: StatusCode, headers: &HeaderMap) {
-        self.account().upstream_head(status, headers);
+        self.note(|account| account.upstream_head(status, headers));
     }
 
     pub fn upstream_status(&mut self, status: StatusCode) {
-        self.account().upstream_status(status);
+        self.note(|account| account.upstream_status(status));
     }
 
     /// The answer starts relaying to the client (an event stream with `sse`).
     pub fn relaying(&mut self, sse: bool) {
-        if let Some(telemetry) = self.account().telemetry().cloned() {
+        if let Some(telemetry) = self.note(|account| account.telemetry().cloned()) {
             self.stream = Some(telemetry.stream_started());
         }
         self.claim();
         let claims = self.claim.is_some();
-        self.account().relaying(sse, claims);
+        self.note(|account| account.relaying(sse, claims));
     }
 
     /// A chunk of the answer on its way to the client: counted, read for its usage, and a
     /// created response's id claimed as soon as it passes.
     pub fn relayed(&mut self, data: &[u8]) {
-        let counted = self.account().telemetry().is_some();
+        let counted = self.note(|account| account.telemetry().is_some());
         let claiming = self.claim.as_ref().is_some_and(|claim| !claim.recorded());
-        let account = self.account();
-        account.add_bytes_out(data.len());
-        // Once the id is in the record, an uncounted answer has nothing more to give.
-        if counted || claiming {
-            account.scan(data);
+        self.note(|account| {
+            account.add_bytes_out(data.len());
+            // Once the id is in the record, an uncounted answer has nothing more to give.
+            if counted || claiming {
+                account.scan(data);
+            }
+        });
+        if claiming {
             self.claim_id();
         }
     }
@@ -130,7 +133,7 @@ impl Context {
     /// One message from the upstream on a WebSocket; says which kind it was.
     pub fn relayed_event(&mut self, data: &[u8]) -> EventName {
         self.claim();
-        let name = self.account().scan_event(data);
+        let name = self.note(|account| account.scan_event(data));
         self.claim_id();
         name
     }
@@ -145,34 +148,34 @@ impl Context {
 
     /// A whole response object keyward assembled itself.
     pub fn saw_response(&mut self, response: &serde_json::Value) {
-        self.account().saw_response(response);
+        self.note(|account| account.saw_response(response));
     }
 
     pub fn add_bytes_in(&mut self, n: usize) {
-        self.account().add_bytes_in(n);
+        self.note(|account| account.add_bytes_in(n));
     }
 
     /// The counter the request body adds to as it is forwarded.
     pub fn bytes_in(&mut self) -> Arc<AtomicU64> {
-        self.account().bytes_in()
+        self.note(|account| account.bytes_in())
     }
 
     pub fn plain_size(&mut self, size: PlainSize) {
-        self.account().plain_size(size);
+        self.note(|account| account.plain_size(size));
     }
 
     pub fn add_bytes_out(&mut self, n: usize) {
-        self.account().add_bytes_out(n);
+        self.note(|account| account.add_bytes_out(n));
     }
 
     /// How the request will have ended, if nothing says otherwise first.
     pub fn end(&mut self, end: End) {
-        self.account().end(end);
+        self.note(|account| account.end(end));
     }
 
     /// The account phase for an answer keyward made itself.
     pub fn finish_local(mut self, status: StatusCode, body_len: u64) {
-        self.account().local(status, body_len);
+        self.note(|account| account.local(status, body_len));
         self.finish(End::Completed);
     }
 

@@ -228,7 +228,7 @@ impl Scanner {
 }
 
 /// The events whose data the scanner reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EventName {
     /// `response.completed`, `.incomplete` or `.failed`: the final response, with its usage.
     Final,
@@ -236,6 +236,7 @@ pub enum EventName {
     Created,
     /// An `error` message (on a WebSocket: the response has ended).
     Error,
+    #[default]
     Other,
 }
 
