@@ -121,7 +121,11 @@ impl Credential {
         match self {
             Credential::ApiKey { .. } => Ok(Grant::Key),
             Credential::ChatGpt(backend) => {
-                let session = backend.tokens.session().await.map_err(ProxyError::Auth)?;
+                // Boxed, as below: a session may mean a refresh at the issuer, a large future
+                // that would make every request's so, the API key's included.
+                let session = Box::pin(backend.tokens.session())
+                    .await
+                    .map_err(ProxyError::Auth)?;
                 Ok(Grant::Login(session))
             }
         }
@@ -136,9 +140,7 @@ impl Credential {
                 tracing::info!(
                     "the backend refused the access token; refreshing and retrying once"
                 );
-                let fresh = backend
-                    .tokens
-                    .after_unauthorized(session)
+                let fresh = Box::pin(backend.tokens.after_unauthorized(session))
                     .await
                     .map_err(ProxyError::Auth)?;
                 Ok(Some(Grant::Login(fresh)))

@@ -149,33 +149,10 @@ impl Pipeline<'_> {
             // Boxed: assembling a response makes this branch's future large, and it would make
             // every request's so.
             Plan::Adapted(uri) => Box::pin(self.adapted(parts, body, uri, ctx)).await,
-            Plan::Whole(uri) => {
-                let body = read_limited(body, &parts.headers, self.forwarder.limits().max_body);
-                let body = body.await?;
-                ctx.add_bytes_in(body.len());
-                let dump = self.dump_whole(&parts, &body);
-                let response = self
-                    .send(&parts, uri, Outgoing::Whole(body), ctx, |headers| {
-                        headers.remove(CONTENT_LENGTH);
-                    })
-                    .await?;
-                Ok(relay(response, dump, false))
-            }
-            Plan::Models { uri, id } => {
-                let mut parts = parts;
-                parts.method = Method::GET;
-                let response = self
-                    .send(&parts, uri, Outgoing::Whole(Bytes::new()), ctx, |headers| {
-                        headers.remove(CONTENT_LENGTH);
-                        headers.remove(CONTENT_TYPE);
-                        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-                    })
-                    .await?;
-                let status = response.status();
-                let body = read_answer(response.into_body(), self.forwarder.limits()).await?;
-                let (status, json) = models_answer(status, &body, id.as_deref());
-                Ok(Reply::Local(json_response(status, &json)))
-            }
+            // The ChatGPT backend's: boxed, so that their futures do not make every request's
+            // larger.
+            Plan::Whole(uri) => Box::pin(self.whole(parts, body, uri, ctx)).await,
+            Plan::Models { uri, id } => Box::pin(self.models(parts, uri, id, ctx)).await,
         }
     }
 
@@ -248,6 +225,47 @@ impl Pipeline<'_> {
         };
         let response = self.send(&parts, uri, outgoing, ctx, |_| {}).await?;
         Ok(relay(response, exchange, false))
+    }
+
+    /// The body read whole and sent as it came (the backend's compaction).
+    async fn whole(
+        &self,
+        parts: http::request::Parts,
+        body: Incoming,
+        uri: Uri,
+        ctx: &mut Context,
+    ) -> Result<Reply, ProxyError> {
+        let body = read_limited(body, &parts.headers, self.forwarder.limits().max_body).await?;
+        ctx.add_bytes_in(body.len());
+        let dump = self.dump_whole(&parts, &body);
+        let response = self
+            .send(&parts, uri, Outgoing::Whole(body), ctx, |headers| {
+                headers.remove(CONTENT_LENGTH);
+            })
+            .await?;
+        Ok(relay(response, dump, false))
+    }
+
+    /// The backend's model list (or one model of it), answered in the OpenAI shape.
+    async fn models(
+        &self,
+        mut parts: http::request::Parts,
+        uri: Uri,
+        id: Option<String>,
+        ctx: &mut Context,
+    ) -> Result<Reply, ProxyError> {
+        parts.method = Method::GET;
+        let response = self
+            .send(&parts, uri, Outgoing::Whole(Bytes::new()), ctx, |headers| {
+                headers.remove(CONTENT_LENGTH);
+                headers.remove(CONTENT_TYPE);
+                headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+            })
+            .await?;
+        let status = response.status();
+        let body = read_answer(response.into_body(), self.forwarder.limits()).await?;
+        let (status, json) = models_answer(status, &body, id.as_deref());
+        Ok(Reply::Local(json_response(status, &json)))
     }
 
     /// The ChatGPT backend's create: the body read plain, adapted to its rules, a stream always

@@ -70,7 +70,10 @@ impl Forwarder {
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let timeout = self.limits().response_timeout;
         let limit = self.limits().max_body;
-        match tokio::time::timeout(timeout, self.pool().send(request)).await {
+        // Boxed: the pool's future (connecting, TLS) is large, and each layer above would
+        // otherwise copy it whole (measured: bench/results/2026-12-02-pipeline-ab.md).
+        let sent = Box::pin(self.pool().send(request));
+        match tokio::time::timeout(timeout, sent).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(match fault {

@@ -264,7 +264,7 @@ impl Account {
             end,
             tokens,
             estimated,
-            response_id: self.seen.id.clone(),
+            response_id: self.seen.id.take(),
         }
     }
 
