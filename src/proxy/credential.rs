@@ -96,11 +96,13 @@ impl Credential {
                     Endpoint::Create => Some(upstream.uri.clone()),
                     endpoint => upstream.endpoint(&endpoint.suffix(), query),
                 };
-                uri.map(Plan::AsItCame).ok_or(ProxyError::Forbidden {
-                    path: format!("/v1{}", endpoint.suffix()),
-                    why: "keyward forwards only POST /v1/responses here: --upstream-url does not \
-                          end in /responses, so the other endpoints' URLs cannot be derived from it",
-                })
+                uri.map(Plan::AsItCame)
+                    .ok_or_else(|| ProxyError::Forbidden {
+                        path: format!("/v1{}", endpoint.suffix()),
+                        why: "keyward forwards only POST /v1/responses here: --upstream-url does \
+                              not end in /responses, so the other endpoints' URLs cannot be \
+                              derived from it",
+                    })
             }
             Credential::ChatGpt(backend) => backend.plan(endpoint, client, upstream),
         }

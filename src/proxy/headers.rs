@@ -3,8 +3,9 @@
 use http::header::{self, HeaderMap, HeaderName};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the proxy
-/// credentials a client might send. Never forwarded in either direction.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// credentials a client might send. Never forwarded in either direction. (These lists are
+/// statics: a `const` array is built and dropped again at every use.)
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::TE,
@@ -22,7 +23,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// port of 127.0.0.1, and an account is the credential's to name; `Expect: 100-continue` is
 /// answered by keyward's HTTP server; and `Accept-Encoding` is keyward's: it asks for answers it
 /// can read the usage of.
-const REPLACED: [HeaderName; 8] = [
+static REPLACED: [HeaderName; 8] = [
     header::HOST,
     header::AUTHORIZATION,
     HeaderName::from_static("api-key"),
@@ -34,7 +35,7 @@ const REPLACED: [HeaderName; 8] = [
 ];
 
 /// Headers whose values are credentials: redacted wherever keyward writes headers down.
-pub const CREDENTIALS: [HeaderName; 6] = [
+pub static CREDENTIALS: [HeaderName; 6] = [
     header::AUTHORIZATION,
     header::PROXY_AUTHORIZATION,
     header::COOKIE,
