@@ -182,25 +182,38 @@ impl JsonSkim {
     }
 }
 
-/// The length of the `"delta":"..."` string in one event's data, as sent (escapes count as
-/// written): the text a stream delivered, for an estimate when no usage comes.
+/// The length of the text in one event's `delta`, decoded (as the client reads it): the text a
+/// stream delivered, for an estimate when no usage comes. Compact JSON with a delta free of
+/// escapes (as OpenAI writes it) is measured where it lies; anything else (spacing, escapes, a
+/// reformatting proxy) is parsed, so that the same text counts the same however it is written.
 pub fn delta_len(data: &[u8]) -> usize {
-    const KEY: &[u8] = br#""delta":""#;
-    let Some(at) = data.windows(KEY.len()).position(|w| w == KEY) else {
-        return 0;
-    };
-    let rest = &data[at + KEY.len()..];
-    let mut escaped = false;
-    for (i, &b) in rest.iter().enumerate() {
-        if escaped {
-            escaped = false;
-        } else if b == b'\\' {
-            escaped = true;
-        } else if b == b'"' {
-            return i;
+    const COMPACT: &[u8] = br#""delta":""#;
+    match find(data, COMPACT) {
+        Some(at) => {
+            let rest = &data[at + COMPACT.len()..];
+            if let Some(end) = rest.iter().position(|&b| b == b'"' || b == b'\\')
+                && rest[end] == b'"'
+            {
+                return end;
+            }
         }
+        // Most events carry no delta at all.
+        None if find(data, br#""delta""#).is_none() => return 0,
+        None => {}
     }
-    rest.len()
+    #[derive(serde::Deserialize)]
+    struct Delta<'a> {
+        #[serde(borrow, default)]
+        delta: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Delta>(data)
+        .ok()
+        .and_then(|event| event.delta)
+        .map_or(0, |text| text.len())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -238,11 +251,20 @@ mod tests {
     }
 
     #[test]
-    fn delta_text_is_measured_up_to_its_closing_quote() {
+    fn delta_text_is_measured_decoded_however_it_is_written() {
         assert_eq!(
             delta_len(br#"{"type":"response.output_text.delta","delta":"he said \"hi\"","x":1}"#),
-            14
+            12
         );
+        // However it is written: spaced, keys in another order, escaped.
+        for data in [
+            br#"{"type": "response.output_text.delta", "delta": "caf\u00e9"}"#.as_slice(),
+            br#"{"delta":"caf\u00e9","type":"response.output_text.delta"}"#,
+            "{\"delta\":\"caf\u{e9}\"}".as_bytes(),
+            b"{\n  \"type\": \"response.output_text.delta\",\n  \"delta\" : \"caf\xc3\xa9\"\n}",
+        ] {
+            assert_eq!(delta_len(data), 5, "{}", String::from_utf8_lossy(data));
+        }
         assert_eq!(delta_len(br#"{"type":"response.created"}"#), 0);
     }
 }

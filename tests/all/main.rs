@@ -7,6 +7,7 @@
 mod support;
 
 mod access;
+mod accounting;
 mod canary;
 mod chatgpt;
 mod compressed;

@@ -105,7 +105,7 @@ impl Turns {
         match ctx.relayed_event(text.as_bytes()) {
             EventName::Final => self.end(End::Completed),
             EventName::Error => self.end(End::UpstreamError),
-            EventName::Created | EventName::Other => {}
+            EventName::Created | EventName::Named | EventName::Other => {}
         }
     }
 

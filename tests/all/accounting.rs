@@ -1,0 +1,131 @@
+//! What a request is charged does not depend on how the upstream writes its JSON: a client that
+//! hangs up before `response.completed` is charged the text it received, whether the events come
+//! compact (as OpenAI writes them), spaced (Python's `json.dumps`, many gateways), pretty-printed
+//! over several `data:` lines, or with `\u` escapes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use serde_json::{Value, json};
+
+use crate::support::client::{self, next_chunk};
+use crate::support::keyward::start_for;
+use crate::support::upstream::FakeUpstream;
+use crate::support::within;
+
+/// The text the stream delivers, in four deltas; the last one is how the client knows it has
+/// everything.
+const DELTAS: [&str; 4] = ["Hello", " w\u{f6}rld,", " \"quoted\" \\ text", " END"];
+
+/// How an upstream writes one event's data.
+#[derive(Clone, Copy, Debug)]
+enum Format {
+    Compact,
+    Spaced,
+    Pretty,
+    Escaped,
+}
+
+fn data_lines(format: Format, event: &Value) -> String {
+    let compact = serde_json::to_string(event).unwrap();
+    let text = match format {
+        Format::Compact => compact,
+        // As Python's json.dumps writes it.
+        Format::Spaced => compact.replace("\":", "\": ").replace(",\"", ", \""),
+        Format::Pretty => serde_json::to_string_pretty(event).unwrap(),
+        Format::Escaped => compact
+            .chars()
+            .map(|c| {
+                if c.is_ascii() {
+                    c.to_string()
+                } else {
+                    format!("\\u{:04x}", c as u32)
+                }
+            })
+            .collect(),
+    };
+    text.lines().map(|line| format!("data: {line}\n")).collect()
+}
+
+/// The events before the completion, which never comes.
+fn events(format: Format) -> Vec<Bytes> {
+    let created = json!({"type": "response.created", "response":
+        {"id": "resp_fmt", "object": "response", "model": "gpt-5", "status": "in_progress"}});
+    let mut out = vec![format!(
+        "event: response.created\n{}\n",
+        data_lines(format, &created)
+    )];
+    for (n, delta) in DELTAS.iter().enumerate() {
+        let event = json!({"type": "response.output_text.delta", "item_id": "msg_1",
+                           "output_index": 0, "content_index": 0, "sequence_number": n + 1,
+                           "delta": delta});
+        out.push(format!(
+            "event: response.output_text.delta\n{}\n",
+            data_lines(format, &event)
+        ));
+    }
+    out.into_iter().map(Bytes::from).collect()
+}
+
+/// The ledger line of a streamed request whose client hangs up once it has all the text.
+async fn charged_after_hang_up(format: Format) -> Value {
+    let upstream = FakeUpstream::start(move |_| async move {
+        let (response, tx) = crate::support::upstream::stream("text/event-stream");
+        tokio::spawn(async move {
+            for event in events(format) {
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            // No completion: the stream stays open until keyward lets it go.
+            tx.closed().await;
+        });
+        response
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("usage.jsonl");
+    let (addr, _keyward) =
+        start_for(&upstream.url(), &["--usage-log", ledger.to_str().unwrap()]).await;
+    let req = Request::post("/v1/responses")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            r#"{"model":"gpt-5","input":"Say hello","stream":true}"#,
+        )))
+        .unwrap();
+    let mut body = client::send(addr, req).await.into_body();
+    let mut received = Vec::new();
+    while !String::from_utf8_lossy(&received).contains("END") {
+        let chunk = next_chunk(&mut body).await.expect("the stream ended early");
+        received.extend_from_slice(&chunk);
+    }
+    drop(body);
+    within("the ledger line", async {
+        loop {
+            let text = std::fs::read_to_string(&ledger).unwrap_or_default();
+            if let Some(line) = text.lines().next() {
+                return serde_json::from_str(line).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_hang_up_is_charged_the_text_it_received_however_the_json_is_spaced() {
+    let text: usize = DELTAS.iter().map(|d| d.len()).sum();
+    let compact = charged_after_hang_up(Format::Compact).await;
+    assert_eq!(compact["end"], "client_gone", "{compact}");
+    assert_eq!(compact["estimated"], true, "{compact}");
+    assert_eq!(compact["output_tokens"], text.div_ceil(4), "{compact}");
+    assert_eq!(compact["model"], "gpt-5", "{compact}");
+    for format in [Format::Spaced, Format::Pretty, Format::Escaped] {
+        let line = charged_after_hang_up(format).await;
+        for field in ["output_tokens", "input_tokens", "estimated", "model", "end"] {
+            assert_eq!(line[field], compact[field], "{format:?}: {field} in {line}");
+        }
+    }
+}
