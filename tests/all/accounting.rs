@@ -129,3 +129,53 @@ async fn a_hang_up_is_charged_the_text_it_received_however_the_json_is_spaced() 
         }
     }
 }
+
+/// The same over a WebSocket: the events as messages, each written as `format` says.
+async fn charged_after_socket_hang_up(format: Format) -> Value {
+    use crate::support::ws::{FakeWsUpstream, connect, create, next_text, send_text};
+    let mut upstream = FakeWsUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("usage.jsonl");
+    let (addr, _keyward) =
+        start_for(&upstream.url(), &["--usage-log", ledger.to_str().unwrap()]).await;
+    let (mut client, _) = connect(addr, &[]).await.unwrap();
+    let mut socket = upstream.next_socket().await;
+    send_text(&mut client, &create("Say hello", None)).await;
+    next_text(&mut socket).await;
+    for event in events(format) {
+        // A message is the event's JSON alone: its data lines, without `data: ` and `event:`.
+        let text = String::from_utf8(event.to_vec()).unwrap();
+        let json: String = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("data: "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        send_text(&mut socket, &json).await;
+        next_text(&mut client).await;
+    }
+    drop(client);
+    within("the ledger line", async {
+        loop {
+            let text = std::fs::read_to_string(&ledger).unwrap_or_default();
+            if let Some(line) = text.lines().next() {
+                return serde_json::from_str(line).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_socket_hang_up_is_charged_the_text_it_received_however_the_json_is_spaced() {
+    let text: usize = DELTAS.iter().map(|d| d.len()).sum();
+    let compact = charged_after_socket_hang_up(Format::Compact).await;
+    assert_eq!(compact["estimated"], true, "{compact}");
+    assert_eq!(compact["output_tokens"], text.div_ceil(4), "{compact}");
+    for format in [Format::Spaced, Format::Pretty, Format::Escaped] {
+        let line = charged_after_socket_hang_up(format).await;
+        for field in ["output_tokens", "input_tokens", "estimated", "model", "end"] {
+            assert_eq!(line[field], compact[field], "{format:?}: {field} in {line}");
+        }
+    }
+}
