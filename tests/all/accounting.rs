@@ -69,6 +69,27 @@ fn events(format: Format) -> Vec<Bytes> {
     out.into_iter().map(Bytes::from).collect()
 }
 
+/// The ledger's first line, once it is written.
+async fn first_line(ledger: &std::path::Path) -> Value {
+    within("the ledger line", async {
+        loop {
+            let text = std::fs::read_to_string(ledger).unwrap_or_default();
+            if let Some(line) = text.lines().next() {
+                return serde_json::from_str(line).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// What `format`'s request was charged is what the compact one's was.
+fn assert_charged_alike(format: Format, line: &Value, compact: &Value) {
+    for field in ["output_tokens", "input_tokens", "estimated", "model", "end"] {
+        assert_eq!(line[field], compact[field], "{format:?}: {field} in {line}");
+    }
+}
+
 /// The ledger line of a streamed request whose client hangs up once it has all the text.
 async fn charged_after_hang_up(format: Format) -> Value {
     let upstream = FakeUpstream::start(move |_| async move {
@@ -102,16 +123,7 @@ async fn charged_after_hang_up(format: Format) -> Value {
         received.extend_from_slice(&chunk);
     }
     drop(body);
-    within("the ledger line", async {
-        loop {
-            let text = std::fs::read_to_string(&ledger).unwrap_or_default();
-            if let Some(line) = text.lines().next() {
-                return serde_json::from_str(line).unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
+    first_line(&ledger).await
 }
 
 #[tokio::test]
@@ -123,10 +135,7 @@ async fn a_hang_up_is_charged_the_text_it_received_however_the_json_is_spaced() 
     assert_eq!(compact["output_tokens"], text.div_ceil(4), "{compact}");
     assert_eq!(compact["model"], "gpt-5", "{compact}");
     for format in [Format::Spaced, Format::Pretty, Format::Escaped] {
-        let line = charged_after_hang_up(format).await;
-        for field in ["output_tokens", "input_tokens", "estimated", "model", "end"] {
-            assert_eq!(line[field], compact[field], "{format:?}: {field} in {line}");
-        }
+        assert_charged_alike(format, &charged_after_hang_up(format).await, &compact);
     }
 }
 
@@ -154,16 +163,7 @@ async fn charged_after_socket_hang_up(format: Format) -> Value {
         next_text(&mut client).await;
     }
     drop(client);
-    within("the ledger line", async {
-        loop {
-            let text = std::fs::read_to_string(&ledger).unwrap_or_default();
-            if let Some(line) = text.lines().next() {
-                return serde_json::from_str(line).unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
+    first_line(&ledger).await
 }
 
 #[tokio::test]
@@ -173,9 +173,10 @@ async fn a_socket_hang_up_is_charged_the_text_it_received_however_the_json_is_sp
     assert_eq!(compact["estimated"], true, "{compact}");
     assert_eq!(compact["output_tokens"], text.div_ceil(4), "{compact}");
     for format in [Format::Spaced, Format::Pretty, Format::Escaped] {
-        let line = charged_after_socket_hang_up(format).await;
-        for field in ["output_tokens", "input_tokens", "estimated", "model", "end"] {
-            assert_eq!(line[field], compact[field], "{format:?}: {field} in {line}");
-        }
+        assert_charged_alike(
+            format,
+            &charged_after_socket_hang_up(format).await,
+            &compact,
+        );
     }
 }
