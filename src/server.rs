@@ -9,6 +9,7 @@ mod metrics;
 mod reload;
 mod start;
 pub mod tls;
+mod usage_page;
 mod worker;
 
 pub use listen::{SocketFile, write_server_info};

@@ -7,6 +7,7 @@
 pub mod account;
 pub mod batched;
 pub mod charge;
+pub mod daily;
 pub mod families;
 pub mod json_skim;
 pub mod ledger;
@@ -18,3 +19,4 @@ pub mod metrics;
 pub mod quota;
 pub mod record;
 pub mod usage;
+pub mod usage_view;

@@ -70,6 +70,8 @@ pub enum ProxyError {
     NotWebSocket,
     #[error("the usage ledger is behind: its disk is not keeping up")]
     LedgerBehind,
+    #[error("keyward keeps no usage")]
+    UsageNotKept,
     #[error("client {client} is over its {} quota", exceeded.quota)]
     QuotaExceeded {
         client: String,
@@ -83,7 +85,9 @@ impl ProxyError {
             ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::UnknownResponse { .. } | ProxyError::NotOffered(_) => StatusCode::NOT_FOUND,
+            ProxyError::UnknownResponse { .. }
+            | ProxyError::NotOffered(_)
+            | ProxyError::UsageNotKept => StatusCode::NOT_FOUND,
             ProxyError::UnknownPrevious { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Decode(DecodeError::Unsupported(_)) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::Decode(DecodeError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -140,6 +144,7 @@ impl ProxyError {
             ProxyError::ClientToken(_) => "invalid_client_token",
             ProxyError::QuotaExceeded { .. } => "rate_limit_exceeded",
             ProxyError::LedgerBehind => "usage_ledger_behind",
+            ProxyError::UsageNotKept => "usage_not_kept",
             ProxyError::NotWebSocket => "bad_websocket_handshake",
         }
     }
@@ -148,8 +153,8 @@ impl ProxyError {
     pub fn client_message(&self) -> String {
         match self {
             ProxyError::NotFound { .. } => {
-                "keyward serves the Responses API under /v1/responses, /v1/models, GET /healthz \
-                 and GET /readyz (and GET /shutdown when enabled)"
+                "keyward serves the Responses API under /v1/responses, /v1/models, GET /healthz, \
+                 GET /readyz, GET /keyward/usage (and GET /shutdown when enabled)"
                     .into()
             }
             ProxyError::Forbidden { why, .. } => (*why).into(),
@@ -211,6 +216,11 @@ impl ProxyError {
             ProxyError::LedgerBehind => {
                 "keyward's usage ledger is behind (its disk is not keeping up), so keyward takes no \
                  new requests for now; retry in a second"
+                    .into()
+            }
+            ProxyError::UsageNotKept => {
+                "keyward keeps no usage here: its operator turns it on with --usage-log (or \
+                 --metrics-listen, --quota, --config, --state)"
                     .into()
             }
             ProxyError::QuotaExceeded { client, exceeded } => {

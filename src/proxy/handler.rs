@@ -18,6 +18,10 @@ use crate::config::Config;
 use crate::config::access::HostCheck;
 use crate::config::responses::Endpoints;
 use crate::proxy::RESPONSES_PATH;
+use crate::telemetry::metrics::Telemetry;
+
+/// Where a client reads its own usage.
+pub const USAGE_PATH: &str = "/keyward/usage";
 use crate::proxy::body::ProxyBody;
 use crate::proxy::body::UpstreamPool;
 use crate::proxy::context::Context;
@@ -29,7 +33,6 @@ use crate::proxy::open::OpenCount;
 use crate::proxy::pipeline::{Admitted, Pipeline};
 use crate::proxy::routes::Endpoint;
 use crate::proxy::websocket;
-use crate::telemetry::metrics::Telemetry;
 use crate::upstream::WsConnector;
 
 /// Everything a request needs, shared by all connections.
@@ -144,6 +147,7 @@ impl Proxy {
                     Err(err) => Err(err),
                 },
                 Route::Health => Ok(self.health(req.uri().path())),
+                Route::Usage => self.own_usage(&req, &peer),
                 // Admin endpoints go by uid alone, whatever the access policy.
                 Route::Shutdown => self.with_gate(|gate| gate.check_admin(&peer)).map_or_else(
                     |why| Err(ProxyError::NotAdmin(why)),
@@ -204,6 +208,26 @@ impl Proxy {
                 }),
             ),
         }
+    }
+
+    /// `GET /keyward/usage`: the caller's own usage and quotas, the caller identified and refused
+    /// as any request is. Not itself counted.
+    fn own_usage(
+        &self,
+        req: &Request<Incoming>,
+        peer: &Peer,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if let Some(refusal) = &peer.refusal {
+            return Err(ProxyError::AccessDenied(refusal.message.clone()));
+        }
+        let client = self
+            .check_token(req)?
+            .or_else(|| peer.name.clone())
+            .unwrap_or_else(|| Arc::from("unknown"));
+        let telemetry = self.telemetry.as_ref().ok_or(ProxyError::UsageNotKept)?;
+        let usage = serde_json::to_value(telemetry.client_usage(&client))
+            .map_err(|err| ProxyError::BadJson(err.to_string()))?;
+        Ok(json_response(StatusCode::OK, &usage))
     }
 
     /// What a request to be forwarded must pass: a connection the policy allows, a valid client
@@ -288,6 +312,9 @@ impl Proxy {
         if (path == "/healthz" || path == "/readyz") && method == Method::GET {
             return Route::Health;
         }
+        if path == USAGE_PATH && method == Method::GET {
+            return Route::Usage;
+        }
         match Endpoint::parse(method, path) {
             Err(err) => Route::Refuse(err),
             Ok(Some(Endpoint::Create)) => Route::Forward(Endpoint::Create),
@@ -336,6 +363,8 @@ enum Route {
     WebSocket,
     Shutdown,
     Health,
+    /// `GET /keyward/usage`.
+    Usage,
     Refuse(ProxyError),
 }
 

@@ -1,4 +1,5 @@
-//! The telemetry hub as the server builds it, and `GET /metrics` on its own listener.
+//! The telemetry hub as the server builds it, and the operator's listener (`--metrics-listen`):
+//! `GET /metrics` and the usage page, `GET /usage`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -37,18 +38,16 @@ pub(crate) fn telemetry(
     }
     let quotas = Arc::new(Quotas::new(config.quotas.clone()));
     let mut ledgers: Vec<Box<dyn LedgerStore>> = Vec::new();
+    let mut read_back = None;
     if let Some(path) = &config.usage_log {
         let ledger = Ledger::open(path, config.usage_log_buffer)?;
-        if state_db.is_some() {
-            // The day's counts, this replica's earlier runs included, come from the state
-            // database at the first exchange.
-        } else if std::fs::metadata(path).is_ok_and(|meta| meta.is_file()) {
-            rebuild_token_counts(path, &quotas)?;
+        if std::fs::metadata(path).is_ok_and(|meta| meta.is_file()) {
+            read_back = Some(path.clone());
         } else {
             // A FIFO (a log shipper reading it), a device: nothing to read back.
             tracing::info!(
                 path = %path.display(),
-                "the usage ledger is not a regular file: token quotas start from zero"
+                "the usage ledger is not a regular file: token quotas and the usage views start from zero"
             );
         }
         ledgers.push(Box::new(ledger));
@@ -73,39 +72,62 @@ pub(crate) fn telemetry(
         }
         _ => None,
     };
-    Ok(Some(Arc::new(Telemetry::new(
-        ledgers, quotas, chatgpt, shared,
-    ))))
+    let telemetry = Arc::new(Telemetry::new(ledgers, quotas, chatgpt, shared));
+    if let Some(path) = read_back {
+        // With the ledger's table, the day's token counts (every replica's) come from the
+        // state database at the first exchange, and the usage views' days from its table.
+        let with_quotas = state_db.is_none();
+        let with_days = !config.state.as_ref().is_some_and(|state| state.ledger);
+        if with_quotas || with_days {
+            read_ledger(&path, &telemetry, with_quotas, with_days)?;
+        }
+    }
+    Ok(Some(telemetry))
 }
 
-/// Token counts of the last 24 hours, read back from the ledger so that quotas survive a restart.
-fn rebuild_token_counts(path: &std::path::Path, quotas: &Quotas) -> Result<(), LedgerError> {
+/// The ledger read back at start, so that quotas and the usage views survive a restart: the
+/// token counts of the last 24 hours (with `quotas`) and the days the usage views show.
+fn read_ledger(
+    path: &std::path::Path,
+    telemetry: &Telemetry,
+    with_quotas: bool,
+    with_days: bool,
+) -> Result<(), LedgerError> {
+    use crate::telemetry::daily::{DAYS_KEPT, Line};
     let started = std::time::Instant::now();
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-        - 86_400.0;
+    let now = crate::telemetry::daily::secs(std::time::SystemTime::now());
+    let day_ago = now.saturating_sub(86_400) as f64;
+    let since = if with_days {
+        (now / 86_400 + 1).saturating_sub(DAYS_KEPT) * 86_400
+    } else {
+        now.saturating_sub(86_400)
+    };
     let mut entries = 0u64;
-    let stats = crate::telemetry::ledger::read_since(path, since, |entry| {
+    let stats = crate::telemetry::ledger::read_since(path, since as f64, |entry| {
         entries += 1;
-        let at = std::time::UNIX_EPOCH + Duration::from_secs_f64(entry.ts.max(0.0));
-        quotas.add_tokens(
-            &entry.client,
-            at,
-            entry.input_tokens.saturating_add(entry.output_tokens),
-        );
+        if with_quotas && entry.ts >= day_ago {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs_f64(entry.ts.max(0.0));
+            telemetry.quotas.add_tokens(
+                &entry.client,
+                at,
+                entry.input_tokens.saturating_add(entry.output_tokens),
+            );
+        }
+        if with_days {
+            telemetry.daily.add(&Line::from_entry(&entry));
+        }
     })?;
     tracing::info!(
         path = %path.display(),
         entries,
         lines_read = stats.lines,
         ms = started.elapsed().as_millis() as u64,
-        "usage ledger: token counts of the last 24 hours rebuilt"
+        "usage ledger read back: token counts of the last 24 hours, usage by day of the last {DAYS_KEPT} days"
     );
     Ok(())
 }
 
-/// Serves `GET /metrics` until shutdown.
+/// Serves `GET /metrics` and `GET /usage` until shutdown.
 pub(crate) async fn serve_metrics(
     listener: TcpListener,
     telemetry: Arc<Telemetry>,
@@ -124,9 +146,11 @@ pub(crate) async fn serve_metrics(
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let telemetry = telemetry.clone();
             async move {
-                let response = if req.uri().path() == "/metrics"
-                    && req.method() == http::Method::GET
-                {
+                let get = req.method() == http::Method::GET;
+                let response = if get && req.uri().path() == "/usage" {
+                    let usage = telemetry.operator_usage();
+                    super::usage_page::answer(&usage, req.headers().get(http::header::ACCEPT))
+                } else if get && req.uri().path() == "/metrics" {
                     let mut response = http::Response::new(crate::proxy::body::ProxyBody::full(
                         bytes::Bytes::from(telemetry.encode()),
                     ));

@@ -8,10 +8,12 @@ use std::sync::atomic::AtomicU64;
 use parking_lot::RwLock;
 
 use crate::credential::chatgpt::tokens::TokenManager;
+use crate::telemetry::daily::{Daily, Line};
 use crate::telemetry::families::StateMetrics;
 use crate::telemetry::ledger::{Entry, LedgerStore};
 use crate::telemetry::quota::Quotas;
 use crate::telemetry::record::Record;
+use crate::telemetry::usage_view::{self, ClientUsage, OpenNow, OperatorUsage, Sources};
 
 /// At most this many distinct clients and models get labels of their own; the rest are `other`.
 const MAX_CLIENTS: usize = 100;
@@ -64,6 +66,8 @@ pub struct Telemetry {
     /// Where ledger lines go: the file, and with `--state` the database's table.
     ledgers: Vec<Box<dyn LedgerStore>>,
     pub quotas: Arc<Quotas>,
+    /// Usage by day, for the usage views.
+    pub daily: Daily,
     chatgpt: Option<Arc<TokenManager>>,
     /// With `--state`: the database's health, and its metrics.
     state: Option<SharedTelemetry>,
@@ -112,6 +116,7 @@ impl Telemetry {
             models: Capped::new(MAX_MODELS),
             ledgers,
             quotas,
+            daily: Daily::default(),
             chatgpt,
             state,
             refreshes_seen: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -205,11 +210,35 @@ impl Telemetry {
             self.quotas
                 .add_tokens(&record.client, record.at, tokens.total());
         }
+        self.daily.add(&Line::from_record(record));
         if !self.ledgers.is_empty() {
             let entry = Entry::from_record(record);
             for ledger in &self.ledgers {
                 ledger.append(&entry);
             }
+        }
+    }
+
+    /// `GET /keyward/usage`: `client`'s own usage, quotas and (with a ChatGPT login) plan.
+    pub fn client_usage(&self, client: &str) -> ClientUsage {
+        usage_view::client_usage(&self.usage_sources(), client)
+    }
+
+    /// The operator's `GET /usage`: every client's.
+    pub fn operator_usage(&self) -> OperatorUsage {
+        let open_now = OpenNow {
+            streams: self.metrics.active_streams.get(),
+            websockets: self.metrics.websockets_open.get(),
+        };
+        usage_view::operator_usage(&self.usage_sources(), open_now)
+    }
+
+    fn usage_sources(&self) -> Sources<'_> {
+        Sources {
+            daily: &self.daily,
+            quotas: &self.quotas,
+            plan: self.chatgpt.as_ref().and_then(|t| t.plan.latest()),
+            now: std::time::SystemTime::now(),
         }
     }
 

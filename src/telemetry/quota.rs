@@ -25,6 +25,21 @@ pub struct Exceeded {
     pub retry_after: Duration,
 }
 
+/// Where one of a client's quotas stands.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QuotaStatus {
+    /// `concurrent`, `requests_per_minute` or `tokens_per_day`.
+    pub quota: &'static str,
+    pub limit: u64,
+    /// Streams open now; requests of the last minute; tokens (input plus output) of the last
+    /// 24 hours.
+    pub used: u64,
+    pub left: u64,
+    /// For the rolling windows: when the oldest of what is used leaves the window (`used` falls
+    /// then), RFC 3339; none while nothing is used.
+    pub resets_at: Option<String>,
+}
+
 #[derive(Default)]
 struct ClientState {
     active: u32,
@@ -222,6 +237,72 @@ impl Quotas {
             .clients
             .get(client)
             .map_or(0, |s| s.tokens_total + s.remote.tokens)
+    }
+
+    /// Where each of `client`'s quotas stands, here and (as of the last exchange) elsewhere.
+    pub fn status(&self, client: &str) -> Vec<QuotaStatus> {
+        let limits = self.config.read().for_client(client);
+        if limits.is_empty() {
+            return Vec::new();
+        }
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let now_minute = minute_of(wall);
+        let mut states = self.state.lock();
+        let state = states.clients.get_mut(client);
+        let mut quotas = Vec::new();
+        let mut push = |quota, limit: u64, used: u64, resets_at: Option<SystemTime>| {
+            quotas.push(QuotaStatus {
+                quota,
+                limit,
+                used,
+                left: limit.saturating_sub(used),
+                resets_at: resets_at.map(crate::telemetry::ledger::rfc3339),
+            });
+        };
+        let state = state.map(|state| {
+            state.expire(now, now_minute);
+            &*state
+        });
+        if let Some(limit) = limits.concurrent {
+            let used = state.map_or(0, |s| s.active + s.remote.active);
+            push("concurrent", limit.into(), used.into(), None);
+        }
+        if let Some(limit) = limits.requests_per_minute {
+            let used = state.map_or(0, |s| s.recent.len() as u64 + u64::from(s.remote.recent));
+            let oldest = state.and_then(|s| s.recent.front());
+            let resets_at = oldest.map(|&at| wall + (at + MINUTE).saturating_duration_since(now));
+            push("requests_per_minute", limit.into(), used, resets_at);
+        }
+        if let Some(limit) = limits.tokens_per_day {
+            let used = state.map_or(0, |s| s.tokens_total + s.remote.tokens);
+            let oldest = state.and_then(|s| {
+                let here = s.tokens.front().map(|&(minute, _)| minute);
+                let there = s.remote.hours.iter().map(|&(hour, _)| hour + 59).min();
+                here.into_iter().chain(there).min()
+            });
+            let resets_at = oldest
+                .map(|minute| UNIX_EPOCH + Duration::from_secs((minute + DAY_SECS / 60) * 60));
+            push("tokens_per_day", limit, used, resets_at);
+        }
+        quotas
+    }
+
+    /// The clients some quota applies to: those named in the limits, and (with a default limit)
+    /// every client counted since start.
+    pub fn clients(&self) -> Vec<Arc<str>> {
+        let config = self.config.read();
+        let mut names: HashSet<Arc<str>> = config
+            .clients
+            .iter()
+            .filter(|(_, limits)| !limits.or(config.default).is_empty())
+            .map(|(name, _)| Arc::from(name.as_str()))
+            .collect();
+        if !config.default.is_empty() {
+            names.extend(self.state.lock().clients.keys().cloned());
+        }
+        let mut names: Vec<_> = names.into_iter().collect();
+        names.sort();
+        names
     }
 
     /// What to tell the other replicas now; the changed token counts are taken (give them back
