@@ -5,14 +5,20 @@
 //! - `keyward_postgres`: Debian's PostgreSQL server is installed. The replica and shared-state
 //!   tests start one of their own.
 //!
-//! `scripts/test` installs PostgreSQL (as root) before it builds. Build and run the tests as the
+//! - `keyward_chromium`: Debian's Chromium is installed. The usage page's test renders it there.
+//!
+//! `scripts/test` installs PostgreSQL and Chromium (as root) before it builds. Build and run the tests as the
 //! same user: a build as root run by another user fails the root tests, saying so.
 
 use std::path::Path;
 
+/// Debian's Chromium, as the usage page's test runs it.
+const CHROMIUM: &str = "/usr/bin/chromium";
+
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(keyward_root)");
     println!("cargo::rustc-check-cfg=cfg(keyward_postgres)");
+    println!("cargo::rustc-check-cfg=cfg(keyward_chromium)");
     println!("cargo::rerun-if-changed=build.rs");
     // A server installed (or removed) later changes /usr/lib/postgresql, or /usr/lib itself.
     for watched in ["/usr/lib/postgresql", "/usr/lib"] {
@@ -27,6 +33,11 @@ fn main() {
     }
     if postgres_installed() {
         println!("cargo::rustc-cfg=keyward_postgres");
+    }
+    // Installing it adds a file to /usr/bin, which changes the directory.
+    println!("cargo::rerun-if-changed=/usr/bin");
+    if std::path::Path::new(CHROMIUM).exists() {
+        println!("cargo::rustc-cfg=keyward_chromium");
     }
 }
 

@@ -90,7 +90,7 @@ pub fn render(usage: &OperatorUsage) -> String {
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>keyward usage</title><style>{STYLE}</style></head><body>\
          <h1>keyward usage</h1><p class=\"meta\">At {} · days are {} days · usage kept since {}</p>",
-        escape(&usage.generated_at),
+        when(&usage.generated_at),
         usage.days_are,
         usage.kept_since.as_deref().map_or("now".into(), escape),
     );
@@ -271,13 +271,14 @@ fn quotas(page: &mut String, usage: &OperatorUsage) {
             };
             let _ = write!(
                 page,
-                "<tr data-client=\"{name}\" data-quota=\"{q}\"><td>{name}</td><td>{q}</td><td class=\"barcell\">{}</td>{}{}{}<td>{}</td></tr>",
+                "<tr data-client=\"{name}\" data-quota=\"{key}\"><td>{name}</td><td>{q}</td><td class=\"barcell\">{}</td>{}{}{}<td>{}</td></tr>",
                 charts::bar(fraction, charts::headroom_colour(fraction)),
                 num("used", quota.used),
                 num("limit", quota.limit),
                 num("left", quota.left),
-                quota.resets_at.as_deref().map_or("–".into(), escape),
+                quota.resets_at.as_deref().map_or("–".into(), when),
                 name = escape(&client.client),
+                key = quota.quota,
                 q = quota.quota.replace('_', " "),
             );
         }
@@ -311,7 +312,7 @@ fn plan(page: &mut String, usage: &OperatorUsage) {
             window.window,
             charts::bar(fraction, charts::headroom_colour(fraction)),
             window.used_percent,
-            window.resets_at.as_deref().map_or("–".into(), escape),
+            window.resets_at.as_deref().map_or("–".into(), when),
         );
     }
     page.push_str("</tbody></table></div></section>");
@@ -341,6 +342,14 @@ fn refusals(page: &mut String, usage: &OperatorUsage) {
         );
     }
     page.push_str("</tbody></table></div></section>");
+}
+
+/// An RFC 3339 time as people read it: `2026-12-02 23:14 UTC`.
+fn when(rfc3339: &str) -> String {
+    match rfc3339.get(..16) {
+        Some(minute) if rfc3339.ends_with('Z') => format!("{} UTC", minute.replace('T', " ")),
+        _ => escape(rfc3339),
+    }
 }
 
 /// A number cell.

@@ -23,4 +23,6 @@ mod replicas;
 mod responses_api;
 mod shared_state;
 mod upstream;
+mod usage;
+mod usage_page;
 mod websocket;
