@@ -35,6 +35,8 @@ td.barcell{width:40%;min-width:90px}\
 .legend{display:flex;flex-wrap:wrap;gap:6px 14px;list-style:none;padding:0;margin:8px 0 0;font-size:.85rem}\
 .legend svg{vertical-align:middle;margin-right:4px}\
 .empty{color:#57606a;margin:0}\
+.chart{display:block;min-width:560px;direction:ltr}\
+.latest{direction:rtl}\
 footer{color:#57606a;font-size:.85rem}";
 
 /// The page's Content-Security-Policy: its one style sheet, nothing else.
@@ -147,8 +149,10 @@ fn per_day(page: &mut String, usage: &OperatorUsage) {
         .map(|c| c.client.clone())
         .collect();
     page.push_str("<section id=\"per-day\"><h2>Tokens per day, by client (last 30 days)</h2>");
+    // On a narrow screen the chart scrolls, starting at its right end: the latest days.
+    page.push_str("<div class=\"scroll latest\">");
     page.push_str(&charts::tokens_per_day(&usage.days, &named));
-    page.push_str("<ul class=\"legend\">");
+    page.push_str("</div><ul class=\"legend\">");
     let others = usage.clients.len() > named.len();
     let labels = named
         .iter()

@@ -44,7 +44,7 @@ pub fn tokens_per_day(days: &[OperatorDay], clients: &[String]) -> String {
         let at = y(value);
         let _ = write!(
             svg,
-            r##"<line x1="{LEFT}" x2="{W}" y1="{at:.1}" y2="{at:.1}" stroke="#d0d7de" stroke-width="1"/><text x="{}" y="{:.1}" text-anchor="end" font-size="11" fill="#57606a">{}</text>"##,
+            r##"<line x1="{LEFT}" x2="{W}" y1="{at:.1}" y2="{at:.1}" stroke="#d0d7de" stroke-width="1"/><text x="{}" y="{:.1}" text-anchor="end" font-size="12" fill="#57606a">{}</text>"##,
             LEFT - 6.0,
             at + 4.0,
             compact(value)
@@ -86,7 +86,7 @@ pub fn tokens_per_day(days: &[OperatorDay], clients: &[String]) -> String {
         if i % 5 == 4 || i + 1 == days.len() {
             let _ = write!(
                 svg,
-                r##"<text x="{:.1}" y="{}" text-anchor="middle" font-size="11" fill="#57606a">{}</text>"##,
+                r##"<text x="{:.1}" y="{}" text-anchor="middle" font-size="12" fill="#57606a">{}</text>"##,
                 x + bar / 2.0,
                 H - 6.0,
                 &day.date[5..]
