@@ -312,7 +312,7 @@ fn plan(page: &mut String, usage: &OperatorUsage) {
         };
         let _ = write!(
             page,
-            "<tr data-window=\"{}\"><td>{name}</td><td class=\"barcell\">{}</td><td class=\"n\" data-k=\"used-percent\">{:.0}%</td><td>{}</td></tr>",
+            "<tr data-window=\"{}\"><td>{name}</td><td class=\"barcell\">{}</td><td class=\"n\" data-k=\"used-percent\">{:.1}%</td><td>{}</td></tr>",
             window.window,
             charts::bar(fraction, charts::headroom_colour(fraction)),
             window.used_percent,
@@ -366,7 +366,7 @@ pub fn group(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -76,6 +76,8 @@ pub(crate) struct Metrics {
     pub(crate) ends: Family<EndLabels, Counter>,
     pub(crate) tokens: Family<TokenLabels, Counter>,
     pub(crate) quota_refusals: Family<QuotaLabels, Counter>,
+    pub(crate) quota_used: Family<QuotaLabels, Gauge>,
+    pub(crate) quota_limit: Family<QuotaLabels, Gauge>,
     pub(crate) refreshes: Family<ResultLabels, Counter>,
     pub(crate) expires_in: Gauge<i64, AtomicI64>,
     pub(crate) limit_used: Family<WindowLabels, Gauge<f64, AtomicU64>>,
@@ -140,6 +142,18 @@ impl Metrics {
             "quota_refusals",
             "Requests refused with 429 by client and quota",
             quota_refusals.clone(),
+        );
+        let quota_used = Family::<QuotaLabels, Gauge>::default();
+        registry.register(
+            "quota_used",
+            "What a client has used of a quota: streams open now (concurrent), requests of the last minute (requests_per_minute), tokens of the last 24 hours (tokens_per_day)",
+            quota_used.clone(),
+        );
+        let quota_limit = Family::<QuotaLabels, Gauge>::default();
+        registry.register(
+            "quota_limit",
+            "A client's quota limit, by quota (concurrent, requests_per_minute, tokens_per_day)",
+            quota_limit.clone(),
         );
         let websockets_open = Gauge::default();
         registry.register(
@@ -211,6 +225,8 @@ impl Metrics {
             ends,
             tokens,
             quota_refusals,
+            quota_used,
+            quota_limit,
             refreshes,
             expires_in,
             limit_used,
@@ -281,5 +297,86 @@ impl StateMetrics {
     pub(crate) fn catch_up(&self, which: usize, counter: &Counter, total: u64) {
         let before = self.seen[which].swap(total, std::sync::atomic::Ordering::Relaxed);
         counter.inc_by(total.saturating_sub(before));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// The files under `contrib/` that query keyward's metrics.
+    const CONTRIB: [(&str, &str); 2] = [
+        (
+            "contrib/grafana/keyward.json",
+            include_str!("../../contrib/grafana/keyward.json"),
+        ),
+        (
+            "contrib/prometheus/keyward-alerts.yml",
+            include_str!("../../contrib/prometheus/keyward-alerts.yml"),
+        ),
+    ];
+
+    #[test]
+    fn the_dashboard_and_the_alerts_query_only_metrics_keyward_serves() {
+        let mut metrics = Metrics::new(true);
+        StateMetrics::register(&mut metrics.registry);
+        // A family is written once it has a sample.
+        let client: Arc<str> = Arc::from("alice");
+        let _ = metrics.requests.get_or_create(&RequestLabels {
+            client: client.clone(),
+            status: 200,
+            upstream_status: None,
+        });
+        let _ = metrics.tokens.get_or_create(&TokenLabels {
+            client: client.clone(),
+            model: Arc::from("gpt-5"),
+            kind: "input",
+        });
+        let _ = metrics
+            .ends
+            .get_or_create(&EndLabels { cause: "completed" });
+        for direction in [&metrics.bytes, &metrics.websocket_messages] {
+            let _ = direction.get_or_create(&DirectionLabels { direction: "in" });
+        }
+        let quota = QuotaLabels {
+            client,
+            quota: "tokens_per_day",
+        };
+        let _ = metrics.quota_refusals.get_or_create(&quota);
+        let _ = metrics.quota_used.get_or_create(&quota);
+        let _ = metrics.quota_limit.get_or_create(&quota);
+        let _ = metrics
+            .refreshes
+            .get_or_create(&ResultLabels { result: "failure" });
+        let window = WindowLabels { window: "primary" };
+        let _ = metrics.limit_used.get_or_create(&window);
+        let _ = metrics.limit_resets_at.get_or_create(&window);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry).unwrap();
+        let served: HashSet<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|line| line.split(' ').next())
+            .collect();
+        let mut queried = 0;
+        for (file, content) in CONTRIB {
+            for (at, _) in content.match_indices("keyward_") {
+                let name: String = content[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                let family = ["_total", "_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name);
+                assert!(
+                    served.contains(family),
+                    "{file} queries {name}, which keyward does not serve"
+                );
+                queried += 1;
+            }
+        }
+        assert!(queried > 20, "the files query {queried} metrics");
     }
 }

@@ -279,6 +279,24 @@ impl Telemetry {
                 metrics.catch_up(3, &metrics.owners_unshared, owners.unshared());
             }
         }
+        for client in self.quotas.clients() {
+            let label = self.clients.label(&client);
+            for quota in self.quotas.status(&client) {
+                let labels = QuotaLabels {
+                    client: label.clone(),
+                    quota: quota.quota,
+                };
+                let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                self.metrics
+                    .quota_used
+                    .get_or_create(&labels)
+                    .set(gauge(quota.used));
+                self.metrics
+                    .quota_limit
+                    .get_or_create(&labels)
+                    .set(gauge(quota.limit));
+            }
+        }
         let dropped = crate::telemetry::log_writer::dropped_lines();
         let before = self
             .log_dropped_seen

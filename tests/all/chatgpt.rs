@@ -1208,6 +1208,17 @@ async fn the_plans_usage_shows_in_readyz_metrics_and_status_and_reaches_the_clie
         text.contains(r#"keyward_chatgpt_limit_resets_at_seconds{window="primary"} 1795000000"#),
         "{text}"
     );
+    // The usage views show the windows: the operator's page and each client's own usage.
+    let page = client::get_json(metrics, "/usage").await.json();
+    assert_eq!(page["plan"][0]["window"], "primary", "{page}");
+    assert_eq!(page["plan"][0]["used_percent"], 42.5);
+    assert_eq!(page["plan"][0]["window_minutes"], 300);
+    assert_eq!(page["plan"][0]["resets_at"], "2026-11-18T11:06:40.000Z");
+    assert_eq!(page["plan"][1]["used_percent"], 7.0);
+    let html = client::get(metrics, "/usage").await.text();
+    assert!(html.contains("primary (5 hours)") && html.contains(">42.5%<"), "{html}");
+    let own = client::get(keyward.addr, "/keyward/usage").await.json();
+    assert_eq!(own["plan"][0]["used_percent"], 42.5, "{own}");
 
     // `keyward status`, another process, shows what serve last heard.
     let out = within("the plan usage file", async {

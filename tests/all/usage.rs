@@ -242,12 +242,7 @@ async fn the_operators_usage_holds_every_client_with_the_ledgers_numbers() {
     assert_eq!(reply.status, StatusCode::OK);
     let usage = crate::support::within("the request to be counted", async {
         loop {
-            let req = http::Request::get("/usage")
-                .header("host", metrics.to_string())
-                .header("accept", "application/json")
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap();
-            let reply = client::read(client::send(metrics, req).await).await;
+            let reply = client::get_json(metrics, "/usage").await;
             assert_eq!(reply.status, StatusCode::OK);
             let usage = reply.json();
             if usage["today"]["requests"] == 2 {

@@ -56,9 +56,9 @@ pub fn tokens_per_day(days: &[OperatorDay], clients: &[String]) -> String {
         let mut segments: Vec<(usize, &str, u64)> = clients
             .iter()
             .enumerate()
-            .filter_map(|(c, name)| {
+            .map(|(c, name)| {
                 let tokens = day.by_client.get(name).map_or(0, |s| s.tokens());
-                Some((c, name.as_str(), tokens))
+                (c, name.as_str(), tokens)
             })
             .collect();
         let named: u64 = segments.iter().map(|s| s.2).sum();
@@ -84,10 +84,15 @@ pub fn tokens_per_day(days: &[OperatorDay], clients: &[String]) -> String {
             );
         }
         if i % 5 == 4 || i + 1 == days.len() {
+            // The last label ends at its bar, so that it is not cut at the edge.
+            let (anchor, at) = if i + 1 == days.len() {
+                ("end", x + bar)
+            } else {
+                ("middle", x + bar / 2.0)
+            };
             let _ = write!(
                 svg,
-                r##"<text x="{:.1}" y="{}" text-anchor="middle" font-size="12" fill="#57606a">{}</text>"##,
-                x + bar / 2.0,
+                r##"<text x="{at:.1}" y="{}" text-anchor="{anchor}" font-size="12" fill="#57606a">{}</text>"##,
                 H - 6.0,
                 &day.date[5..]
             );

@@ -76,6 +76,16 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     read(send(addr, req).await).await
 }
 
+/// `GET path` with `Accept: application/json`.
+pub async fn get_json(addr: SocketAddr, path: &str) -> Reply {
+    let req = Request::get(path)
+        .header("host", addr.to_string())
+        .header("accept", "application/json")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    read(send(addr, req).await).await
+}
+
 /// The next data frame of a streamed body, or `None` at its end.
 pub async fn next_chunk(body: &mut Incoming) -> Option<Bytes> {
     loop {
