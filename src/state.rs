@@ -9,7 +9,8 @@
 //! | client tokens | [`crate::access::token_store::TokenStore`] | `access::token_store::TokenFile` | [`clients::SharedClients`] |
 //! | the ChatGPT login | `credential::chatgpt::store::LoginStore` | `FileStore` (and the keyring) | `DatabaseStore` (in `credential`: its refresh lock is the token manager's) |
 //!
-//! Besides: the quota counts exchanged between replicas ([`quota`]), and the sync that runs every
+//! Besides: the quota counts exchanged between replicas ([`quota`]), the usage views' days summed
+//! from the ledger's table ([`usage_days`]), and the sync that runs every
 //! `--state-sync` ([`sync`]). The connection, schema and migrations are
 //! [`crate::upstream::state_db`]'s. Uses `telemetry`, `access`, `credential`, `upstream`,
 //! `config` and `secret`; `server` and `cli` use it.
@@ -20,3 +21,4 @@ pub mod ledger_rows;
 pub mod owners;
 pub mod quota;
 pub mod sync;
+pub mod usage_days;

@@ -103,7 +103,7 @@ fn read_ledger(
         now.saturating_sub(86_400)
     };
     let mut entries = 0u64;
-    let stats = crate::telemetry::ledger::read_since(path, since as f64, |entry| {
+    let stats = crate::telemetry::ledger::read_counted_since(path, since as f64, |entry| {
         entries += 1;
         if with_quotas && entry.ts >= day_ago {
             let at = std::time::UNIX_EPOCH + Duration::from_secs_f64(entry.ts.max(0.0));
@@ -114,7 +114,7 @@ fn read_ledger(
             );
         }
         if with_days {
-            telemetry.daily.add(&Line::from_entry(&entry));
+            telemetry.daily.add(&Line::from_counted(entry));
         }
     })?;
     tracing::info!(

@@ -195,6 +195,10 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
                 let ttl = config.ownership.as_ref().map_or(Duration::ZERO, |o| o.ttl);
                 crate::state::sync::OwnersSync::new(owners, ttl)
             }),
+            usage: telemetry
+                .as_ref()
+                .filter(|_| shared.ledger)
+                .map(|t| crate::state::usage_days::UsageDays::new(t.daily.clone())),
         }
         .spawn(shutdown.subscribe());
     }

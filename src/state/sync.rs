@@ -1,6 +1,6 @@
 //! `serve --state`, every `--state-sync`: the client tokens read again (with
 //! `--client-tokens state`), the quota counts exchanged, the response owners polled, the shared
-//! login's change noticed. That work runs on the state database's own runtime: serving never
+//! login's change noticed, the usage views' days read. That work runs on the state database's own runtime: serving never
 //! waits for it.
 
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use crate::access::owners::Owners;
 use crate::state::clients::SharedClients;
 use crate::state::owners as owners_db;
 use crate::state::quota::QuotaExchange;
+use crate::state::usage_days::UsageDays;
 use crate::upstream::state_db::StateDb;
 
 /// What the sync does each interval.
@@ -23,6 +24,8 @@ pub struct Sync {
     pub tokens: Option<Arc<ClientTokens>>,
     pub quotas: Option<QuotaExchange>,
     pub owners: Option<OwnersSync>,
+    /// With the ledger in the database: the usage views' days.
+    pub usage: Option<UsageDays>,
 }
 
 /// The record of response owners, as the sync keeps it up to date.
@@ -107,6 +110,9 @@ impl Sync {
         }
         if let Some(owners) = &mut self.owners {
             owners.read(&self.db).await;
+        }
+        if let Some(usage) = &mut self.usage {
+            usage.read(&self.db).await;
         }
         if let Some(quotas) = &self.quotas {
             let _ = quotas.exchange(&self.db, self.every).await;

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::telemetry::ledger::Entry;
+use crate::telemetry::ledger::Counted;
 use crate::telemetry::record::Record;
 use crate::telemetry::usage::Tokens;
 
@@ -85,7 +85,7 @@ impl<'a> Line<'a> {
         }
     }
 
-    pub fn from_entry(entry: &'a Entry) -> Self {
+    pub fn from_counted(entry: &'a Counted) -> Self {
         Line {
             at: entry.ts.max(0.0) as u64,
             client: &entry.client,
@@ -114,6 +114,15 @@ impl<'a> Line<'a> {
             reasoning_tokens: self.tokens.reasoning,
         }
     }
+}
+
+/// One day's sums of one client and model, as the state database sums them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summed {
+    pub day: u64,
+    pub client: String,
+    pub model: Option<String>,
+    pub sums: Sums,
 }
 
 /// One day's sums.
@@ -185,8 +194,13 @@ impl Daily {
             }
             by_day.retain(|&d, _| d >= oldest);
         }
-        let name = line.model.unwrap_or(NO_MODEL);
-        let model = match models.get(name) {
+        let model = self.model(models, line.model.unwrap_or(NO_MODEL));
+        by_day.entry(day).or_default().add(line, model);
+    }
+
+    /// The name a model is kept under: its own, or past [`MAX_MODELS`], `other`.
+    fn model(&self, models: &mut HashSet<Arc<str>>, name: &str) -> Arc<str> {
+        match models.get(name) {
             Some(known) => known.clone(),
             None if models.len() < MAX_MODELS => {
                 let name: Arc<str> = Arc::from(name);
@@ -194,19 +208,32 @@ impl Daily {
                 name
             }
             None => self.other.clone(),
-        };
-        by_day.entry(day).or_default().add(line, model);
+        }
     }
 
     /// Replaces the days from `from` on with what the state database's table holds (every
-    /// replica's lines).
-    pub fn replace_from(&self, from: u64, replacement: BTreeMap<u64, Day>) {
+    /// replica's lines), summed by the database.
+    pub fn replace_from(&self, from: u64, sums: Vec<Summed>, refused: Vec<(u64, u16, u64)>) {
         let mut days = self.days.lock();
-        days.by_day.retain(|&d, _| d < from);
-        for (day, sums) in replacement {
-            if day >= from {
-                days.by_day.insert(day, sums);
-            }
+        let Days { by_day, models } = &mut *days;
+        by_day.retain(|&d, _| d < from);
+        for row in sums.into_iter().filter(|row| row.day >= from) {
+            let model = self.model(models, row.model.as_deref().unwrap_or(NO_MODEL));
+            let day = by_day.entry(row.day).or_default();
+            let client = match day.clients.get_key_value(row.client.as_str()) {
+                Some((name, _)) => name.clone(),
+                None => Arc::from(row.client),
+            };
+            let by_model = day.clients.entry(client).or_default();
+            by_model.entry(model).or_default().add(&row.sums);
+        }
+        for (day, status, n) in refused.into_iter().filter(|r| r.0 >= from) {
+            *by_day
+                .entry(day)
+                .or_default()
+                .refused
+                .entry(status)
+                .or_default() += n;
         }
     }
 

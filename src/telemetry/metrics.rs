@@ -67,7 +67,7 @@ pub struct Telemetry {
     ledgers: Vec<Box<dyn LedgerStore>>,
     pub quotas: Arc<Quotas>,
     /// Usage by day, for the usage views.
-    pub daily: Daily,
+    pub daily: Arc<Daily>,
     chatgpt: Option<Arc<TokenManager>>,
     /// With `--state`: the database's health, and its metrics.
     state: Option<SharedTelemetry>,
@@ -116,7 +116,7 @@ impl Telemetry {
             models: Capped::new(MAX_MODELS),
             ledgers,
             quotas,
-            daily: Daily::default(),
+            daily: Arc::new(Daily::default()),
             chatgpt,
             state,
             refreshes_seen: [AtomicU64::new(0), AtomicU64::new(0)],

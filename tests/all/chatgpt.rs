@@ -1216,7 +1216,10 @@ async fn the_plans_usage_shows_in_readyz_metrics_and_status_and_reaches_the_clie
     assert_eq!(page["plan"][0]["resets_at"], "2026-11-18T11:06:40.000Z");
     assert_eq!(page["plan"][1]["used_percent"], 7.0);
     let html = client::get(metrics, "/usage").await.text();
-    assert!(html.contains("primary (5 hours)") && html.contains(">42.5%<"), "{html}");
+    assert!(
+        html.contains("primary (5 hours)") && html.contains(">42.5%<"),
+        "{html}"
+    );
     let own = client::get(keyward.addr, "/keyward/usage").await.json();
     assert_eq!(own["plan"][0]["used_percent"], 42.5, "{own}");
 

@@ -570,3 +570,46 @@ async fn a_loose_or_unreadable_unsent_file_is_refused_or_set_aside_and_loses_not
         "kept as it was: {kept}"
     );
 }
+
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_s_usage_page_shows_the_requests_of_all_of_them() {
+    let pg = Postgres::start();
+    let upstream = upstream_with_usage().await;
+    let extra = ["--metrics-listen", "127.0.0.1:0", "--state-sync", "200ms"];
+    let a = replica(&pg, &upstream, "a", &extra).await;
+    let b = replica(&pg, &upstream, "b", &extra).await;
+    for addr in [a.addr, a.addr, b.addr] {
+        assert_eq!(post_with(addr, None).await.status, StatusCode::OK);
+    }
+    let me = crate::support::me();
+    // Each replica's page and each client's own usage: the three requests, 19 tokens each.
+    let started = replica(&pg, &upstream, "c", &extra).await;
+    for replica in [&a, &b, &started] {
+        let metrics = metrics_addr(replica);
+        let page = within("every replica's requests on the page", async {
+            loop {
+                let page = client::get_json(metrics, "/usage").await.json();
+                if page["today"]["requests"] == 3 {
+                    return page;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        assert_eq!(page["clients"][0]["client"], me, "{page}");
+        assert_eq!(page["clients"][0]["today"]["output_tokens"], 27);
+        let own = client::get(replica.addr, "/keyward/usage").await.json();
+        assert_eq!(own["today"]["input_tokens"], 30, "{own}");
+    }
+}
+
+/// Where `replica` serves its metrics and usage page.
+fn metrics_addr(replica: &Process) -> SocketAddr {
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&replica.server_info).unwrap()).unwrap();
+    info["metrics"].as_str().unwrap().parse().unwrap()
+}
