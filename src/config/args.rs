@@ -284,13 +284,16 @@ pub struct AccessArgs {
 /// What keyward reports about its use, and how it limits it.
 #[derive(Debug, Clone, Args)]
 pub struct OperationsArgs {
-    /// Serve Prometheus metrics at http://ADDR/metrics (a listener of its own; give a loopback
-    /// address unless the metrics may be read from elsewhere).
+    /// Serve Prometheus metrics at http://ADDR/metrics and the usage page (every client's usage,
+    /// quotas, the plan) at http://ADDR/usage, on a listener of its own; give a loopback address
+    /// unless they may be read from elsewhere.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
 
     /// Append one JSON line per request to FILE (created 0600): time, client, model, status, how
-    /// the stream ended, tokens, duration. Default with --auth chatgpt: usage.jsonl in the home.
+    /// the stream ended, tokens, duration. Read back at start (its last 62 days) for the quotas
+    /// and the usage views (GET /keyward/usage, GET /usage). Default with --auth chatgpt:
+    /// usage.jsonl in the home.
     #[arg(long, value_name = "FILE")]
     pub usage_log: Option<PathBuf>,
 

@@ -162,10 +162,13 @@ pub(crate) async fn serve_metrics(
                     );
                     response
                 } else {
-                    crate::proxy::error::ProxyError::NotFound {
-                        path: req.uri().path().to_owned(),
-                    }
-                    .into_response()
+                    crate::proxy::error::error_response(
+                        http::StatusCode::NOT_FOUND,
+                        "invalid_request_error",
+                        "not_found",
+                        "this is keyward's operator listener: GET /metrics (Prometheus) and GET \
+                         /usage (the usage page; JSON with Accept: application/json)",
+                    )
                 };
                 Ok::<_, Infallible>(response)
             }

@@ -273,4 +273,19 @@ async fn the_operators_usage_holds_every_client_with_the_ledgers_numbers() {
     assert_eq!(usage["last_30_days"]["input_tokens"], 1000 + 7 + 100);
     let days = usage["days"].as_array().unwrap();
     assert_eq!(days[26]["by_client"]["bob"]["input_tokens"], 1000);
+    // Without Accept: application/json, the page (the browser test reads it).
+    let page = client::get(metrics, "/usage").await;
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.starts_with("default-src 'none'; style-src 'sha256-"),
+        "{csp}"
+    );
+    let elsewhere = client::get(metrics, "/nowhere").await;
+    assert_eq!(elsewhere.status, StatusCode::NOT_FOUND);
+    assert!(
+        elsewhere.text().contains("GET /usage"),
+        "{}",
+        elsewhere.text()
+    );
 }
