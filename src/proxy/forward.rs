@@ -74,8 +74,11 @@ impl Forwarder {
         let unlabelled_stream = backend_stream
             && parts.status.is_success()
             && !parts.headers.contains_key(CONTENT_TYPE);
-        let sse = (labelled || unlabelled_stream) && !parts.headers.contains_key(CONTENT_LENGTH);
-        ctx.relaying(sse);
+        let stream = labelled || unlabelled_stream;
+        // An event stream sent whole with its length (a buffering gateway) is read as events
+        // all the same, but keeps its framing: keyward adds no error event to it.
+        let sse = stream && !parts.headers.contains_key(CONTENT_LENGTH);
+        ctx.relaying(stream);
         let relay = RelayBody::new(body, self.limits.idle_timeout, sse, ctx, dump);
         let mut response = Response::new(ProxyBody::relay(relay));
         *response.status_mut() = parts.status;

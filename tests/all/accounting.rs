@@ -1,7 +1,8 @@
 //! What a request is charged does not depend on how the upstream writes its JSON: a client that
-//! hangs up before `response.completed` is charged the text it received, whether the events come
-//! compact (as OpenAI writes them), spaced (Python's `json.dumps`, many gateways), pretty-printed
-//! over several `data:` lines, or with `\u` escapes.
+//! hangs up before `response.completed` is charged the text it received, and a whole answer its
+//! usage, whether the events, bodies and messages come compact (as OpenAI writes them), spaced
+//! (Python's `json.dumps`, many gateways), pretty-printed (over several `data:` lines), with their
+//! keys in another order, or with `\u` escapes; over HTTP and WebSocket.
 
 use std::time::Duration;
 
@@ -26,15 +27,44 @@ enum Format {
     Spaced,
     Pretty,
     Escaped,
+    /// Every object's keys in reverse order (`usage` before `id`, `delta` before `type`).
+    Reordered,
 }
 
-fn data_lines(format: Format, event: &Value) -> String {
-    let compact = serde_json::to_string(event).unwrap();
-    let text = match format {
+const EVERY_OTHER_FORMAT: [Format; 4] = [
+    Format::Spaced,
+    Format::Pretty,
+    Format::Escaped,
+    Format::Reordered,
+];
+
+/// `value` written with every object's keys in reverse order.
+fn reordered(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let fields: Vec<String> = map
+                .iter()
+                .rev()
+                .map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), reordered(v)))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(reordered).collect();
+            format!("[{}]", items.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// `value` as `format` writes it.
+fn written(format: Format, value: &Value) -> String {
+    let compact = serde_json::to_string(value).unwrap();
+    match format {
         Format::Compact => compact,
         // As Python's json.dumps writes it.
         Format::Spaced => compact.replace("\":", "\": ").replace(",\"", ", \""),
-        Format::Pretty => serde_json::to_string_pretty(event).unwrap(),
+        Format::Pretty => serde_json::to_string_pretty(value).unwrap(),
         Format::Escaped => compact
             .chars()
             .map(|c| {
@@ -45,7 +75,12 @@ fn data_lines(format: Format, event: &Value) -> String {
                 }
             })
             .collect(),
-    };
+        Format::Reordered => reordered(value),
+    }
+}
+
+fn data_lines(format: Format, event: &Value) -> String {
+    let text = written(format, event);
     text.lines().map(|line| format!("data: {line}\n")).collect()
 }
 
@@ -134,7 +169,7 @@ async fn a_hang_up_is_charged_the_text_it_received_however_the_json_is_spaced() 
     assert_eq!(compact["estimated"], true, "{compact}");
     assert_eq!(compact["output_tokens"], text.div_ceil(4), "{compact}");
     assert_eq!(compact["model"], "gpt-5", "{compact}");
-    for format in [Format::Spaced, Format::Pretty, Format::Escaped] {
+    for format in EVERY_OTHER_FORMAT {
         assert_charged_alike(format, &charged_after_hang_up(format).await, &compact);
     }
 }
@@ -172,11 +207,130 @@ async fn a_socket_hang_up_is_charged_the_text_it_received_however_the_json_is_sp
     let compact = charged_after_socket_hang_up(Format::Compact).await;
     assert_eq!(compact["estimated"], true, "{compact}");
     assert_eq!(compact["output_tokens"], text.div_ceil(4), "{compact}");
-    for format in [Format::Spaced, Format::Pretty, Format::Escaped] {
+    for format in EVERY_OTHER_FORMAT {
         assert_charged_alike(
             format,
             &charged_after_socket_hang_up(format).await,
             &compact,
         );
+    }
+}
+
+/// The response as the upstream ends it, with its usage: 11 input tokens (3 cached), 7 output
+/// (2 reasoning).
+fn final_response(status: &str) -> Value {
+    json!({"id": "resp_fmt", "object": "response", "model": "gpt-5", "status": status,
+           "output": [{"type": "message", "id": "msg_1", "role": "assistant",
+                       "content": [{"type": "output_text", "text": "Hello w\u{f6}rld"}]}],
+           "usage": {"input_tokens": 11, "input_tokens_details": {"cached_tokens": 3},
+                     "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 2},
+                     "total_tokens": 18}})
+}
+
+/// What a whole answer is charged: the upstream's usage, to the token.
+fn assert_charged_usage(format: Format, answer: impl std::fmt::Debug, line: &Value) {
+    let charged = [
+        &line["input_tokens"],
+        &line["cached_input_tokens"],
+        &line["output_tokens"],
+        &line["reasoning_tokens"],
+    ];
+    let what = format!("{answer:?} written {format:?}: {line}");
+    assert_eq!(charged, [11, 3, 7, 2], "{what}");
+    assert_eq!(line["estimated"], Value::Null, "{what}");
+    assert_eq!(line["model"], "gpt-5", "{what}");
+    assert_eq!(line["end"], "completed", "{what}");
+}
+
+/// How the upstream sends its answer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Answer {
+    /// A JSON body.
+    Json,
+    /// An event stream, as it is generated (no length).
+    Stream,
+    /// An event stream sent whole with a Content-Length (a buffering gateway).
+    WholeStream,
+}
+
+/// The ledger line of a request the upstream answers as `answer` says, written as `format`.
+async fn charged_for(format: Format, answer: Answer) -> Value {
+    let upstream = FakeUpstream::start(move |_| async move {
+        if answer == Answer::Json {
+            return crate::support::upstream::json(
+                http::StatusCode::OK,
+                &written(format, &final_response("completed")),
+            );
+        }
+        let done = json!({"type": "response.completed", "response": final_response("completed")});
+        let mut events = events(format);
+        events.push(Bytes::from(format!(
+            "event: response.completed\n{}\n",
+            data_lines(format, &done)
+        )));
+        if answer == Answer::WholeStream {
+            let body: Vec<u8> = events.concat();
+            let mut response = crate::support::upstream::json(
+                http::StatusCode::OK,
+                std::str::from_utf8(&body).unwrap(),
+            );
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+            return response;
+        }
+        let (response, tx) = crate::support::upstream::stream("text/event-stream");
+        tokio::spawn(async move {
+            for event in events {
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        response
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("usage.jsonl");
+    let (addr, _keyward) =
+        start_for(&upstream.url(), &["--usage-log", ledger.to_str().unwrap()]).await;
+    let stream = answer != Answer::Json;
+    let body = json!({"model": "gpt-5", "input": "Say hello", "stream": stream}).to_string();
+    let reply = client::post_responses(addr, &body).await;
+    assert_eq!(reply.status, http::StatusCode::OK, "{}", reply.text());
+    first_line(&ledger).await
+}
+
+#[tokio::test]
+async fn a_whole_answer_is_charged_its_usage_however_the_json_is_written() {
+    for format in [Format::Compact].into_iter().chain(EVERY_OTHER_FORMAT) {
+        for answer in [Answer::Json, Answer::Stream, Answer::WholeStream] {
+            let line = charged_for(format, answer).await;
+            assert_charged_usage(format, answer, &line);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_socket_turn_is_counted_and_charged_however_its_messages_are_written() {
+    use crate::support::ws::{FakeWsUpstream, connect, next_text, send_text};
+    for format in [Format::Compact].into_iter().chain(EVERY_OTHER_FORMAT) {
+        let mut upstream = FakeWsUpstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("usage.jsonl");
+        let (addr, _keyward) =
+            start_for(&upstream.url(), &["--usage-log", ledger.to_str().unwrap()]).await;
+        let (mut client, _) = connect(addr, &[]).await.unwrap();
+        let mut socket = upstream.next_socket().await;
+        // The client's own message is written the same way: still a turn.
+        let create = json!({"type": "response.create", "model": "gpt-5",
+                            "input": "Say h\u{e9}llo", "store": false});
+        send_text(&mut client, &written(format, &create)).await;
+        next_text(&mut socket).await;
+        let done = json!({"type": "response.completed", "response": final_response("completed")});
+        send_text(&mut socket, &written(format, &done)).await;
+        next_text(&mut client).await;
+        assert_charged_usage(format, "a WebSocket turn", &first_line(&ledger).await);
     }
 }
