@@ -11,41 +11,39 @@ use crate::telemetry::json_skim::JsonSkim;
 
 const FIELD: &[u8] = b"previous_response_id";
 
-/// Watches one request body for a `previous_response_id` its client may not use.
+/// Watches one request body for a `previous_response_id` its client may not use: every time
+/// the key appears at the top level, however it is written (escaped, spaced, twice), since the
+/// upstream's parser decides which one counts.
 pub struct PreviousCheck {
     skim: JsonSkim,
     owners: Arc<Owners>,
     client: Arc<str>,
-    checked: bool,
 }
 
 impl PreviousCheck {
     pub fn new(owners: Arc<Owners>, client: Arc<str>) -> Self {
         Self {
-            skim: JsonSkim::new(&[FIELD]),
+            skim: JsonSkim::watching(&[FIELD]),
             owners,
             client,
-            checked: false,
         }
     }
 
     /// The next bytes of the body; `Err(id)` once they name a previous response the client did
     /// not create.
     pub fn feed(&mut self, data: &[u8]) -> Result<(), String> {
-        if self.checked {
-            return Ok(());
-        }
         self.skim.feed(data);
-        let Some(value) = self.skim.field(FIELD) else {
-            return Ok(());
-        };
-        self.checked = true;
-        match serde_json::from_slice::<Option<String>>(value) {
-            Ok(None) => Ok(()),
-            Ok(Some(id)) if self.owners.permits(&id, &self.client) => Ok(()),
-            Ok(Some(id)) => Err(id),
-            Err(_) => Err(String::from_utf8_lossy(value).into_owned()),
+        for value in self.skim.take_found() {
+            // A value too long to keep is no id keyward knows: refused as an unknown one.
+            let value = value.ok_or_else(|| "(an id over 64 KiB)".to_owned())?;
+            match serde_json::from_slice::<Option<String>>(&value) {
+                Ok(None) => {}
+                Ok(Some(id)) if self.owners.permits(&id, &self.client) => {}
+                Ok(Some(id)) => return Err(id),
+                Err(_) => return Err(String::from_utf8_lossy(&value).into_owned()),
+            }
         }
+        Ok(())
     }
 
     /// A whole message (a WebSocket's `response.create`, a decoded body).

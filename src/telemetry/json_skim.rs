@@ -1,8 +1,14 @@
 //! Reads a few top-level fields of a JSON object as its bytes pass, without keeping the rest: a
-//! 40 MiB response costs the bytes of `id`, `model`, `status` and `usage`, not 40 MiB.
+//! 40 MiB response costs the bytes of `id`, `model`, `status` and `usage`, not 40 MiB. A key is
+//! matched as a JSON parser reads it (`"previous\u005fresponse_id"` is `previous_response_id`),
+//! and a watching reader ([`JsonSkim::watching`]) reports every time a field appears, since
+//! parsers differ on which of two equal keys counts.
 
 /// The most bytes kept of one field's value; a longer value is dropped.
 const MAX_FIELD: usize = 64 * 1024;
+
+/// The most bytes of a key read as written (escapes included); a longer key matches nothing.
+const MAX_KEY: usize = 256;
 
 /// The top-level fields of a response object kept by default.
 const RESPONSE_FIELDS: &[&[u8]] = &[b"id", b"model", b"status", b"usage"];
@@ -17,14 +23,18 @@ pub struct JsonSkim {
     escaped: bool,
     /// At depth 1, the next string is a key.
     expect_key: bool,
-    /// The key being read (only short ones are kept).
+    /// The key being read, as written (only short ones are kept).
     key: Vec<u8>,
+    key_too_long: bool,
     reading_key: bool,
     /// The last key read at depth 1, if it names a kept field.
     field: Option<usize>,
     /// The value being copied: its field and bytes so far.
     value: Option<(usize, Vec<u8>)>,
     kept: Vec<Option<Vec<u8>>>,
+    /// Watching: every value of a kept field read since the last [`JsonSkim::take_found`], in
+    /// order (`None`: one too long to keep), and the whole document is read.
+    found: Option<Vec<Option<Vec<u8>>>>,
 }
 
 impl Default for JsonSkim {
@@ -44,16 +54,32 @@ impl JsonSkim {
             escaped: false,
             expect_key: false,
             key: Vec::new(),
+            key_too_long: false,
             reading_key: false,
             field: None,
             value: None,
             kept: vec![None; fields.len()],
+            found: None,
         }
     }
 
-    /// Every kept field has been read.
+    /// Reads the whole document and reports every value of the `fields`, each time one appears
+    /// ([`JsonSkim::take_found`]): for a check that must see every occurrence.
+    pub fn watching(fields: &'static [&'static [u8]]) -> Self {
+        Self {
+            found: Some(Vec::new()),
+            ..Self::new(fields)
+        }
+    }
+
+    /// Watching: the values read since the last call, in order; `None` for one too long to keep.
+    pub fn take_found(&mut self) -> Vec<Option<Vec<u8>>> {
+        self.found.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Every kept field has been read (a watching reader is never done).
     fn complete(&self) -> bool {
-        self.kept.iter().all(Option::is_some)
+        self.found.is_none() && self.kept.iter().all(Option::is_some)
     }
 
     /// The value of the top-level field `name` (one of those kept), once read whole.
@@ -87,18 +113,20 @@ impl JsonSkim {
     fn byte(&mut self, b: u8) {
         if self.in_string {
             self.copy(b);
-            if self.escaped {
-                self.escaped = false;
-            } else if b == b'\\' {
-                self.escaped = true;
-            } else if b == b'"' {
+            let closing = !self.escaped && b == b'"';
+            self.escaped = !self.escaped && b == b'\\';
+            if closing {
                 self.in_string = false;
                 if self.reading_key {
                     self.reading_key = false;
-                    self.field = self.fields.iter().position(|f| *f == self.key.as_slice());
+                    self.field = self.key_field();
                 }
-            } else if self.reading_key && self.key.len() < 32 {
-                self.key.push(b);
+            } else if self.reading_key {
+                if self.key.len() < MAX_KEY {
+                    self.key.push(b);
+                } else {
+                    self.key_too_long = true;
+                }
             }
             return;
         }
@@ -109,6 +137,7 @@ impl JsonSkim {
                     self.expect_key = false;
                     self.reading_key = true;
                     self.key.clear();
+                    self.key_too_long = false;
                 } else {
                     self.copy(b);
                 }
@@ -137,8 +166,29 @@ impl JsonSkim {
                     self.value = Some((field, Vec::new()));
                 }
             }
+            // Space between tokens is no part of a value (and cannot pad one past the limit).
+            b' ' | b'\t' | b'\n' | b'\r' => {}
             _ => self.copy(b),
         }
+    }
+
+    /// The kept field the key just read names, as a JSON parser reads it.
+    fn key_field(&self) -> Option<usize> {
+        if self.key_too_long {
+            return None;
+        }
+        let decoded;
+        let key = if self.key.contains(&b'\\') {
+            let mut quoted = Vec::with_capacity(self.key.len() + 2);
+            quoted.push(b'"');
+            quoted.extend_from_slice(&self.key);
+            quoted.push(b'"');
+            decoded = serde_json::from_slice::<String>(&quoted).ok()?;
+            decoded.as_bytes()
+        } else {
+            self.key.as_slice()
+        };
+        self.fields.iter().position(|f| *f == key)
     }
 
     /// Copies a byte of a kept field's value.
@@ -152,9 +202,14 @@ impl JsonSkim {
 
     fn end_value(&mut self) {
         self.field = None;
-        if let Some((field, bytes)) = self.value.take()
-            && bytes.len() < MAX_FIELD
-        {
+        let Some((field, bytes)) = self.value.take() else {
+            return;
+        };
+        let whole = bytes.len() < MAX_FIELD;
+        if let Some(found) = &mut self.found {
+            found.push(whole.then(|| bytes.clone()));
+        }
+        if whole {
             self.kept[field] = Some(bytes);
         }
     }
@@ -236,6 +291,54 @@ mod tests {
             );
             assert_eq!(skim.id().as_deref(), Some("resp_1"));
         }
+    }
+
+    #[test]
+    fn keys_are_read_as_a_parser_reads_them() {
+        for doc in [
+            br#"{"\u0069d":"resp_1"}"#.as_slice(),
+            br#"{ "i\u0064" :  "resp_1" }"#,
+            b"{\n  \"id\":\n    \"resp_1\"\n}",
+        ] {
+            for size in [1, 2, doc.len()] {
+                let mut skim = JsonSkim::default();
+                doc.chunks(size).for_each(|chunk| skim.feed(chunk));
+                assert_eq!(
+                    skim.id().as_deref(),
+                    Some("resp_1"),
+                    "{}",
+                    String::from_utf8_lossy(doc)
+                );
+            }
+        }
+        // Not the key: a longer one, another one, one that only looks alike.
+        for doc in [
+            br#"{"idx":"resp_1"}"#.as_slice(),
+            br#"{"i\\d":"resp_1"}"#,
+            br#"{"nested":{"id":"resp_1"}}"#,
+        ] {
+            let mut skim = JsonSkim::default();
+            skim.feed(doc);
+            assert_eq!(skim.id(), None, "{}", String::from_utf8_lossy(doc));
+        }
+    }
+
+    #[test]
+    fn a_watching_reader_sees_every_occurrence_and_no_padding() {
+        let mut skim = JsonSkim::watching(&[b"previous_response_id"]);
+        let padding = " ".repeat(MAX_FIELD * 2);
+        let doc = format!(
+            r#"{{"previous_response_id":null,"input":"x","previous\u005fresponse_id":"resp_2"{padding},"previous_response_id":"{}"}}"#,
+            "y".repeat(MAX_FIELD)
+        );
+        for chunk in doc.as_bytes().chunks(4096) {
+            skim.feed(chunk);
+        }
+        assert_eq!(
+            skim.take_found(),
+            vec![Some(b"null".to_vec()), Some(br#""resp_2""#.to_vec()), None]
+        );
+        assert!(skim.take_found().is_empty());
     }
 
     #[test]

@@ -539,6 +539,89 @@ async fn continuing_another_client_s_response_is_refused_over_http_and_websocket
     );
 }
 
+/// Ways of naming a previous response that a JSON parser reads as `previous_response_id` (the
+/// upstream's does) though the bytes differ: the key escaped, the key twice (parsers keep the
+/// last), spaced.
+fn disguised_continuations(id: &str) -> Vec<String> {
+    vec![
+        format!(r#"{{"model":"gpt-5","input":"hi","previous\u005fresponse_id":"{id}"}}"#),
+        format!(r#"{{"model":"gpt-5","input":"hi","\u0070revious_response_id":"{id}"}}"#),
+        format!(
+            r#"{{"model":"gpt-5","previous_response_id":null,"input":"hi","previous_response_id":"{id}"}}"#
+        ),
+        format!(r#"{{ "model" : "gpt-5" , "previous_response_id" :  "{id}" , "input": "hi" }}"#),
+    ]
+}
+
+#[tokio::test]
+async fn another_client_s_response_named_in_disguise_is_refused_too() {
+    let upstream = api::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, alice, bob) = two_clients(dir.path()).await;
+    let (addr, _keyward) = start_for(&upstream.url(), &["--client-tokens", &tokens]).await;
+    let first = call(addr, "POST", "/v1/responses", &alice, Some(created())).await;
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    let before = upstream.requests().len();
+    for body in disguised_continuations(&id) {
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["previous_response_id"],
+            id.as_str(),
+            "what a parser reads: {body}"
+        );
+        let req = Request::post("/v1/responses")
+            .header("authorization", format!("Bearer {bob}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.clone())))
+            .unwrap();
+        let reply = client::read(client::send(addr, req).await).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            reply.text()
+        );
+        assert_eq!(
+            reply.json()["error"]["code"],
+            "previous_response_not_found",
+            "{body}"
+        );
+    }
+    for cut in &upstream.requests()[before..] {
+        assert!(
+            serde_json::from_slice::<Value>(&cut.body).is_err(),
+            "bob's request reached the upstream whole: {}",
+            String::from_utf8_lossy(&cut.body)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_turn_naming_another_client_s_response_in_disguise_is_refused() {
+    let mut upstream = ws::FakeWsUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, _alice, bob) = two_clients(dir.path()).await;
+    let (addr, _keyward) = start_for(&upstream.url(), &["--client-tokens", &tokens]).await;
+    let (mut bobs, _) = ws::connect(addr, &[("authorization", &format!("Bearer {bob}"))])
+        .await
+        .unwrap();
+    let mut bobs_up = upstream.next_socket().await;
+    for body in disguised_continuations("resp_ws_alice") {
+        let message = body.replacen('{', r#"{"type":"response.create","#, 1);
+        ws::send_text(&mut bobs, &message).await;
+        let refusal: Value = serde_json::from_str(&ws::next_text(&mut bobs).await).unwrap();
+        assert_eq!(
+            refusal["error"]["code"], "previous_response_not_found",
+            "{message}: {refusal}"
+        );
+    }
+    ws::send_text(&mut bobs, &ws::create("hello", None)).await;
+    let forwarded = ws::next_text(&mut bobs_up).await;
+    assert!(
+        !forwarded.contains("resp_ws_alice"),
+        "only bob's own turn reached the upstream: {forwarded}"
+    );
+}
+
 #[tokio::test]
 async fn a_websocket_turn_may_continue_only_its_client_s_responses() {
     let mut upstream = ws::FakeWsUpstream::start().await;
