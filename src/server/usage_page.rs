@@ -92,9 +92,13 @@ pub fn render(usage: &OperatorUsage) -> String {
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>keyward usage</title><style>{STYLE}</style></head><body>\
          <h1>keyward usage</h1><p class=\"meta\">At {} · days are {} days · usage kept since {}</p>",
-        when(&usage.generated_at),
-        usage.days_are,
-        usage.kept_since.as_deref().map_or("now".into(), escape),
+        when(&usage.overview.generated_at),
+        usage.overview.days_are,
+        usage
+            .overview
+            .kept_since
+            .as_deref()
+            .map_or("now".into(), escape),
     );
     cards(&mut page, usage);
     per_day(&mut page, usage);
@@ -114,9 +118,9 @@ pub fn render(usage: &OperatorUsage) -> String {
 fn cards(page: &mut String, usage: &OperatorUsage) {
     page.push_str("<section class=\"cards\" id=\"totals\">");
     for (id, title, period) in [
-        ("today", "Today", &usage.today),
-        ("month", "This month", &usage.this_month),
-        ("30d", "Last 30 days", &usage.last_30_days),
+        ("today", "Today", &usage.overview.today),
+        ("month", "This month", &usage.overview.this_month),
+        ("30d", "Last 30 days", &usage.overview.last_30_days),
     ] {
         card(page, id, title, period);
     }

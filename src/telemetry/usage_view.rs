@@ -50,10 +50,9 @@ pub struct PlanWindow {
     pub resets_at: Option<String>,
 }
 
-/// `GET /keyward/usage`: one client's own numbers, and nobody else's.
+/// What both views start with: when, and the totals of today, this month and the last 30 days.
 #[derive(Debug, Serialize)]
-pub struct ClientUsage {
-    pub client: String,
+pub struct Overview {
     pub generated_at: String,
     pub days_are: &'static str,
     /// The first day keyward holds usage for (the ledger's first line, at most 62 days back).
@@ -61,6 +60,14 @@ pub struct ClientUsage {
     pub today: Period,
     pub this_month: Period,
     pub last_30_days: Period,
+}
+
+/// `GET /keyward/usage`: one client's own numbers, and nobody else's.
+#[derive(Debug, Serialize)]
+pub struct ClientUsage {
+    pub client: String,
+    #[serde(flatten)]
+    pub overview: Overview,
     /// The last 30 days, oldest first, days without requests included.
     pub days: Vec<DayRow>,
     /// The last 30 days by model, most tokens first.
@@ -74,12 +81,8 @@ pub struct ClientUsage {
 /// `GET /usage` on the metrics listener: every client's numbers.
 #[derive(Debug, Serialize)]
 pub struct OperatorUsage {
-    pub generated_at: String,
-    pub days_are: &'static str,
-    pub kept_since: Option<String>,
-    pub today: Period,
-    pub this_month: Period,
-    pub last_30_days: Period,
+    #[serde(flatten)]
+    pub overview: Overview,
     /// The last 30 days, oldest first, each with its clients' sums.
     pub days: Vec<OperatorDay>,
     /// Every client of the last 30 days (or this month), most tokens first.
@@ -165,6 +168,17 @@ impl Span {
             sums,
         }
     }
+
+    fn overview(&self, sources: &Sources, total: Periods) -> Overview {
+        Overview {
+            generated_at: rfc3339(sources.now),
+            days_are: "UTC",
+            kept_since: sources.daily.first_day().map(daily::date),
+            today: self.period(self.today, total.today),
+            this_month: self.period(self.month, total.month),
+            last_30_days: self.period(self.series, total.series),
+        }
+    }
 }
 
 /// Sums by period, kept per key (a client, a model).
@@ -208,12 +222,7 @@ pub fn client_usage(sources: &Sources, client: &str) -> ClientUsage {
     });
     ClientUsage {
         client: client.to_owned(),
-        generated_at: rfc3339(sources.now),
-        days_are: "UTC",
-        kept_since: sources.daily.first_day().map(daily::date),
-        today: span.period(span.today, total.today),
-        this_month: span.period(span.month, total.month),
-        last_30_days: span.period(span.series, total.series),
+        overview: span.overview(sources, total),
         days: (span.series..=span.today)
             .map(|day| DayRow {
                 date: daily::date(day),
@@ -281,12 +290,7 @@ pub fn operator_usage(sources: &Sources, open_now: OpenNow) -> OperatorUsage {
         ))
     });
     OperatorUsage {
-        generated_at: rfc3339(sources.now),
-        days_are: "UTC",
-        kept_since: sources.daily.first_day().map(daily::date),
-        today: span.period(span.today, total.today),
-        this_month: span.period(span.month, total.month),
-        last_30_days: span.period(span.series, total.series),
+        overview: span.overview(sources, total),
         days: days.into_values().collect(),
         clients,
         by_model: model_rows(models),
@@ -420,14 +424,14 @@ mod tests {
         };
 
         let alice = client_usage(&sources, "alice");
-        assert_eq!(alice.today.from, "2026-12-02");
-        assert_eq!(alice.today.sums.requests, 2);
-        assert_eq!(alice.today.sums.output_tokens, 57);
-        assert_eq!(alice.today.sums.estimated, 1);
+        assert_eq!(alice.overview.today.from, "2026-12-02");
+        assert_eq!(alice.overview.today.sums.requests, 2);
+        assert_eq!(alice.overview.today.sums.output_tokens, 57);
+        assert_eq!(alice.overview.today.sums.estimated, 1);
         // The day 40 days back is in neither this month nor the last 30 days.
-        assert_eq!(alice.this_month.from, "2026-12-01");
-        assert_eq!(alice.this_month.sums.requests, 2);
-        assert_eq!(alice.last_30_days.sums.requests, 3);
+        assert_eq!(alice.overview.this_month.from, "2026-12-01");
+        assert_eq!(alice.overview.this_month.sums.requests, 2);
+        assert_eq!(alice.overview.last_30_days.sums.requests, 3);
         assert_eq!(alice.days.len(), 30);
         assert_eq!(alice.days[29].date, "2026-12-02");
         assert_eq!(alice.days[26].sums.output_tokens, 10);
@@ -444,7 +448,7 @@ mod tests {
                 websockets: 0,
             },
         );
-        assert_eq!(all.today.sums.requests, 3);
+        assert_eq!(all.overview.today.sums.requests, 3);
         assert_eq!(all.clients[0].client, "alice");
         assert_eq!(all.clients[1].client, "bob");
         assert_eq!(all.days[29].by_client["bob"].errors, 1);

@@ -13,6 +13,7 @@ use crate::support::keyward::Process;
 use crate::support::postgres::{PASSWORD, Postgres, keyward};
 use crate::support::upstream::{FakeUpstream, json};
 use crate::support::within;
+use crate::usage::json_when;
 
 /// Every answer uses 10 input and 9 output tokens: 19 against a tokens-per-day quota.
 async fn upstream_with_usage() -> FakeUpstream {
@@ -590,14 +591,9 @@ async fn every_replica_s_usage_page_shows_the_requests_of_all_of_them() {
     let started = replica(&pg, &upstream, "c", &extra).await;
     for replica in [&a, &b, &started] {
         let metrics = metrics_addr(replica);
-        let page = within("every replica's requests on the page", async {
-            loop {
-                let page = client::get_json(metrics, "/usage").await.json();
-                if page["today"]["requests"] == 3 {
-                    return page;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+        let fetch = || client::get_json(metrics, "/usage");
+        let page = json_when("every replica's requests on the page", fetch, |page| {
+            page["today"]["requests"] == 3
         })
         .await;
         assert_eq!(page["clients"][0]["client"], me, "{page}");

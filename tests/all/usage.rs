@@ -71,18 +71,32 @@ fn create() -> Value {
     json!({ "model": "gpt-5", "input": "hi" })
 }
 
-/// `GET /keyward/usage` with `token`, once the answer says `requests` today.
-async fn own_usage_once(addr: std::net::SocketAddr, token: &str, requests: u64) -> Value {
-    crate::support::within("the usage to count every request", async {
+/// The JSON `fetch` answers, once `ready` says it holds what the test waits for (usage is
+/// counted as a request's account phase ends, just after its answer).
+pub async fn json_when<F, Fut>(what: &str, mut fetch: F, ready: impl Fn(&Value) -> bool) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = client::Reply>,
+{
+    crate::support::within(what, async {
         loop {
-            let reply = call(addr, "GET", "/keyward/usage", token, None).await;
+            let reply = fetch().await;
             assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-            let usage = reply.json();
-            if usage["today"]["requests"] == requests {
-                return usage;
+            let value = reply.json();
+            if ready(&value) {
+                return value;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    })
+    .await
+}
+
+/// `GET /keyward/usage` with `token`, once the answer says `requests` today.
+async fn own_usage_once(addr: std::net::SocketAddr, token: &str, requests: u64) -> Value {
+    let fetch = || call(addr, "GET", "/keyward/usage", token, None);
+    json_when("the usage to count every request", fetch, |usage| {
+        usage["today"]["requests"] == requests
     })
     .await
 }
@@ -240,18 +254,11 @@ async fn the_operators_usage_holds_every_client_with_the_ledgers_numbers() {
     let metrics = keyward.metrics.unwrap();
     let reply = client::post_responses(addr, &create().to_string()).await;
     assert_eq!(reply.status, StatusCode::OK);
-    let usage = crate::support::within("the request to be counted", async {
-        loop {
-            let reply = client::get_json(metrics, "/usage").await;
-            assert_eq!(reply.status, StatusCode::OK);
-            let usage = reply.json();
-            if usage["today"]["requests"] == 2 {
-                return usage;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    let usage = usage.await;
+    let fetch = || client::get_json(metrics, "/usage");
+    let usage = json_when("the request to be counted", fetch, |usage| {
+        usage["today"]["requests"] == 2
+    })
+    .await;
     let me = crate::support::me();
     let row = |name: &str| {
         usage["clients"]
