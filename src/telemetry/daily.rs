@@ -160,7 +160,9 @@ impl Day {
 
 #[derive(Default)]
 struct Days {
-    by_day: BTreeMap<u64, Day>,
+    /// Shared with the views reading them: a view holds the lock only to take the days it
+    /// reads, and a request that ends meanwhile writes to a copy of its day.
+    by_day: BTreeMap<u64, Arc<Day>>,
     models: HashSet<Arc<str>>,
 }
 
@@ -195,7 +197,7 @@ impl Daily {
             by_day.retain(|&d, _| d >= oldest);
         }
         let model = self.model(models, line.model.unwrap_or(NO_MODEL));
-        by_day.entry(day).or_default().add(line, model);
+        Arc::make_mut(by_day.entry(day).or_default()).add(line, model);
     }
 
     /// The name a model is kept under: its own, or past [`MAX_MODELS`], `other`.
@@ -219,7 +221,7 @@ impl Daily {
         by_day.retain(|&d, _| d < from);
         for row in sums.into_iter().filter(|row| row.day >= from) {
             let model = self.model(models, row.model.as_deref().unwrap_or(NO_MODEL));
-            let day = by_day.entry(row.day).or_default();
+            let day = Arc::make_mut(by_day.entry(row.day).or_default());
             let client = match day.clients.get_key_value(row.client.as_str()) {
                 Some((name, _)) => name.clone(),
                 None => Arc::from(row.client),
@@ -228,20 +230,23 @@ impl Daily {
             by_model.entry(model).or_default().add(&row.sums);
         }
         for (day, status, n) in refused.into_iter().filter(|r| r.0 >= from) {
-            *by_day
-                .entry(day)
-                .or_default()
+            *Arc::make_mut(by_day.entry(day).or_default())
                 .refused
                 .entry(status)
                 .or_default() += n;
         }
     }
 
-    /// Calls `each` with every kept day from `from` on, in order, under the lock (keep it short).
+    /// Calls `each` with every kept day from `from` on, in order. Requests ending meanwhile
+    /// never wait for it: the lock is held only to take the days.
     pub fn visit(&self, from: u64, mut each: impl FnMut(u64, &Day)) {
-        let days = self.days.lock();
-        for (&day, sums) in days.by_day.range(from..) {
-            each(day, sums);
+        let days: Vec<(u64, Arc<Day>)> = {
+            let days = self.days.lock();
+            let held = days.by_day.range(from..);
+            held.map(|(&day, sums)| (day, sums.clone())).collect()
+        };
+        for (day, sums) in days {
+            each(day, &sums);
         }
     }
 
