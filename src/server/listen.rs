@@ -1,4 +1,4 @@
-//! Listening sockets: TCP with `SO_REUSEPORT` per worker, unix sockets created with their mode
+//! Listening sockets: TCP ones no other process can join, shared by the workers; unix sockets created with their mode
 //! and group already set, accepting a connection and asking the gate about its peer, and the
 //! `--server-info` file.
 
@@ -40,6 +40,10 @@ impl Listener {
     }
 }
 
+/// Binds a TCP listener of keyward's own: `SO_REUSEADDR` (a restart is not held up by the last
+/// run's closing connections) but never `SO_REUSEPORT`, so no other process — a second keyward,
+/// a stale one with an old configuration — can join the port and take part of its traffic. Every
+/// worker accepts on this one socket ([`std::net::TcpListener::try_clone`]).
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -47,8 +51,20 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
+    socket.bind(addr).map_err(|err| {
+        if err.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "the address is already in use by another process (another keyward? \
+                     `ss -ltnp 'sport = :{}'` names it)",
+                    addr.port()
+                ),
+            )
+        } else {
+            err
+        }
+    })?;
     socket.listen(4096)
 }
 

@@ -91,10 +91,10 @@ impl Drop for Running {
 
 /// Binds every listener, writes `--server-info`, and starts one worker thread per core.
 ///
-/// Each worker runs a single-threaded runtime with its own listening sockets (`SO_REUSEPORT`
-/// on the same addresses; the kernel spreads connections over them, and only lets sockets of
-/// keyward's own user join) and its own upstream connection pool, so a request and its upstream
-/// connection are served on one thread, without cross-thread wake-ups.
+/// Each worker runs a single-threaded runtime accepting on the same listening sockets (one per
+/// address, which no other process can join: a second keyward fails with "already in use") and
+/// has its own upstream connection pool, so a request and its upstream connection are served on
+/// one thread, without cross-thread wake-ups.
 pub async fn start(config: &Config, credential: Credential) -> Result<Running, ServeError> {
     let dumper = config
         .dump
@@ -133,8 +133,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
     };
     let metrics_addr = metrics.as_ref().map(|(addr, ..)| *addr);
 
-    // The first socket of each address fixes its port (port 0 picks one); the other workers'
-    // sockets join it.
+    // One socket per address, which every worker accepts on.
     let mut addrs = Vec::with_capacity(config.listen.len());
     let mut per_worker: Vec<Vec<StdListener>> = (0..threads).map(|_| Vec::new()).collect();
     for &wanted in &config.listen {
@@ -144,18 +143,13 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         };
         // Loopback listeners serve plain HTTP; others TLS unless --insecure-no-tls.
         let tls = tls.clone().filter(|_| !wanted.ip().is_loopback());
-        let first = bind(wanted).map_err(bind_err)?;
-        let actual = first.local_addr().map_err(bind_err)?;
-        addrs.push(actual);
-        per_worker[0].push(StdListener::Tcp(
-            first.into_std().map_err(bind_err)?,
-            tls.clone(),
-        ));
-        for worker in per_worker.iter_mut().skip(1) {
-            let listener = bind(actual)
-                .and_then(TcpListener::into_std)
-                .map_err(bind_err)?;
-            worker.push(StdListener::Tcp(listener, tls.clone()));
+        let listener = bind(wanted)
+            .and_then(TcpListener::into_std)
+            .map_err(bind_err)?;
+        addrs.push(listener.local_addr().map_err(bind_err)?);
+        for worker in per_worker.iter_mut() {
+            let shared = listener.try_clone().map_err(bind_err)?;
+            worker.push(StdListener::Tcp(shared, tls.clone()));
         }
     }
     let mut unix = Vec::with_capacity(config.unix.len());

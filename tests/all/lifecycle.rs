@@ -225,6 +225,37 @@ async fn startup_errors_are_clear_and_exit_non_zero() {
 }
 
 #[tokio::test]
+async fn a_second_keyward_on_a_port_the_first_holds_exits_saying_it_is_in_use() {
+    use crate::support::keyward::run_to_exit;
+    let upstream = FakeUpstream::ok_json().await;
+    let url = upstream.url();
+    let first = Process::spawn(
+        &["--upstream-url", &url, "--metrics-listen", "127.0.0.1:0"],
+        b"sk-key\n",
+        &[],
+    )
+    .await;
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&first.server_info).unwrap()).unwrap();
+    let listen = first.addr.to_string();
+    let metrics = info["metrics"].as_str().unwrap().to_owned();
+    for args in [
+        vec!["--upstream-url", &url, "--listen", &listen],
+        vec!["--upstream-url", &url, "--metrics-listen", &metrics],
+    ] {
+        let (code, stderr) = run_to_exit(&args, b"sk-key\n").await;
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("already in use"), "{args:?}: {stderr}");
+    }
+    // Every request still reaches the first.
+    for _ in 0..6 {
+        let reply = client::post_responses(first.addr, r#"{"model":"gpt-5","input":"hi"}"#).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert_eq!(upstream.requests().len(), 6);
+}
+
+#[tokio::test]
 async fn the_key_can_come_from_a_file() {
     let upstream = FakeUpstream::ok_json().await;
     let dir = tempfile::tempdir().unwrap();
