@@ -109,6 +109,11 @@ pub struct TlsConfig {
 pub struct Config {
     /// TCP addresses; non-loopback ones only with client tokens.
     pub listen: Vec<SocketAddr>,
+    /// `listen` is the default (127.0.0.1, any port): no --listen or --port was given. Sockets
+    /// systemd hands over replace it.
+    pub listen_implicit: bool,
+    /// `--insecure-no-tls`: a non-loopback listener without TLS is allowed.
+    pub insecure_no_tls: bool,
     pub unix: Vec<UnixListen>,
     pub access: AccessConfig,
     /// TLS for the non-loopback addresses in `listen`.
@@ -177,7 +182,8 @@ impl Config {
             }
             listen.push(addr);
         }
-        if listen.is_empty() && unix.is_empty() {
+        let listen_implicit = listen.is_empty() && unix.is_empty();
+        if listen_implicit {
             listen.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
         }
         let tls = match (&access.tls_cert, &access.tls_key) {
@@ -266,6 +272,8 @@ impl Config {
             },
             tls,
             listen,
+            listen_implicit,
+            insecure_no_tls: access.insecure_no_tls,
             unix,
             server_info: args.server_info.clone(),
             http_shutdown: args.http_shutdown,

@@ -1,8 +1,10 @@
 //! Secret custody: types that never print their contents and wipe themselves on drop, and the
 //! process hardening that keeps them from being read ([`hardening`]: no core dumps, no ptrace,
-//! locked memory, a scrubbed environment). The lowest layer: it uses no other.
+//! locked memory, a scrubbed environment), and sockets inherited at exec ([`inherited`]). The
+//! lowest layer: it uses no other.
 
 pub mod hardening;
+pub mod inherited;
 pub mod private_file;
 
 use std::fmt;

@@ -8,6 +8,7 @@ mod listen;
 mod metrics;
 mod reload;
 mod start;
+pub mod systemd;
 pub mod tls;
 mod usage_page;
 mod worker;

@@ -14,6 +14,7 @@ use crate::credential::chatgpt::issuer::Issuer;
 use crate::credential::chatgpt::tokens::TokenManager;
 use crate::proxy::backend::Backend;
 use crate::proxy::credential::Credential;
+use crate::server::systemd::Notify;
 use crate::upstream::ClientSettings;
 
 /// `keyward serve`: load the credential, listen, forward until told to stop.
@@ -41,11 +42,50 @@ pub fn serve(args: &ServeArgs, source: Option<ConfigSource>) -> anyhow::Result<(
         let running = crate::server::start(&config, credential).await?;
         let shutdown = running.shutdown_sender();
         tokio::spawn(reload_on_sighup(running.reloader(), source, config.clone()));
+        // Under systemd (Type=notify): ready once every listener is up, a watchdog while this
+        // runtime runs, stopping when asked to.
+        let notify = Notify::from_env().map(Arc::new);
+        if let Some(notify) = &notify {
+            let listening: Vec<String> = running
+                .addrs
+                .iter()
+                .map(ToString::to_string)
+                .chain(
+                    running
+                        .unix
+                        .iter()
+                        .map(|f| format!("unix:{}", f.path.display())),
+                )
+                .collect();
+            let status = if listening.is_empty() {
+                "the sockets systemd handed over".to_owned()
+            } else {
+                listening.join(", ")
+            };
+            notify.send(&format!("READY=1\nSTATUS=serving on {status}"));
+            if let Some(interval) = crate::server::systemd::watchdog_interval() {
+                let notify = notify.clone();
+                tokio::spawn(async move {
+                    loop {
+                        notify.send("WATCHDOG=1");
+                        tokio::time::sleep(interval / 2).await;
+                    }
+                });
+            }
+        }
+        let mut stopping = shutdown.subscribe();
         tokio::spawn(async move {
             let signal = wait_for_signal().await;
             tracing::info!(signal, "shutting down on signal");
             shutdown.send_replace(true);
         });
+        if let Some(notify) = notify {
+            tokio::spawn(async move {
+                if stopping.wait_for(|&stop| stop).await.is_ok() {
+                    notify.send("STOPPING=1\nSTATUS=stopping: finishing the streams in flight");
+                }
+            });
+        }
         running.wait().await;
         Ok(())
     })

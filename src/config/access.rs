@@ -125,6 +125,11 @@ impl HostCheck {
         Self { allowed }
     }
 
+    /// Accepts `Host: ip` for one more address keyward listens on (a socket systemd handed over).
+    pub fn allow(&mut self, ip: std::net::IpAddr) {
+        self.allowed.push(ip.to_string());
+    }
+
     /// Refuses requests a web browser sent: a cross-site `fetch` carries `Origin` or
     /// `Sec-Fetch-Site`, and a DNS-rebound one carries the attacker's host name in `Host`.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), String> {

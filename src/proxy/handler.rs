@@ -68,6 +68,8 @@ pub struct Shared {
     pub shutdown: watch::Sender<bool>,
     /// Ask the kernel who owns every connection, policy or not (for per-user connection caps).
     pub identify_peers: bool,
+    /// The Host names requests may carry: loopback, `--allowed-host`, the addresses listened on.
+    pub hosts: HostCheck,
 }
 
 impl Proxy {
@@ -85,7 +87,7 @@ impl Proxy {
                 shared.identify_peers || shared.telemetry.is_some(),
             )),
             tokens: shared.tokens,
-            hosts: config.access.hosts.clone(),
+            hosts: shared.hosts,
             endpoints: config.endpoints,
             owners: shared.owners,
             telemetry: shared.telemetry,

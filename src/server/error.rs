@@ -37,4 +37,8 @@ pub enum ServeError {
     Home(String),
     #[error("--state: {0}")]
     State(#[from] crate::upstream::state_db::StateError),
+    #[error(transparent)]
+    Activation(#[from] crate::server::systemd::ActivationError),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
 }

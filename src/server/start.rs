@@ -10,6 +10,7 @@ use tokio::sync::{oneshot, watch};
 use crate::access::clients::ClientTokens;
 use crate::access::gate::SharedPolicy;
 use crate::access::owners::Owners;
+use crate::config::ConfigError;
 use crate::config::state::SharedState;
 use crate::config::{ClientTokenSource, Config, CredentialConfig};
 use crate::proxy::credential::Credential;
@@ -20,6 +21,7 @@ pub use crate::server::error::ServeError;
 use crate::server::listen::{SocketFile, StdListener, bind, bind_unix, write_server_info};
 use crate::server::metrics::{serve_metrics, telemetry};
 use crate::server::reload::Reloader;
+use crate::server::systemd::{Activated, ActivationError};
 use crate::server::tls::Tls;
 use crate::server::worker::{Worker, connection_builder, refused_connection_builder};
 use crate::state::clients::SharedClients;
@@ -133,10 +135,56 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
     };
     let metrics_addr = metrics.as_ref().map(|(addr, ..)| *addr);
 
+    // Sockets systemd handed over (socket activation) replace the default listener.
+    let activated = super::systemd::take_listen_fds()?;
+    let own_listen: &[SocketAddr] = if !activated.is_empty() && config.listen_implicit {
+        &[]
+    } else {
+        &config.listen
+    };
     // One socket per address, which every worker accepts on.
     let mut addrs = Vec::with_capacity(config.listen.len());
     let mut per_worker: Vec<Vec<StdListener>> = (0..threads).map(|_| Vec::new()).collect();
-    for &wanted in &config.listen {
+    let mut hosts = config.access.hosts.clone();
+    for (name, socket) in activated {
+        let handed = |error| {
+            ServeError::Activation(ActivationError::Socket {
+                fd: -1,
+                name: name.clone(),
+                error,
+            })
+        };
+        match socket {
+            Activated::Tcp(listener) => {
+                let addr = listener.local_addr().map_err(handed)?;
+                // The same rules as --listen: beyond loopback, client tokens and TLS.
+                let tls = tls.clone().filter(|_| !addr.ip().is_loopback());
+                if !addr.ip().is_loopback() {
+                    if config.access.client_tokens.is_none() {
+                        return Err(ConfigError::NotLoopback(addr).into());
+                    }
+                    if tls.is_none() && !config.insecure_no_tls {
+                        return Err(ConfigError::NoTls(addr).into());
+                    }
+                    hosts.allow(addr.ip());
+                }
+                tracing::info!(%addr, socket = %name, "serving a socket systemd handed over");
+                addrs.push(addr);
+                for worker in per_worker.iter_mut() {
+                    let shared = listener.try_clone().map_err(handed)?;
+                    worker.push(StdListener::Tcp(shared, tls.clone()));
+                }
+            }
+            Activated::Unix(listener) => {
+                tracing::info!(socket = %name, "serving a unix socket systemd handed over");
+                for worker in per_worker.iter_mut() {
+                    let shared = listener.try_clone().map_err(handed)?;
+                    worker.push(StdListener::Unix(shared));
+                }
+            }
+        }
+    }
+    for &wanted in own_listen {
         let bind_err = |error| ServeError::Bind {
             addr: wanted,
             error,
@@ -233,6 +281,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
                 telemetry: telemetry.clone(),
                 shutdown: shutdown.clone(),
                 identify_peers: caps.counts_users(),
+                hosts: hosts.clone(),
             },
         );
         let (done, finished) = oneshot::channel();

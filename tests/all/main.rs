@@ -22,6 +22,7 @@ mod operations;
 mod replicas;
 mod responses_api;
 mod shared_state;
+mod systemd;
 mod upstream;
 mod usage;
 mod usage_page;

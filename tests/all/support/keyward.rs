@@ -109,6 +109,17 @@ impl Process {
             cmd.env("KEYWARD_HOME", dir.path().join("home"));
         }
         cmd.arg("--server-info").arg(&server_info);
+        Self::spawn_prepared(cmd, stdin, dir, server_info).await
+    }
+
+    /// Spawns `cmd`, a `keyward serve` that writes `--server-info` to `server_info` (in `dir`),
+    /// and waits until it says it is listening.
+    pub async fn spawn_prepared(
+        cmd: Command,
+        stdin: &[u8],
+        dir: tempfile::TempDir,
+        server_info: PathBuf,
+    ) -> Process {
         let mut child = spawn_fed(cmd, stdin).await;
         let stderr = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready) = oneshot::channel();
