@@ -110,7 +110,7 @@ pub struct Config {
     /// TCP addresses; non-loopback ones only with client tokens.
     pub listen: Vec<SocketAddr>,
     /// `listen` is the default (127.0.0.1, any port): no --listen or --port was given. Sockets
-    /// systemd hands over replace it.
+    /// systemd hands over replace `listen` and `unix` either way.
     pub listen_implicit: bool,
     /// `--insecure-no-tls`: a non-loopback listener without TLS is allowed.
     pub insecure_no_tls: bool,

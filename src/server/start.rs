@@ -12,7 +12,7 @@ use crate::access::gate::SharedPolicy;
 use crate::access::owners::Owners;
 use crate::config::ConfigError;
 use crate::config::state::SharedState;
-use crate::config::{ClientTokenSource, Config, CredentialConfig};
+use crate::config::{ClientTokenSource, Config, CredentialConfig, UnixListen};
 use crate::proxy::credential::Credential;
 use crate::proxy::dump::Dumper;
 use crate::proxy::handler::{Proxy, Shared};
@@ -135,12 +135,18 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
     };
     let metrics_addr = metrics.as_ref().map(|(addr, ..)| *addr);
 
-    // Sockets systemd handed over (socket activation) replace the default listener.
+    // Sockets systemd handed over (socket activation) replace the listeners of the settings:
+    // systemd owns the addresses then.
     let activated = super::systemd::take_listen_fds()?;
-    let own_listen: &[SocketAddr] = if !activated.is_empty() && config.listen_implicit {
-        &[]
+    let (own_listen, own_unix): (&[SocketAddr], &[UnixListen]) = if activated.is_empty() {
+        (&config.listen, &config.unix)
     } else {
-        &config.listen
+        if !config.listen_implicit {
+            tracing::info!(
+                "serving the sockets systemd handed over; --listen and --port are not used"
+            );
+        }
+        (&[], &[])
     };
     // One socket per address, which every worker accepts on.
     let mut addrs = Vec::with_capacity(config.listen.len());
@@ -201,7 +207,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         }
     }
     let mut unix = Vec::with_capacity(config.unix.len());
-    for spec in &config.unix {
+    for spec in own_unix {
         let bind_err = |error| ServeError::BindUnix {
             path: spec.path.clone(),
             error,

@@ -11,6 +11,7 @@ mod accounting;
 mod canary;
 mod chatgpt;
 mod compressed;
+mod contrib;
 mod dump;
 mod e2e;
 mod forwarding;

@@ -172,13 +172,18 @@ async fn sockets_systemd_hands_over_are_served_with_the_same_policy() {
     let unix_path = dir.path().join("keyward.sock");
     let unix = std::os::unix::net::UnixListener::bind(&unix_path).unwrap();
 
-    let keyward = activated(&tcp, &unix, &["--upstream-url", &upstream.url()]).await;
+    let keyward = activated(
+        &tcp,
+        &unix,
+        &["--upstream-url", &upstream.url(), "--listen", "127.0.0.1:0"],
+    )
+    .await;
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&keyward.server_info).unwrap()).unwrap();
     assert_eq!(
         info["listen"],
         serde_json::json!([format!("127.0.0.1:{port}")]),
-        "the handed-over socket replaces the default listener"
+        "the handed-over sockets replace the listeners of the settings"
     );
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let reply = client::post_responses(addr, r#"{"model":"gpt-5","input":"hi"}"#).await;
