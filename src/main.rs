@@ -94,6 +94,10 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => {
             keyward::cli::operations::check_config(file).map(|()| true)
         }
+        Command::Completions { shell } => {
+            keyward::cli::operations::completions(*shell).map(|()| true)
+        }
+        Command::Man => keyward::cli::operations::man().map(|()| true),
     };
     // Write out buffered log lines before anything printed below.
     drop(_log);

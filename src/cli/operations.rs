@@ -188,3 +188,29 @@ pub fn usage(args: &UsageArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `keyward completions SHELL`: the completion script, on stdout.
+pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let mut command = crate::config::args::Cli::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "keyward", &mut script);
+    print_all(&script)
+}
+
+/// `keyward man`: the manual page, in roff, on stdout.
+pub fn man() -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(crate::config::args::Cli::command()).render(&mut page)?;
+    print_all(&page)
+}
+
+/// Writes `text` to stdout; a reader that stopped early (`| head`) is not an error.
+fn print_all(text: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(err.into()),
+        _ => Ok(()),
+    }
+}

@@ -54,6 +54,13 @@ pub enum Command {
     /// The state database several replicas share (`--state`): make the key the login is
     /// encrypted with, create the schema, import a login from the home.
     State(crate::config::command_args::StateCommandArgs),
+    /// Print a shell completion script: `keyward completions bash > /etc/bash_completion.d/keyward`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print keyward's manual page (roff): `keyward man | man -l -`.
+    Man,
 }
 
 impl Cli {
