@@ -3,6 +3,7 @@
 //! `check-config`, `state`) with what they print and how they exit. The top layer: it may use every other,
 //! and none uses it.
 
+pub mod codex_config;
 pub mod commands;
 pub mod operations;
 mod serve;

@@ -97,6 +97,7 @@ fn main() -> ExitCode {
         Command::Completions { shell } => {
             keyward::cli::operations::completions(*shell).map(|()| true)
         }
+        Command::CodexConfig(args) => keyward::cli::codex_config::codex_config(args).map(|()| true),
         Command::Man => keyward::cli::operations::man().map(|()| true),
     };
     // Write out buffered log lines before anything printed below.

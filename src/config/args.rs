@@ -54,6 +54,9 @@ pub enum Command {
     /// The state database several replicas share (`--state`): make the key the login is
     /// encrypted with, create the schema, import a login from the home.
     State(crate::config::command_args::StateCommandArgs),
+    /// Print the settings that point this user's Codex CLI at keyward (a provider for
+    /// ~/.codex/config.toml), or with --write add them there.
+    CodexConfig(crate::config::command_args::CodexConfigArgs),
     /// Print a shell completion script: `keyward completions bash > /etc/bash_completion.d/keyward`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.

@@ -11,6 +11,29 @@ use crate::config::values::{StoreKind, parse_duration};
 /// The sign-in service keyward's logins come from.
 pub const DEFAULT_ISSUER: &str = "https://auth.openai.com";
 
+/// `keyward codex-config`.
+#[derive(Debug, Clone, Args)]
+pub struct CodexConfigArgs {
+    /// keyward's base URL as Codex reaches it. Default: read from --server-info, else
+    /// http://127.0.0.1:8080/v1.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// The running keyward's --server-info file, to read its address from.
+    #[arg(long, value_name = "FILE", conflicts_with = "url")]
+    pub server_info: Option<PathBuf>,
+    /// keyward requires client tokens: the environment variable Codex reads this user's token
+    /// from (Codex's `env_key`), e.g. KEYWARD_TOKEN.
+    #[arg(long, value_name = "NAME")]
+    pub token_env: Option<String>,
+    /// Add the settings to Codex's config.toml (replacing an earlier keyward provider) instead of
+    /// printing them.
+    #[arg(long)]
+    pub write: bool,
+    /// Codex's home. Default: $CODEX_HOME, else ~/.codex.
+    #[arg(long, value_name = "DIR")]
+    pub codex_home: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct UsageArgs {
     /// The ledger to read. Default: usage.jsonl in the home (--home, $KEYWARD_HOME, ~/.keyward).

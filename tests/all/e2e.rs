@@ -481,3 +481,73 @@ async fn every_responses_method_of_the_node_sdk_works_through_keyward() {
     let (seen, requests) = sdk_endpoints("node", "sdk_endpoints.mjs").await;
     check_sdk_endpoints(&seen, &requests);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyward_codex_config_writes_what_the_codex_cli_needs() {
+    let upstream = responses_upstream().await;
+    let keyward = keyward_for(&upstream, &[]).await;
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    // A user's own settings, which must survive.
+    std::fs::write(
+        home.path().join("config.toml"),
+        "# mine\nmodel = \"gpt-5\"\n\n[profiles.fast]\nmodel = \"gpt-5-mini\"\n",
+    )
+    .unwrap();
+    let info = keyward.server_info.to_str().unwrap().to_owned();
+    let codex_home = home.path().to_str().unwrap().to_owned();
+    let written = crate::support::keyward::command(
+        &[
+            "codex-config",
+            "--server-info",
+            &info,
+            "--write",
+            "--codex-home",
+            &codex_home,
+        ],
+        &[],
+    )
+    .stdout(std::process::Stdio::piped())
+    .output()
+    .await
+    .unwrap();
+    assert!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    let config = std::fs::read_to_string(home.path().join("config.toml")).unwrap();
+    assert!(
+        config.contains("# mine") && config.contains("[profiles.fast]"),
+        "{config}"
+    );
+
+    // The real Codex CLI, with nothing but that file to go by.
+    let mut codex = tokio::process::Command::new(tool("node_modules/.bin/codex"));
+    codex
+        .args(["exec", "--skip-git-repo-check", "--color", "never"])
+        .arg("Say hello")
+        .current_dir(work.path())
+        .env("CODEX_HOME", home.path())
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(120), codex.output())
+        .await
+        .expect("codex finished")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(TEXT),
+        "codex exec with the written settings failed:\n{stdout}\n{}\n{config}\nkeyward: {}",
+        String::from_utf8_lossy(&output.stderr),
+        keyward.stderr()
+    );
+    let requests = upstream.requests();
+    assert!(!requests.is_empty());
+    assert_eq!(
+        requests[0].headers["authorization"],
+        format!("Bearer {KEY}").as_str()
+    );
+}
