@@ -7,6 +7,8 @@
 //!
 //! - `keyward_chromium`: Debian's Chromium is installed. The usage page's test renders it there.
 //!
+//! It also gives the build the commit it is built from (`KEYWARD_COMMIT`, for `--version`).
+//!
 //! `scripts/test` installs PostgreSQL and Chromium (as root) before it builds. Build and run the tests as the
 //! same user: a build as root run by another user fails the root tests, saying so.
 
@@ -28,6 +30,13 @@ fn main() {
         }
     }
     println!("cargo::rerun-if-env-changed=USER");
+    // `keyward --version` names the commit it was built from.
+    for git in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
+        if Path::new(git).exists() {
+            println!("cargo::rerun-if-changed={git}");
+        }
+    }
+    println!("cargo::rustc-env=KEYWARD_COMMIT={}", commit());
     if effective_uid() == Some(0) {
         println!("cargo::rustc-cfg=keyward_root");
     }
@@ -38,6 +47,23 @@ fn main() {
     println!("cargo::rerun-if-changed=/usr/bin");
     if std::path::Path::new(CHROMIUM).exists() {
         println!("cargo::rustc-cfg=keyward_chromium");
+    }
+}
+
+/// The commit being built (`git describe`-like: the short hash, `-dirty` with local changes),
+/// or `unknown` outside a git checkout.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(hash) if !hash.is_empty() => hash,
+        _ => "unknown".into(),
     }
 }
 

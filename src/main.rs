@@ -18,16 +18,12 @@ fn main() -> ExitCode {
                 path: args.config.clone().unwrap_or_default(),
                 argv: std::env::args_os().collect(),
             };
-            let merged = match source.merged() {
-                Ok(merged) => merged,
+            match source.serve_args() {
+                Ok(args) => (Command::Serve(Box::new(args)), Some(source)),
                 Err(err) => {
                     eprintln!("keyward: {err}");
                     return ExitCode::FAILURE;
                 }
-            };
-            match Cli::try_parse_from(merged) {
-                Ok(cli) => (cli.into_command(), Some(source)),
-                Err(err) => err.exit(),
             }
         }
         other => (other, None),
@@ -58,19 +54,23 @@ fn main() -> ExitCode {
 
     let outcome = match &command {
         Command::Serve(args) => {
-            match &hardening.memory {
+            // Said once keyward serves: a start that fails says only why.
+            let started = || match &hardening.memory {
                 MemoryLock::All => tracing::info!(
                     "all of keyward's memory is locked: no copy of the credential can reach swap"
                 ),
                 MemoryLock::SecretOnly(why) => tracing::warn!(
                     "only the credential's own buffer is locked in memory; copies in HTTP buffers could reach swap: {why}"
                 ),
-            }
-            tracing::info!(
-                open_files = hardening.open_files,
-                max_streams = hardening.open_files.saturating_sub(64) / 2,
-                "open-file limit raised to its ceiling; each stream holds two sockets"
-            );
+            };
+            let started = || {
+                started();
+                tracing::info!(
+                    open_files = hardening.open_files,
+                    max_streams = hardening.open_files.saturating_sub(64) / 2,
+                    "open-file limit raised to its ceiling; each stream holds two sockets"
+                );
+            };
             let proxy_in_argv = std::env::args().any(|arg| arg.starts_with("--upstream-proxy"));
             if proxy_in_argv
                 && args
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
                     "--upstream-proxy carries credentials on the command line, where every local user can read them; set KEYWARD_UPSTREAM_PROXY instead"
                 );
             }
-            keyward::cli::serve(args, config_source.clone()).map(|()| true)
+            keyward::cli::serve(args, config_source.clone(), started).map(|()| true)
         }
         Command::Login(args) => keyward::cli::commands::login(args).map(|()| true),
         Command::Status(args) => keyward::cli::commands::status(args),

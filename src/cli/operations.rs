@@ -103,18 +103,133 @@ pub fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         path: file.to_owned(),
         argv: vec!["keyward".into(), "serve".into()],
     };
-    let cli = <crate::config::args::Cli as clap::Parser>::try_parse_from(source.merged()?)
-        .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim()))?;
-    let args = cli
-        .into_serve()
-        .context("the file does not describe `keyward serve`")?;
-    let config = crate::config::Config::from_args(&args)?;
-    writeln!(std::io::stdout(), "{config:#?}")?;
+    let args = source.serve_args()?;
+    let config =
+        crate::config::Config::from_args(&args).with_context(|| format!("{}", file.display()))?;
+    write!(std::io::stdout(), "{}", summary(&config))?;
     eprintln!(
-        "{} is valid; the effective settings are above.",
+        "{} is valid; the settings keyward would serve with are above.",
         file.display()
     );
     Ok(())
+}
+
+/// The settings as `keyward check-config` shows them: one line each, in words.
+fn summary(config: &crate::config::Config) -> String {
+    use crate::config::{ClientTokenSource, CredentialConfig};
+    let or_none = |value: Option<String>| value.unwrap_or_else(|| "none".into());
+    let mut listen: Vec<String> = config.listen.iter().map(ToString::to_string).collect();
+    listen.extend(
+        config
+            .unix
+            .iter()
+            .map(|u| format!("unix:{} (mode {:o})", u.path.display(), u.mode)),
+    );
+    let tokens = match &config.access.client_tokens {
+        Some(ClientTokenSource::File(path)) => format!("required, from {}", path.display()),
+        Some(ClientTokenSource::State) => "required, from the state database".into(),
+        None => "not required".into(),
+    };
+    let credential = match &config.credential {
+        CredentialConfig::ApiKey { source, .. } => format!("an API key, from {source}"),
+        CredentialConfig::ChatGpt(chatgpt) => {
+            format!("the ChatGPT login in {}", chatgpt.home.display())
+        }
+    };
+    let limits = |l: &crate::config::quota::Limits| {
+        let mut parts = Vec::new();
+        if let Some(n) = l.concurrent {
+            parts.push(format!("concurrent={n}"));
+        }
+        if let Some(n) = l.requests_per_minute {
+            parts.push(format!("requests-per-minute={n}"));
+        }
+        if let Some(n) = l.tokens_per_day {
+            parts.push(format!("tokens-per-day={n}"));
+        }
+        parts.join(",")
+    };
+    let mut quotas: Vec<String> = config
+        .quotas
+        .clients
+        .iter()
+        .map(|(client, l)| format!("{client}: {}", limits(l)))
+        .collect();
+    quotas.sort();
+    if !config.quotas.default.is_empty() {
+        quotas.insert(0, format!("default: {}", limits(&config.quotas.default)));
+    }
+    let l = &config.limits;
+    let lines = [
+        ("listen", listen.join(", ")),
+        (
+            "access",
+            config
+                .access
+                .policy
+                .describe(config.access.client_tokens.is_some()),
+        ),
+        ("client tokens", tokens),
+        (
+            "TLS",
+            or_none(
+                config
+                    .tls
+                    .as_ref()
+                    .map(|t| format!("certificate {}, key {}", t.cert.display(), t.key.display())),
+            ),
+        ),
+        ("credential", credential),
+        ("upstream", config.upstream.uri.to_string()),
+        (
+            "metrics and usage page",
+            or_none(
+                config
+                    .metrics_listen
+                    .map(|a| format!("http://{a}/metrics, /usage")),
+            ),
+        ),
+        (
+            "usage ledger",
+            or_none(config.usage_log.as_ref().map(|p| p.display().to_string())),
+        ),
+        (
+            "quotas",
+            if quotas.is_empty() {
+                "none".into()
+            } else {
+                quotas.join("; ")
+            },
+        ),
+        (
+            "state database",
+            or_none(config.state.as_ref().map(|s| {
+                let mut url = url::Url::parse(&s.db.url).ok();
+                if let Some(url) = &mut url {
+                    // A password written into the URL is never shown.
+                    let _ = url.set_password(None);
+                }
+                let url = url.map_or_else(|| "(not a URL)".into(), String::from);
+                format!("{url} (replica {}, sync every {:?})", s.replica, s.sync)
+            })),
+        ),
+        (
+            "limits",
+            format!(
+                "body {} bytes, headers {} bytes, {} connections per user, upstream answer within \
+                 {:?}, silent at most {:?}",
+                l.max_body,
+                l.max_headers,
+                l.max_connections_per_user,
+                l.response_timeout,
+                l.idle_timeout
+            ),
+        ),
+    ];
+    lines
+        .iter()
+        .map(|(name, value)| format!("{name:>23}: {value}\n"))
+        .collect()
 }
 
 /// `keyward usage`: the ledger file, or with `--state` the database's table.

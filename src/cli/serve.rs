@@ -18,7 +18,12 @@ use crate::server::systemd::Notify;
 use crate::upstream::ClientSettings;
 
 /// `keyward serve`: load the credential, listen, forward until told to stop.
-pub fn serve(args: &ServeArgs, source: Option<ConfigSource>) -> anyhow::Result<()> {
+/// `started` is called once keyward serves (for what the log says only then).
+pub fn serve(
+    args: &ServeArgs,
+    source: Option<ConfigSource>,
+    started: impl FnOnce(),
+) -> anyhow::Result<()> {
     let config = Config::from_args(args)?;
     // An API key is read before any thread or socket exists, so a missing key fails fast.
     let api_key = match &config.credential {
@@ -40,6 +45,7 @@ pub fn serve(args: &ServeArgs, source: Option<ConfigSource>) -> anyhow::Result<(
             None => chatgpt_credential(&config).await?,
         };
         let running = crate::server::start(&config, credential).await?;
+        started();
         let shutdown = running.shutdown_sender();
         tokio::spawn(reload_on_sighup(running.reloader(), source, config.clone()));
         // Under systemd (Type=notify): ready once every listener is up, a watchdog while this
@@ -171,12 +177,7 @@ async fn reload_on_sighup(
 }
 
 fn reread(source: &ConfigSource) -> anyhow::Result<Config> {
-    let cli = <crate::config::args::Cli as clap::Parser>::try_parse_from(source.merged()?)
-        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
-    let args = cli
-        .into_serve()
-        .context("the file does not describe `keyward serve`")?;
-    Ok(Config::from_args(&args)?)
+    Ok(Config::from_args(&source.serve_args()?)?)
 }
 
 async fn wait_for_signal() -> &'static str {

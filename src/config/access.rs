@@ -50,12 +50,19 @@ impl Policy {
         uid == 0 || uid == crate::secret::hardening::effective_uid() || self.admins.contains(&uid)
     }
 
-    /// One line for the startup log: who may use the credential.
-    pub fn describe(&self) -> String {
+    /// One line for the startup log: who may use the credential; `tokens`: client tokens are
+    /// required as well.
+    pub fn describe(&self, tokens: bool) -> String {
         if !self.restricts_users() {
-            return "no access policy: every local user who can reach keyward's addresses can use \
-                    the credential (restrict it with --allow-user / --allow-group)"
-                .into();
+            return if tokens {
+                "access: any client with a valid client token (--client-tokens), from any local \
+                 user (restrict users with --allow-user / --allow-group)"
+            } else {
+                "no access policy: every local user who can reach keyward's addresses can use \
+                 the credential (restrict it with --allow-user / --allow-group, or require \
+                 client tokens with --client-tokens)"
+            }
+            .into();
         }
         let users: Vec<String> = self.users.iter().map(|&u| user_label(u)).collect();
         let groups: Vec<String> = self.groups.iter().map(|&g| group_label(g)).collect();

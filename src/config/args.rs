@@ -13,6 +13,14 @@ use crate::config::command_args::{
 use crate::config::responses::ResponsesArgs;
 use crate::config::values::{AuthHeader, parse_bytes, parse_duration, parse_mode};
 
+/// `keyward --version`: the release and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KEYWARD_COMMIT"),
+    ")"
+);
+
 /// keyward: hold an OpenAI credential (an API key, or a ChatGPT sign-in) so that local users and
 /// tools can use the Responses API without ever seeing it.
 ///
@@ -20,7 +28,7 @@ use crate::config::values::{AuthHeader, parse_bytes, parse_duration, parse_mode}
 /// codex-responses-api-proxy: `printenv OPENAI_API_KEY | env -u OPENAI_API_KEY keyward --port 8080`.
 /// For a ChatGPT sign-in: `keyward login`, then `keyward serve --auth chatgpt`.
 #[derive(Debug, Parser)]
-#[command(name = "keyward", version, args_conflicts_with_subcommands = true)]
+#[command(name = "keyward", version = VERSION, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

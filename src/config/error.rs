@@ -20,7 +20,7 @@ pub enum ConfigError {
          in the clear. Give --tls-cert and --tls-key, or --insecure-no-tls on a network you trust"
     )]
     NoTls(SocketAddr),
-    #[error("{0}")]
+    #[error(transparent)]
     Access(#[from] AccessConfigError),
     #[error("{0}")]
     Quota(String),

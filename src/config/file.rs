@@ -62,6 +62,30 @@ impl ConfigSource {
         merged.extend(rest.cloned());
         Ok(merged)
     }
+
+    /// The `serve` arguments the file and the command line make together; a bad value is named
+    /// with the file it may come from, in one line (no usage text, no "try --help").
+    pub fn serve_args(&self) -> Result<crate::config::args::ServeArgs, ConfigFileError> {
+        let setting = |why: String| ConfigFileError::Setting {
+            path: self.path.clone(),
+            why,
+        };
+        let cli = <crate::config::args::Cli as clap::Parser>::try_parse_from(self.merged()?)
+            .map_err(|err| setting(clap_message(&err)))?;
+        cli.into_serve()
+            .ok_or_else(|| setting("the settings do not describe `keyward serve`".into()))
+    }
+}
+
+/// What a clap error says, in one line: its first, without `error: `.
+fn clap_message(err: &clap::Error) -> String {
+    let text = err.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first
+        .strip_prefix("error: ")
+        .unwrap_or(first)
+        .trim()
+        .to_owned()
 }
 
 /// The flags a config file may set: every long flag of `serve` but `--config` itself.

@@ -39,6 +39,6 @@ pub enum ServeError {
     State(#[from] crate::upstream::state_db::StateError),
     #[error(transparent)]
     Activation(#[from] crate::server::systemd::ActivationError),
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 }

@@ -20,7 +20,12 @@ impl Reloader {
     /// streams carry on. Settings that only take effect at start are reported.
     pub fn apply(&self, old: &Config, new: &Config) {
         self.policy.set(new.access.policy.clone());
-        tracing::info!("{}", new.access.policy.describe());
+        tracing::info!(
+            "{}",
+            new.access
+                .policy
+                .describe(new.access.client_tokens.is_some())
+        );
         match &self.quotas {
             Some(quotas) => quotas.set_config(new.quotas.clone()),
             None if !new.quotas.is_empty() => tracing::warn!(

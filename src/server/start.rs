@@ -324,7 +324,13 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         threads,
         "keyward is listening"
     );
-    tracing::info!("{}", config.access.policy.describe());
+    tracing::info!(
+        "{}",
+        config
+            .access
+            .policy
+            .describe(config.access.client_tokens.is_some())
+    );
     if let Some(tokens) = &tokens {
         tracing::info!(
             clients = tokens.len(),

@@ -100,7 +100,7 @@ pub enum StateError {
     TooNew { found: i32, known: usize },
     #[error("--state-ca {path}: {why}")]
     Ca { path: String, why: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("could not start the state database's thread: {0}")]
     Runtime(std::io::Error),

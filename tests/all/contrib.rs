@@ -17,7 +17,11 @@ async fn the_example_settings_of_the_unit_are_valid() {
         "{out}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(out.contains("127.0.0.1:8080"), "{out}");
+    assert!(out.contains("listen: 127.0.0.1:8080"), "in words: {out}");
+    assert!(
+        !out.contains("Config {"),
+        "not a dump of keyward's insides: {out}"
+    );
     let unit = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/contrib/systemd/keyward.service"

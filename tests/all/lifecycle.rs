@@ -256,6 +256,95 @@ async fn a_second_keyward_on_a_port_the_first_holds_exits_saying_it_is_in_use() 
 }
 
 #[tokio::test]
+async fn a_start_that_fails_says_why_once_and_nothing_else() {
+    use crate::support::keyward::run_to_exit;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keyward.toml");
+    std::fs::write(&config, "port = \"abc\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--allow-user", "nosuchuser"],
+            "there is no user named `nosuchuser` on this host (--allow-user)",
+        ),
+        (
+            &["--config", config],
+            "invalid value 'abc' for '--port <N>'",
+        ),
+        (&["--listen", "bad"], "`bad` is not an address"),
+    ];
+    for (args, why) in cases {
+        let (code, stderr) = run_to_exit(args, b"sk-key\n").await;
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.matches(why).count(),
+            1,
+            "{args:?}: said once: {stderr}"
+        );
+        assert!(
+            !stderr.contains(" INFO "),
+            "{args:?}: no start-up logs: {stderr}"
+        );
+        assert!(!stderr.contains("--help"), "{args:?}: {stderr}");
+    }
+    let (_, stderr) = run_to_exit(&["--config", config], b"sk-key\n").await;
+    assert!(stderr.contains(config), "the file is named: {stderr}");
+
+    // A bad flag is reported at once, while stdin is still open.
+    let mut cmd = crate::support::keyward::command(&["--listen", "bad"], &[]);
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let _stdin = child.stdin.take();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(5), child.wait())
+        .await
+        .expect("keyward waited for stdin before checking its flags")
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn version_names_the_commit_and_the_log_says_who_may_use_keyward() {
+    let output = crate::support::keyward::command(&["--version"], &[])
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    let version = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        version.starts_with(&format!("keyward {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    let upstream = FakeUpstream::ok_json().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("clients.json");
+    crate::support::keyward::add_client_token(&tokens, "ci").await;
+    let keyward = Process::spawn(
+        &[
+            "--upstream-url",
+            &upstream.url(),
+            "--client-tokens",
+            tokens.to_str().unwrap(),
+        ],
+        b"sk-key\n",
+        &[],
+    )
+    .await;
+    let log = keyward.stderr();
+    assert!(
+        log.contains("any client with a valid client token") && !log.contains("no access policy"),
+        "{log}"
+    );
+    assert!(
+        log.contains("open-file limit raised"),
+        "said once serving: {log}"
+    );
+}
+
+#[tokio::test]
 async fn the_key_can_come_from_a_file() {
     let upstream = FakeUpstream::ok_json().await;
     let dir = tempfile::tempdir().unwrap();
