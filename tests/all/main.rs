@@ -20,6 +20,7 @@ mod headers;
 mod layout;
 mod lifecycle;
 mod operations;
+mod readme;
 mod replicas;
 mod responses_api;
 mod shared_state;
