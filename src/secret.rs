@@ -1,11 +1,12 @@
 //! Secret custody: types that never print their contents and wipe themselves on drop, and the
 //! process hardening that keeps them from being read ([`hardening`]: no core dumps, no ptrace,
-//! locked memory, a scrubbed environment), and sockets inherited at exec ([`inherited`]). The
-//! lowest layer: it uses no other.
+//! locked memory, a scrubbed environment), sockets inherited at exec ([`inherited`]) and the
+//! sandbox `serve` puts itself in ([`sandbox`]). The lowest layer: it uses no other.
 
 pub mod hardening;
 pub mod inherited;
 pub mod private_file;
+pub mod sandbox;
 
 use std::fmt;
 

@@ -46,6 +46,19 @@ pub fn serve(
         };
         let running = crate::server::start(&config, credential).await?;
         started();
+        // The key is read and the sockets are bound: nothing keyward still does needs to run a
+        // program, trace a process or mount.
+        if args.no_sandbox {
+            tracing::warn!("keyward runs without its sandbox (--no-sandbox)");
+        } else {
+            match crate::secret::sandbox::install() {
+                Ok(()) => tracing::info!(
+                    "sandbox on: no new privileges; running programs, tracing other processes, \
+                     mounting and loading kernel code are refused"
+                ),
+                Err(err) => tracing::warn!(error = %err, "keyward runs without its sandbox"),
+            }
+        }
         let shutdown = running.shutdown_sender();
         tokio::spawn(reload_on_sighup(running.reloader(), source, config.clone()));
         // Under systemd (Type=notify): ready once every listener is up, a watchdog while this

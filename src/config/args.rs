@@ -119,6 +119,12 @@ pub struct ServeArgs {
     #[arg(long)]
     pub http_shutdown: bool,
 
+    /// Do not put keyward in its sandbox (on by default once it serves: no new privileges, and
+    /// the system calls that run programs, trace other processes, mount or load kernel code
+    /// refused).
+    #[arg(long)]
+    pub no_sandbox: bool,
+
     /// Which credential to use: an OpenAI API key (`api-key`), or the ChatGPT login made with
     /// `keyward login` (`chatgpt`).
     #[arg(long, value_name = "KIND", value_enum, default_value_t = AuthMode::ApiKey)]

@@ -185,6 +185,7 @@ impl Proxy {
         let mut answer = serde_json::json!({
             "status": "ready",
             "credential": self.credential.kind(),
+            "sandbox": if crate::secret::sandbox::is_on() { "on" } else { "off" },
         });
         self.credential.report(&mut answer);
         let degraded = self.credential.degraded().or_else(|| {

@@ -440,7 +440,8 @@ async fn health_answers_every_local_client_and_readiness_reports_the_credential(
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(
         ready.json(),
-        json!({"status": "ready", "credential": "api_key"})
+        json!({"status": "ready", "credential": "api_key", "sandbox": "off"}),
+        "in this test's own process keyward puts itself in no sandbox"
     );
     assert_eq!(
         client::post_responses(addr, &body("json")).await.status,
