@@ -106,8 +106,25 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(err) => {
-            eprintln!("keyward: {err:#}");
+            eprintln!("keyward: {}", said_once(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes in one line, each said once: a cause an error already quotes in its
+/// own message is not repeated after it.
+fn said_once(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }

@@ -289,6 +289,34 @@ async fn a_start_that_fails_says_why_once_and_nothing_else() {
     }
     let (_, stderr) = run_to_exit(&["--config", config], b"sk-key\n").await;
     assert!(stderr.contains(config), "the file is named: {stderr}");
+    // A command's error too: a sign-in service that cannot be reached.
+    let home = dir.path().join("home");
+    let output = crate::support::keyward::command(
+        &[
+            "login",
+            "--device-code",
+            "--issuer",
+            "http://127.0.0.1:9",
+            "--home",
+            home.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .stderr(std::process::Stdio::piped())
+    .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(30), output)
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("could not reach the sign-in service")
+            .count(),
+        1,
+        "said once: {stderr}"
+    );
 
     // A bad flag is reported at once, while stdin is still open.
     let mut cmd = crate::support::keyward::command(&["--listen", "bad"], &[]);
