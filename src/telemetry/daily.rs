@@ -335,6 +335,27 @@ mod tests {
     }
 
     #[test]
+    fn a_request_ending_while_a_view_reads_the_days_does_not_wait_for_it() {
+        let daily = std::sync::Arc::new(Daily::default());
+        daily.add(&line(86_400 * 100, "alice", "gpt-5", 200, 1));
+        let mut added_meanwhile = false;
+        daily.visit(0, |_, _| {
+            // A worker's account phase, while the view is still reading.
+            let (done, finished) = std::sync::mpsc::channel();
+            let worker = daily.clone();
+            std::thread::spawn(move || {
+                worker.add(&line(86_400 * 100, "bob", "gpt-5", 200, 1));
+                let _ = done.send(());
+            });
+            added_meanwhile = finished
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .is_ok();
+        });
+        assert!(added_meanwhile, "the request waited for the view");
+        daily.visit(0, |_, day| assert_eq!(day.total(None).requests, 2));
+    }
+
+    #[test]
     fn model_names_are_capped() {
         let daily = Daily::default();
         for i in 0..MAX_MODELS + 10 {

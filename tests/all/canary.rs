@@ -291,6 +291,7 @@ async fn a_client_token_appears_nowhere_and_never_reaches_the_upstream() {
     let upstream = FakeUpstream::ok_json().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("clients.json");
+    let ledger = dir.path().join("usage.jsonl");
     let token = add_client_token(&file, "canary").await;
     let dumps = tempfile::tempdir().unwrap();
     let mut keyward = Process::spawn(
@@ -302,6 +303,10 @@ async fn a_client_token_appears_nowhere_and_never_reaches_the_upstream() {
             "--dump-dir",
             dumps.path().to_str().unwrap(),
             "--http-shutdown",
+            "--usage-log",
+            ledger.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
         format!("{CANARY}\n").as_bytes(),
         &[("RUST_LOG", "trace")],
@@ -317,6 +322,22 @@ async fn a_client_token_appears_nowhere_and_never_reaches_the_upstream() {
         let reply = client::read(client::send(keyward.addr, req).await).await;
         replies.push_str(&format!("{:?} {}", reply.headers, reply.text()));
     }
+    // The usage views: the client's own, the operator's page and its JSON, the metrics.
+    let own = client::call(keyward.addr, "GET", "/keyward/usage", &token, None).await;
+    assert_eq!(own.json()["client"], "canary", "{}", own.text());
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&keyward.server_info).unwrap()).unwrap();
+    let metrics: std::net::SocketAddr = info["metrics"].as_str().unwrap().parse().unwrap();
+    for reply in [
+        own,
+        client::get(metrics, "/usage").await,
+        client::get_json(metrics, "/usage").await,
+        client::get(metrics, "/metrics").await,
+    ] {
+        replies.push_str(&format!("{:?} {}", reply.headers, reply.text()));
+    }
+    assert!(replies.contains("canary"), "the views name the client");
+    assert!(!replies.contains(CANARY), "the key leaked into a view");
     assert_eq!(
         client::get(keyward.addr, "/shutdown").await.status,
         StatusCode::OK
@@ -334,6 +355,10 @@ async fn a_client_token_appears_nowhere_and_never_reaches_the_upstream() {
     assert!(
         !leaked(&std::fs::read(&file).unwrap()),
         "the tokens file holds the token"
+    );
+    assert!(
+        !leaked(&std::fs::read(&ledger).unwrap()),
+        "the token leaked into the ledger"
     );
     for (path, contents) in files_under(dumps.path()) {
         assert!(
