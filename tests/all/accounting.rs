@@ -174,18 +174,50 @@ async fn a_hang_up_is_charged_the_text_it_received_however_the_json_is_spaced() 
     }
 }
 
+/// A keyward with a ledger in front of a WebSocket upstream, and one socket through it, its
+/// first `response.create` (`create`) already at the upstream.
+struct Socket {
+    client: crate::support::ws::ClientSocket,
+    upstream: crate::support::ws::UpstreamSocket,
+    ledger: std::path::PathBuf,
+    _keyward: crate::support::keyward::Started,
+    _fake: crate::support::ws::FakeWsUpstream,
+    _dir: tempfile::TempDir,
+}
+
+impl Socket {
+    async fn open(create: &str) -> Socket {
+        use crate::support::ws::{FakeWsUpstream, connect, next_text, send_text};
+        let mut fake = FakeWsUpstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("usage.jsonl");
+        let (addr, keyward) =
+            start_for(&fake.url(), &["--usage-log", ledger.to_str().unwrap()]).await;
+        let (mut client, _) = connect(addr, &[]).await.unwrap();
+        let mut upstream = fake.next_socket().await;
+        send_text(&mut client, create).await;
+        next_text(&mut upstream).await;
+        Socket {
+            client,
+            upstream,
+            ledger,
+            _keyward: keyward,
+            _fake: fake,
+            _dir: dir,
+        }
+    }
+
+    /// The upstream sends `message`; the client gets it.
+    async fn relay(&mut self, message: &str) {
+        use crate::support::ws::{next_text, send_text};
+        send_text(&mut self.upstream, message).await;
+        next_text(&mut self.client).await;
+    }
+}
+
 /// The same over a WebSocket: the events as messages, each written as `format` says.
 async fn charged_after_socket_hang_up(format: Format) -> Value {
-    use crate::support::ws::{FakeWsUpstream, connect, create, next_text, send_text};
-    let mut upstream = FakeWsUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = dir.path().join("usage.jsonl");
-    let (addr, _keyward) =
-        start_for(&upstream.url(), &["--usage-log", ledger.to_str().unwrap()]).await;
-    let (mut client, _) = connect(addr, &[]).await.unwrap();
-    let mut socket = upstream.next_socket().await;
-    send_text(&mut client, &create("Say hello", None)).await;
-    next_text(&mut socket).await;
+    let mut socket = Socket::open(&crate::support::ws::create("Say hello", None)).await;
     for event in events(format) {
         // A message is the event's JSON alone: its data lines, without `data: ` and `event:`.
         let text = String::from_utf8(event.to_vec()).unwrap();
@@ -194,9 +226,9 @@ async fn charged_after_socket_hang_up(format: Format) -> Value {
             .filter_map(|line| line.strip_prefix("data: "))
             .collect::<Vec<_>>()
             .join("\n");
-        send_text(&mut socket, &json).await;
-        next_text(&mut client).await;
+        socket.relay(&json).await;
     }
+    let Socket { client, ledger, .. } = socket;
     drop(client);
     first_line(&ledger).await
 }
@@ -314,23 +346,17 @@ async fn a_whole_answer_is_charged_its_usage_however_the_json_is_written() {
 
 #[tokio::test]
 async fn a_socket_turn_is_counted_and_charged_however_its_messages_are_written() {
-    use crate::support::ws::{FakeWsUpstream, connect, next_text, send_text};
     for format in [Format::Compact].into_iter().chain(EVERY_OTHER_FORMAT) {
-        let mut upstream = FakeWsUpstream::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = dir.path().join("usage.jsonl");
-        let (addr, _keyward) =
-            start_for(&upstream.url(), &["--usage-log", ledger.to_str().unwrap()]).await;
-        let (mut client, _) = connect(addr, &[]).await.unwrap();
-        let mut socket = upstream.next_socket().await;
         // The client's own message is written the same way: still a turn.
         let create = json!({"type": "response.create", "model": "gpt-5",
                             "input": "Say h\u{e9}llo", "store": false});
-        send_text(&mut client, &written(format, &create)).await;
-        next_text(&mut socket).await;
+        let mut socket = Socket::open(&written(format, &create)).await;
         let done = json!({"type": "response.completed", "response": final_response("completed")});
-        send_text(&mut socket, &written(format, &done)).await;
-        next_text(&mut client).await;
-        assert_charged_usage(format, "a WebSocket turn", &first_line(&ledger).await);
+        socket.relay(&written(format, &done)).await;
+        assert_charged_usage(
+            format,
+            "a WebSocket turn",
+            &first_line(&socket.ledger).await,
+        );
     }
 }
