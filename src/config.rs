@@ -16,6 +16,7 @@ mod error;
 pub mod file;
 pub mod quota;
 pub mod responses;
+mod sandbox;
 pub mod state;
 mod upstream;
 pub mod values;

@@ -46,18 +46,12 @@ pub fn serve(
         };
         let running = crate::server::start(&config, credential).await?;
         started();
-        // The key is read and the sockets are bound: nothing keyward still does needs to run a
-        // program, trace a process or mount.
+        // The key is read and the sockets are bound: from here keyward only reads and writes
+        // where its configuration says, and runs no program.
         if args.no_sandbox {
             tracing::warn!("keyward runs without its sandbox (--no-sandbox)");
         } else {
-            match crate::secret::sandbox::install() {
-                Ok(()) => tracing::info!(
-                    "sandbox on: no new privileges; running programs, tracing other processes, \
-                     mounting and loading kernel code are refused"
-                ),
-                Err(err) => tracing::warn!(error = %err, "keyward runs without its sandbox"),
-            }
+            confine(&config);
         }
         let shutdown = running.shutdown_sender();
         tokio::spawn(reload_on_sighup(running.reloader(), source, config.clone()));
@@ -108,6 +102,34 @@ pub fn serve(
         running.wait().await;
         Ok(())
     })
+}
+
+/// Puts keyward in its sandbox, saying what holds. A kernel without Landlock keeps the system
+/// call filter; a sandbox that cannot be installed at all is reported and keyward serves on.
+fn confine(config: &Config) {
+    use crate::secret::sandbox::{self, Enforced};
+    let paths = config.sandbox_paths();
+    match sandbox::install(&paths) {
+        Ok(installed) => match installed.files {
+            Ok(Enforced::Yes(abi)) => tracing::info!(
+                landlock_abi = abi,
+                read = ?paths.read,
+                write = ?paths.write,
+                "sandbox on: files only where the configuration says, no programs, no new \
+                 privileges; tracing other processes, mounting and loading kernel code are refused"
+            ),
+            Ok(Enforced::NoLandlock) => tracing::warn!(
+                "sandbox on without file rules: this kernel has no Landlock (Linux 5.13 or \
+                 later with lsm=landlock); programs, tracing, mounting and kernel code are refused"
+            ),
+            Err(err) => tracing::warn!(
+                error = %err,
+                "sandbox on without file rules; programs, tracing, mounting and kernel code are \
+                 refused"
+            ),
+        },
+        Err(err) => tracing::warn!(error = %err, "keyward runs without its sandbox"),
+    }
 }
 
 /// The ChatGPT credential for `serve --auth chatgpt`: the login in the home, kept fresh in the

@@ -186,6 +186,7 @@ impl Proxy {
             "status": "ready",
             "credential": self.credential.kind(),
             "sandbox": if crate::secret::sandbox::is_on() { "on" } else { "off" },
+            "sandbox_files": if crate::secret::sandbox::files_on() { "on" } else { "off" },
         });
         self.credential.report(&mut answer);
         let degraded = self.credential.degraded().or_else(|| {

@@ -1,48 +1,13 @@
-//! keyward's own sandbox, installed on every thread once `serve` has read its key and bound its
-//! sockets (`--no-sandbox` leaves it off): `no_new_privs`, and a seccomp filter that refuses, with
-//! EPERM, the system calls keyward never makes and that someone who took it over would want —
-//! running a program, tracing or reading another process's memory, loading kernel code, mounting,
-//! entering namespaces, BPF. A first step: what keyward may open on disk (Landlock) and an
-//! allow-list of exactly the calls it makes are not enforced yet.
+//! keyward's own sandbox, put on every thread once `serve` has read its key and bound its sockets
+//! (`--no-sandbox` leaves it off): what it may open on disk ([`files`], Landlock) and which system
+//! calls it may make ([`calls`], seccomp), with `no_new_privs`. For good: nothing undoes it.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+pub mod calls;
+pub mod files;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use std::sync::atomic::{AtomicU8, Ordering};
 
-/// The calls refused, by name (for the log and the README) and number.
-pub const REFUSED: &[(&str, libc::c_long)] = &[
-    ("execve", libc::SYS_execve),
-    ("execveat", libc::SYS_execveat),
-    ("ptrace", libc::SYS_ptrace),
-    ("process_vm_readv", libc::SYS_process_vm_readv),
-    ("process_vm_writev", libc::SYS_process_vm_writev),
-    ("kexec_load", libc::SYS_kexec_load),
-    ("kexec_file_load", libc::SYS_kexec_file_load),
-    ("init_module", libc::SYS_init_module),
-    ("finit_module", libc::SYS_finit_module),
-    ("delete_module", libc::SYS_delete_module),
-    ("mount", libc::SYS_mount),
-    ("umount2", libc::SYS_umount2),
-    ("pivot_root", libc::SYS_pivot_root),
-    ("chroot", libc::SYS_chroot),
-    ("fsopen", libc::SYS_fsopen),
-    ("fsmount", libc::SYS_fsmount),
-    ("move_mount", libc::SYS_move_mount),
-    ("open_tree", libc::SYS_open_tree),
-    ("unshare", libc::SYS_unshare),
-    ("setns", libc::SYS_setns),
-    ("bpf", libc::SYS_bpf),
-    ("perf_event_open", libc::SYS_perf_event_open),
-    ("userfaultfd", libc::SYS_userfaultfd),
-    ("open_by_handle_at", libc::SYS_open_by_handle_at),
-    ("swapon", libc::SYS_swapon),
-    ("swapoff", libc::SYS_swapoff),
-    ("reboot", libc::SYS_reboot),
-    ("acct", libc::SYS_acct),
-];
-
-static ON: AtomicBool = AtomicBool::new(false);
+pub use files::{Enforced, Paths};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -52,74 +17,156 @@ pub enum SandboxError {
     Build(String),
     #[error("the seccomp filter could not be installed: {0}")]
     Install(String),
+    #[error("the file rules (Landlock) could not be put in force: {0}")]
+    Files(String),
 }
 
-/// Installs the sandbox on every thread of the process, for good.
-pub fn install() -> Result<(), SandboxError> {
-    let arch = std::env::consts::ARCH;
-    let target: TargetArch = arch.try_into().map_err(|_| SandboxError::Arch(arch))?;
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = REFUSED
-        .iter()
-        .map(|&(_, number)| (number, Vec::new()))
-        .collect();
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        target,
-    )
-    .map_err(|err| SandboxError::Build(err.to_string()))?;
-    let program: BpfProgram = filter
-        .try_into()
-        .map_err(|err: seccompiler::BackendError| SandboxError::Build(err.to_string()))?;
-    // no_new_privs first (seccompiler sets it), then the filter on every thread at once.
-    seccompiler::apply_filter_all_threads(&program)
-        .map_err(|err| SandboxError::Install(err.to_string()))?;
-    ON.store(true, Ordering::SeqCst);
-    Ok(())
+/// What [`install`] put in force.
+#[derive(Debug)]
+pub struct Installed {
+    /// The file rules: in force, not on this kernel, or refused (then keyward runs with the
+    /// system call filter alone, and says so).
+    pub files: Result<Enforced, SandboxError>,
 }
 
-/// Whether [`install`] has run in this process.
+const OFF: u8 = 0;
+const CALLS: u8 = 1;
+const CALLS_AND_FILES: u8 = 2;
+static STATE: AtomicU8 = AtomicU8::new(OFF);
+
+/// Confines the process: the file rules first (putting them on each thread needs system calls
+/// the filter then refuses), then the system call filter. An error means the filter is not in
+/// force; [`Installed::files`] says how the file rules fared.
+pub fn install(paths: &Paths) -> Result<Installed, SandboxError> {
+    let files = files::restrict(paths);
+    calls::install()?;
+    let state = match files {
+        Ok(Enforced::Yes(_)) => CALLS_AND_FILES,
+        _ => CALLS,
+    };
+    STATE.store(state, Ordering::SeqCst);
+    Ok(Installed { files })
+}
+
+/// Whether [`install`] put the system call filter in force in this process.
 pub fn is_on() -> bool {
-    ON.load(Ordering::SeqCst)
+    STATE.load(Ordering::SeqCst) != OFF
+}
+
+/// Whether [`install`] put the file rules in force on every thread.
+pub fn files_on() -> bool {
+    STATE.load(Ordering::SeqCst) == CALLS_AND_FILES
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The test runs itself again as a child process, which installs the sandbox and tries to
-    /// run a program: the sandbox is for good, so the test process itself must not have it.
+    /// The test runs itself again as a child process, which installs the sandbox and tries what
+    /// it refuses: the sandbox is for good, so the test process itself must not have it.
     #[test]
-    fn a_sandboxed_process_cannot_run_a_program() {
-        const NAME: &str = "secret::sandbox::tests::a_sandboxed_process_cannot_run_a_program";
-        if std::env::var_os("KEYWARD_SANDBOX_CHILD").is_some() {
-            std::process::Command::new("/bin/true")
-                .status()
-                .expect("a program runs before the sandbox");
-            install().unwrap();
-            assert!(is_on());
-            let refused = std::process::Command::new("/bin/true")
-                .status()
-                .unwrap_err();
-            assert_eq!(refused.raw_os_error(), Some(libc::EPERM), "{refused}");
+    fn a_sandboxed_process_keeps_to_its_paths_and_cannot_run_a_program() {
+        const NAME: &str = "secret::sandbox::tests::a_sandboxed_process_keeps_to_its_paths_and_cannot_run_a_program";
+        if let Some(dir) = std::env::var_os("KEYWARD_SANDBOX_CHILD") {
+            in_the_sandbox(std::path::Path::new(&dir));
             return;
         }
+        let dir = tempfile::tempdir().unwrap();
         let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", NAME, "--test-threads=1"])
-            .env("KEYWARD_SANDBOX_CHILD", "1")
+            .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+            .env("KEYWARD_SANDBOX_CHILD", dir.path())
             .output()
             .unwrap();
-        assert!(
-            child.status.success(),
+        let shown = format!(
             "{}{}",
             String::from_utf8_lossy(&child.stdout),
             String::from_utf8_lossy(&child.stderr)
         );
+        assert!(child.status.success(), "{shown}");
         assert!(
-            String::from_utf8_lossy(&child.stdout).contains("1 passed"),
-            "the child ran the test"
+            shown.contains("1 passed"),
+            "the child ran the test: {shown}"
         );
         assert!(!is_on(), "the test process itself is not sandboxed");
+    }
+
+    fn in_the_sandbox(dir: &std::path::Path) {
+        use std::io::ErrorKind::PermissionDenied;
+        let (readable, writable, elsewhere) =
+            (dir.join("read"), dir.join("write"), dir.join("other"));
+        for sub in [&readable, &writable, &elsewhere] {
+            std::fs::create_dir(sub).unwrap();
+            std::fs::write(sub.join("file"), "text").unwrap();
+        }
+        std::process::Command::new("/bin/true")
+            .status()
+            .expect("a program runs before the sandbox");
+        // A thread that exists before the sandbox, as keyward's workers do, is confined too.
+        let (ask, asked) = std::sync::mpsc::channel::<std::path::PathBuf>();
+        let (tell, told) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            for path in asked {
+                tell.send(std::fs::read(path).map(|_| ()).map_err(|e| e.kind()))
+                    .unwrap();
+            }
+        });
+        let installed = install(&Paths {
+            read: vec![readable.clone()],
+            write: vec![writable.clone()],
+            remove: Vec::new(),
+        })
+        .unwrap();
+        assert!(
+            matches!(installed.files, Ok(Enforced::Yes(_))),
+            "{installed:?}"
+        );
+        assert!(is_on() && files_on());
+
+        assert_eq!(
+            std::fs::read_to_string(readable.join("file")).unwrap(),
+            "text"
+        );
+        let refused = |result: std::io::Result<()>| result.unwrap_err().kind();
+        assert_eq!(
+            refused(std::fs::write(readable.join("file"), "x")),
+            PermissionDenied
+        );
+        assert_eq!(
+            refused(std::fs::read(elsewhere.join("file")).map(drop)),
+            PermissionDenied
+        );
+        assert_eq!(
+            refused(std::fs::write(elsewhere.join("new"), "x")),
+            PermissionDenied
+        );
+        std::fs::write(writable.join("new"), "x").unwrap();
+        std::fs::rename(writable.join("new"), writable.join("renamed")).unwrap();
+        std::fs::remove_file(writable.join("renamed")).unwrap();
+        // The system's files stay readable: users and groups, DNS.
+        std::fs::read("/etc/passwd").unwrap();
+
+        ask.send(elsewhere.join("file")).unwrap();
+        assert_eq!(
+            told.recv().unwrap(),
+            Err(PermissionDenied),
+            "the older thread"
+        );
+        ask.send(readable.join("file")).unwrap();
+        assert_eq!(told.recv().unwrap(), Ok(()));
+        drop(ask);
+        worker.join().unwrap();
+        // A thread started later inherits it.
+        let later = elsewhere.join("file");
+        let kind = std::thread::spawn(move || std::fs::read(later).unwrap_err().kind())
+            .join()
+            .unwrap();
+        assert_eq!(kind, PermissionDenied);
+
+        let run = std::process::Command::new("/bin/true")
+            .status()
+            .unwrap_err();
+        assert_eq!(run.raw_os_error(), Some(libc::EPERM), "{run}");
+        let bind = std::net::TcpListener::bind("127.0.0.1:0").unwrap_err();
+        assert_eq!(bind.kind(), PermissionDenied, "{bind}");
     }
 }

@@ -373,35 +373,6 @@ async fn version_names_the_commit_and_the_log_says_who_may_use_keyward() {
 }
 
 #[tokio::test]
-async fn a_serving_keyward_is_in_its_sandbox_unless_told_not_to_be() {
-    let upstream = FakeUpstream::ok_json().await;
-    for (extra, seccomp, nnp, said) in [
-        (None, "2", "1", "on"),
-        (Some("--no-sandbox"), "0", "0", "off"),
-    ] {
-        let mut args = vec!["--upstream-url".to_owned(), upstream.url()];
-        args.extend(extra.map(str::to_owned));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let keyward = Process::spawn(&args, b"sk-key\n", &[]).await;
-        let ready = client::get(keyward.addr, "/readyz").await.json();
-        assert_eq!(ready["sandbox"], said, "{extra:?}: {ready}");
-        let status = std::fs::read_to_string(format!("/proc/{}/status", keyward.pid())).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_owned())
-                .unwrap_or_default()
-        };
-        assert_eq!(field("Seccomp:"), seccomp, "{extra:?}: {status}");
-        assert_eq!(field("NoNewPrivs:"), nnp, "{extra:?}: {status}");
-        // It serves as before.
-        let reply = client::post_responses(keyward.addr, r#"{"model":"gpt-5","input":"hi"}"#).await;
-        assert_eq!(reply.status, StatusCode::OK);
-    }
-}
-
-#[tokio::test]
 async fn the_key_can_come_from_a_file() {
     let upstream = FakeUpstream::ok_json().await;
     let dir = tempfile::tempdir().unwrap();

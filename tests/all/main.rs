@@ -23,6 +23,7 @@ mod operations;
 mod readme;
 mod replicas;
 mod responses_api;
+mod sandbox;
 mod shared_state;
 mod systemd;
 mod upstream;

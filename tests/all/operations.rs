@@ -440,7 +440,7 @@ async fn health_answers_every_local_client_and_readiness_reports_the_credential(
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(
         ready.json(),
-        json!({"status": "ready", "credential": "api_key", "sandbox": "off"}),
+        json!({"status": "ready", "credential": "api_key", "sandbox": "off", "sandbox_files": "off"}),
         "in this test's own process keyward puts itself in no sandbox"
     );
     assert_eq!(
