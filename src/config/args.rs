@@ -119,9 +119,9 @@ pub struct ServeArgs {
     #[arg(long)]
     pub http_shutdown: bool,
 
-    /// Do not put keyward in its sandbox (on by default once it serves: no new privileges, and
-    /// the system calls that run programs, trace other processes, mount or load kernel code
-    /// refused).
+    /// Do not put keyward in its sandbox (on by default once it serves: files only where the
+    /// configuration says (Landlock), only the system calls keyward makes (seccomp), no programs,
+    /// no new privileges).
     #[arg(long)]
     pub no_sandbox: bool,
 

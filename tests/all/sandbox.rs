@@ -17,10 +17,14 @@ async fn a_serving_keyward_is_in_its_sandbox_unless_told_not_to_be() {
         (None, "2", "1", "on"),
         (Some("--no-sandbox"), "0", "0", "off"),
     ] {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("keyward.sock");
         let mut args = vec!["--upstream-url".to_owned(), upstream.url()];
+        args.extend(["--port".to_owned(), "0".to_owned(), "--listen".to_owned()]);
+        args.push(format!("unix:{}", sock.display()));
         args.extend(extra.map(str::to_owned));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let keyward = Process::spawn(&args, b"sk-key\n", &[]).await;
+        let mut keyward = Process::spawn(&args, b"sk-key\n", &[]).await;
         let ready = client::get(keyward.addr, "/readyz").await.json();
         assert_eq!(ready["sandbox"], said, "{extra:?}: {ready}");
         assert_eq!(ready["sandbox_files"], said, "{extra:?}: {ready}");
@@ -37,6 +41,11 @@ async fn a_serving_keyward_is_in_its_sandbox_unless_told_not_to_be() {
         // It serves as before.
         let reply = client::post_responses(keyward.addr, r#"{"model":"gpt-5","input":"hi"}"#).await;
         assert_eq!(reply.status, StatusCode::OK);
+        // And stops as before, removing the socket it made.
+        assert!(sock.exists());
+        keyward.signal(libc::SIGTERM);
+        assert_eq!(keyward.exit_code().await, Some(0), "{}", keyward.stderr());
+        assert!(!sock.exists(), "{extra:?}: the socket is removed at exit");
     }
 }
 
@@ -121,4 +130,97 @@ async fn within_log_count(keyward: &Process, needle: &str, count: usize) {
         }
     })
     .await;
+}
+
+/// The packaged unit runs keyward as its own user with no capabilities, no new privileges and
+/// `ProtectProc=invisible` (other users' processes are hidden in `/proc`), and without
+/// `PrivateUsers=`. Under that confinement (a mount namespace whose `/proc` is mounted with
+/// `hidepid=invisible`, `setpriv` to an unprivileged user with an empty capability bounding set),
+/// and its own sandbox on, keyward still names the real user of a loopback TCP connection and of a
+/// unix socket connection, and serves or refuses them by name.
+#[cfg_attr(
+    not(keyward_root),
+    ignore = "needs root (scripts/test in CI runs as root)"
+)]
+#[tokio::test]
+async fn under_the_units_confinement_keyward_still_names_the_real_user_of_a_connection() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::support::users::{ALICE, client_as, count, users};
+
+    let users = users();
+    let upstream = FakeUpstream::ok_json().await;
+    // keyward runs as kwtest-bob, the service's user here: its home and sockets are BOB's.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(users.bob.uid), Some(users.bob.gid)).unwrap();
+    let sock = dir.path().join("keyward.sock");
+    let unix = format!("unix:{}", sock.display());
+    let server_info = dir.path().join("server-info.json");
+    let mut cmd = tokio::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(
+            "mount -t proc -o hidepid=invisible proc /proc && exec setpriv --reuid=\"$KW_UID\" \
+             --regid=\"$KW_GID\" --clear-groups --bounding-set=-all --inh-caps=-all \
+             --no-new-privs \"$@\"",
+        )
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_keyward"))
+        .args(["serve", "--upstream-url", &upstream.url()])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            &unix,
+            "--socket-mode",
+            "666",
+        ])
+        .args(["--allow-user", ALICE, "--server-info"])
+        .arg(&server_info)
+        .env("KW_UID", users.bob.uid.to_string())
+        .env("KW_GID", users.bob.gid.to_string())
+        .env("KEYWARD_HOME", dir.path().join("home"))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null());
+    let keyward = Process::spawn_prepared(
+        cmd,
+        TEST_KEY.as_bytes(),
+        tempfile::tempdir().unwrap(),
+        server_info,
+    )
+    .await;
+    // It is confined as the unit confines it.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", keyward.pid())).unwrap();
+    assert!(
+        status.contains(&format!("Uid:\t{0}\t{0}", users.bob.uid)),
+        "{status}"
+    );
+    assert!(status.contains("CapBnd:\t0000000000000000"), "{status}");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", keyward.pid())).unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(" /proc ") && l.contains("hidepid=invisible")),
+        "{mounts}"
+    );
+
+    for target in [format!("tcp:{}", keyward.addr), unix] {
+        let alice = client_as(Some(users.alice), serde_json::json!({ "target": target })).await;
+        assert_eq!(count(&alice, 200), 1, "{target}: {alice}");
+        let root = client_as(None, serde_json::json!({ "target": target })).await;
+        assert_eq!(count(&root, 403), 1, "{target}: {root}");
+        let refusal = root["bodies"]["403"].as_str().unwrap_or_default();
+        assert!(
+            refusal.contains("refused uid 0 (root)"),
+            "{target}: {refusal}"
+        );
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        2,
+        "alice's requests, named as hers"
+    );
+    let log = keyward.stderr();
+    assert!(log.contains("sandbox on: files only"), "{log}");
 }
