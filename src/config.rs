@@ -73,6 +73,8 @@ pub enum CredentialConfig {
 #[derive(Debug, Clone)]
 pub struct ChatGptConfig {
     pub home: PathBuf,
+    /// Which login in the home (`keyward login --name`).
+    pub login: String,
     pub store: StoreKind,
     pub issuer: String,
     pub originator: HeaderValue,
@@ -81,6 +83,13 @@ pub struct ChatGptConfig {
     pub default_instructions: String,
     pub drop_params: Vec<String>,
     pub refresh_margin: Duration,
+}
+
+impl ChatGptConfig {
+    /// Where the login lives: the home, or its `logins/NAME`.
+    pub fn login_dir(&self) -> PathBuf {
+        values::login_dir(&self.home, &self.login)
+    }
 }
 
 /// A unix socket to listen on (`--listen unix:PATH`).
@@ -341,6 +350,7 @@ fn chatgpt_config(args: &ServeArgs) -> Result<ChatGptConfig, ConfigError> {
     Ok(ChatGptConfig {
         home: values::home_dir(args.home.home.as_deref())
             .ok_or_else(|| ConfigError::Home(values::NO_HOME.into()))?,
+        login: args.login.clone(),
         store: args.home.store,
         issuer: args.issuer.issuer.trim_end_matches('/').to_owned(),
         originator: header("originator", &chatgpt.originator)?,

@@ -7,6 +7,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::config::command_args::{HomeArgs, LoginArgs, LogoutArgs, NetArgs, StatusArgs};
+use crate::config::values::DEFAULT_LOGIN;
 use crate::config::{Limits, UpstreamProxy};
 use crate::credential::chatgpt::home::Home;
 use crate::credential::chatgpt::issuer::Issuer;
@@ -17,13 +18,41 @@ use crate::credential::chatgpt::store::LoginStore;
 use crate::credential::chatgpt::{codex_import, device};
 use crate::upstream::ClientSettings;
 
-/// The home, and the login's store: the state database with `--state`, else in the home.
-fn open_store(args: &HomeArgs) -> anyhow::Result<(Home, std::sync::Arc<dyn LoginStore>)> {
+/// The home of the login named `name` (its lock and plan usage), and its store: the state
+/// database with `--state`, else in that home.
+fn open_store(
+    args: &HomeArgs,
+    name: &str,
+) -> anyhow::Result<(Home, std::sync::Arc<dyn LoginStore>)> {
     let home = Home::open(&Home::resolve(args.home.as_deref())?)?;
     let state = crate::config::state::settings(&args.state)?;
-    let (store, _lock) =
-        crate::credential::chatgpt::refresh_lock::open_store(args.store, &home, state.as_ref())?;
-    Ok((home, store))
+    let (store, _lock) = crate::credential::chatgpt::refresh_lock::open_store(
+        args.store,
+        &home,
+        name,
+        state.as_ref(),
+    )?;
+    Ok((home.login(name)?, store))
+}
+
+/// The logins `status` reports: the one named, else every login there is (the default one when
+/// there is none, to say it is signed out).
+fn logins_to_show(args: &StatusArgs) -> anyhow::Result<Vec<String>> {
+    if let Some(name) = &args.name {
+        return Ok(vec![name.clone()]);
+    }
+    let home = Home::open(&Home::resolve(args.home.home.as_deref())?)?;
+    let state = crate::config::state::settings(&args.home.state)?;
+    let names = crate::credential::chatgpt::refresh_lock::login_names(
+        args.home.store,
+        &home,
+        state.as_ref(),
+    )?;
+    Ok(if names.is_empty() {
+        vec![DEFAULT_LOGIN.to_owned()]
+    } else {
+        names
+    })
 }
 
 fn issuer(url: &str, net: &NetArgs) -> anyhow::Result<Issuer> {
@@ -49,7 +78,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// `keyward login`.
 pub fn login(args: &LoginArgs) -> anyhow::Result<()> {
-    let (home, store) = open_store(&args.home)?;
+    let (home, store) = open_store(&args.home, &args.name)?;
     let mut out = std::io::stdout();
     let (login, imported_from) = match &args.import_codex {
         Some(path) => {
@@ -84,9 +113,14 @@ pub fn login(args: &LoginArgs) -> anyhow::Result<()> {
         let _lock = home.lock()?;
         store.save(&login)?;
     }
+    let named = if args.name == DEFAULT_LOGIN {
+        String::new()
+    } else {
+        format!("login {}, ", args.name)
+    };
     writeln!(
         out,
-        "Signed in as {} (account {}, plan {}). The login is stored in {}.",
+        "Signed in as {} ({named}account {}, plan {}). The login is stored in {}.",
         login.email.as_deref().unwrap_or("an unknown email"),
         login.account_id,
         login.plan.as_deref().unwrap_or("unknown"),
@@ -105,9 +139,27 @@ pub fn login(args: &LoginArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `keyward status`. Returns whether the login is usable (the exit status).
+/// `keyward status`: the login named, or every login. Returns whether every login shown is usable
+/// (the exit status).
 pub fn status(args: &StatusArgs) -> anyhow::Result<bool> {
-    let (home, store) = open_store(&args.home)?;
+    let names = logins_to_show(args)?;
+    let several = names.len() > 1 || names[0] != DEFAULT_LOGIN;
+    let mut usable = true;
+    for (i, name) in names.iter().enumerate() {
+        if several && !args.json {
+            if i > 0 {
+                writeln!(std::io::stdout())?;
+            }
+            writeln!(std::io::stdout(), "Login {name}:")?;
+        }
+        usable &= status_of(args, name, several)?;
+    }
+    Ok(usable)
+}
+
+/// One login's status; `named`: its name is shown (in the JSON).
+fn status_of(args: &StatusArgs, name: &str, named: bool) -> anyhow::Result<bool> {
+    let (home, store) = open_store(&args.home, name)?;
     let login = store.load()?;
     let plan_usage = PlanUsage::read(home.dir());
     let state = match &login {
@@ -120,7 +172,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<bool> {
     let usable = matches!(state, "signed_in" | "expired");
     let mut out = std::io::stdout();
     if args.json {
-        let value = match &login {
+        let mut value = match &login {
             None => json!({ "state": state, "signed_in": false, "store": store.describe() }),
             Some(login) => json!({
                 "state": state,
@@ -137,31 +189,42 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<bool> {
                 "plan_usage": plan_usage,
             }),
         };
+        if named {
+            value["name"] = name.into();
+        }
         writeln!(out, "{value}")?;
         return Ok(usable);
     }
     match &login {
         None => writeln!(
             out,
-            "Not signed in ({}). Sign in with `keyward login`.",
-            store.describe()
+            "Not signed in ({}). Sign in with `keyward login{}`.",
+            store.describe(),
+            login_flag(name)
         )?,
         Some(login) => {
-            describe(&mut out, login, state, &store.describe())?;
+            describe(&mut out, login, state, &store.describe(), name)?;
             describe_usage(&mut out, plan_usage.as_ref())?;
         }
     }
     Ok(usable)
 }
 
-fn describe(out: &mut impl Write, login: &Login, state: &str, store: &str) -> std::io::Result<()> {
+fn describe(
+    out: &mut impl Write,
+    login: &Login,
+    state: &str,
+    store: &str,
+    name: &str,
+) -> std::io::Result<()> {
     match &login.dead {
         Some(dead) => writeln!(
             out,
             "The login has ended: the sign-in service refused its refresh token ({}) at {}. \
-             Sign in again with `keyward login`.",
+             Sign in again with `keyward login{}`.",
             dead.reason,
-            when(dead.at)
+            when(dead.at),
+            login_flag(name)
         )?,
         None => writeln!(out, "Signed in to ChatGPT.")?,
     }
@@ -219,9 +282,18 @@ fn describe_usage(out: &mut impl Write, usage: Option<&PlanUsage>) -> std::io::R
     )
 }
 
+/// ` --name NAME` for a login other than the default one, for the commands a message suggests.
+fn login_flag(name: &str) -> String {
+    if name == DEFAULT_LOGIN {
+        String::new()
+    } else {
+        format!(" --name {name}")
+    }
+}
+
 /// `keyward logout`.
 pub fn logout(args: &LogoutArgs) -> anyhow::Result<()> {
-    let (home, store) = open_store(&args.home)?;
+    let (home, store) = open_store(&args.home, &args.name)?;
     let _lock = home.lock()?;
     let mut out = std::io::stdout();
     let Some(login) = store.load()? else {

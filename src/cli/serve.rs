@@ -142,10 +142,10 @@ pub async fn chatgpt_credential(config: &Config) -> anyhow::Result<Credential> {
     let home = Home::open(&chatgpt.home)?;
     // With --state, the login is shared in the database instead of the home.
     let state = config.state.as_ref().map(|shared| shared.db.clone());
-    let (kind, opened) = (chatgpt.store, home.clone());
+    let (kind, name) = (chatgpt.store, chatgpt.login.clone());
     // Opening the state database connects to it: off the async threads.
     let (store, lock) = tokio::task::spawn_blocking(move || {
-        crate::credential::chatgpt::refresh_lock::open_store(kind, &opened, state.as_ref())
+        crate::credential::chatgpt::refresh_lock::open_store(kind, &home, &name, state.as_ref())
     })
     .await??;
     let settings = ClientSettings::from_config(config);

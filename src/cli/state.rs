@@ -76,8 +76,12 @@ fn import_login(
             local.describe()
         )
     })?;
-    let (shared, _lock) =
-        crate::credential::chatgpt::refresh_lock::open_store(home.store, dir, Some(config))?;
+    let (shared, _lock) = crate::credential::chatgpt::refresh_lock::open_store(
+        home.store,
+        dir,
+        crate::config::values::DEFAULT_LOGIN,
+        Some(config),
+    )?;
     shared.save(&login)?;
     writeln!(
         std::io::stdout(),

@@ -130,6 +130,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "KIND", value_enum, default_value_t = AuthMode::ApiKey)]
     pub auth: AuthMode,
 
+    /// With --auth chatgpt: which login to use (`keyward login --name NAME`).
+    #[arg(long, value_name = "NAME", default_value = crate::config::values::DEFAULT_LOGIN, value_parser = crate::config::values::parse_login_name)]
+    pub login: String,
+
     /// Where requests are forwarded; its query string is kept (Azure's api-version). Default:
     /// https://api.openai.com/v1/responses, or with --auth chatgpt
     /// https://chatgpt.com/backend-api/codex/responses.

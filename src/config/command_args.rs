@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::config::state::StateArgs;
-use crate::config::values::{StoreKind, parse_duration};
+use crate::config::values::{DEFAULT_LOGIN, StoreKind, parse_duration, parse_login_name};
 
 /// The sign-in service keyward's logins come from.
 pub const DEFAULT_ISSUER: &str = "https://auth.openai.com";
@@ -190,6 +190,11 @@ pub struct LoginArgs {
     #[command(flatten)]
     pub home: HomeArgs,
 
+    /// The login's name: a keyward can hold several (`[credential.NAME]` in the config file uses
+    /// them). Signing in again under a name replaces that login.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_LOGIN, value_parser = parse_login_name)]
+    pub name: String,
+
     #[command(flatten)]
     pub issuer: IssuerArg,
 
@@ -229,6 +234,10 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub home: HomeArgs,
 
+    /// Only this login. Default: every login in the home (or the state database).
+    #[arg(long, value_name = "NAME", value_parser = parse_login_name)]
+    pub name: Option<String>,
+
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -238,6 +247,10 @@ pub struct StatusArgs {
 pub struct LogoutArgs {
     #[command(flatten)]
     pub home: HomeArgs,
+
+    /// The login to sign out of (its refresh token is revoked and it is deleted).
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_LOGIN, value_parser = parse_login_name)]
+    pub name: String,
 
     #[command(flatten)]
     pub issuer: IssuerArg,

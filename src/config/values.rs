@@ -57,6 +57,40 @@ pub enum StoreKind {
 }
 
 /// An octal file mode such as `660` or `0600`.
+/// The login keyward uses when none is named.
+pub const DEFAULT_LOGIN: &str = "default";
+
+/// A login's name (`keyward login --name NAME`): 1 to 64 letters, digits, `.`, `_` or `-`, not
+/// starting with `.` (it names a directory in the home).
+pub fn parse_login_name(text: &str) -> Result<String, String> {
+    let fits = (1..=64).contains(&text.len())
+        && !text.starts_with('.')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if fits {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a login name: use 1 to 64 letters, digits, '.', '_' or '-', not \
+             starting with '.'"
+        ))
+    }
+}
+
+/// The directory in the home that holds the logins other than the default one.
+pub const LOGINS_DIR: &str = "logins";
+
+/// Where the login named `name` lives in `home`: the home itself for the default login (where it
+/// has always been), else `logins/NAME` in it.
+pub fn login_dir(home: &Path, name: &str) -> PathBuf {
+    if name == DEFAULT_LOGIN {
+        home.to_owned()
+    } else {
+        home.join(LOGINS_DIR).join(name)
+    }
+}
+
 pub fn parse_mode(text: &str) -> Result<u32, String> {
     u32::from_str_radix(text.trim(), 8)
         .ok()

@@ -256,7 +256,7 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         // What the backend says of the plan's usage, for `keyward status`, until keyward stops.
         let (tokens, home, stop) = (
             backend.tokens.clone(),
-            chatgpt.home.clone(),
+            chatgpt.login_dir(),
             shutdown.subscribe(),
         );
         tokio::spawn(async move { tokens.plan.write_to(home, stop).await });

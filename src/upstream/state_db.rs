@@ -85,6 +85,10 @@ const MIGRATIONS: &[&str] = &[
         seq bigint NOT NULL DEFAULT nextval('keyward_owners_seq')
     );
     CREATE INDEX keyward_owners_by_seq ON keyward_owners (seq)",
+    // 6: several logins (`keyward login --name`), by name; the one there was is `default`.
+    "ALTER TABLE keyward_login ADD COLUMN name text NOT NULL DEFAULT 'default';
+    ALTER TABLE keyward_login DROP COLUMN id;
+    ALTER TABLE keyward_login ADD PRIMARY KEY (name)",
 ];
 
 #[derive(Debug, thiserror::Error)]

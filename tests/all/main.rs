@@ -19,6 +19,7 @@ mod hardening;
 mod headers;
 mod layout;
 mod lifecycle;
+mod logins;
 mod operations;
 mod readme;
 mod replicas;

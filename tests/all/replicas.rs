@@ -507,3 +507,83 @@ async fn a_new_login_stored_in_the_database_is_used_by_every_replica_within_a_sy
     }
     assert_eq!(issuer.refreshes(), 0, "picked up, not refreshed");
 }
+
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_logins_in_the_database_are_rows_of_their_own_that_cannot_stand_in_for_each_other() {
+    let pg = Postgres::start();
+    let issuer = FakeIssuer::start().await;
+    let backend = fake_backend(issuer.state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (first, team) = (issuer.mint(), issuer.mint());
+    let key = shared_login(&pg, dir.path(), &first).await;
+    let home = dir.path().join("h");
+    let url = pg.url();
+    let common = [
+        "--home",
+        home.to_str().unwrap(),
+        "--state",
+        &url,
+        "--state-key-file",
+        &key,
+    ];
+    // The team's login, signed in straight into the database under its name.
+    let codex = dir.path().join("codex");
+    std::fs::create_dir(&codex).unwrap();
+    let auth = serde_json::json!({"tokens": {"id_token": team.id_token,
+        "access_token": team.access_token, "refresh_token": team.refresh_token,
+        "account_id": crate::support::chatgpt::ACCOUNT}});
+    std::fs::write(codex.join("auth.json"), auth.to_string()).unwrap();
+    let import = [
+        "login",
+        "--name",
+        "team",
+        "--import-codex",
+        codex.to_str().unwrap(),
+    ];
+    let (ok, out, err) = keyward(&[&import[..], &common].concat()).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("(login team)"), "{out}");
+    assert_eq!(
+        pg.psql("SELECT name FROM keyward_login ORDER BY name")
+            .trim(),
+        "default\nteam"
+    );
+    assert!(
+        !home.join("logins/team/login.json").exists(),
+        "not in the home"
+    );
+
+    let (ok, lines, err) = keyward(&[&["status", "--json"][..], &common].concat()).await;
+    assert!(ok, "{lines}{err}");
+    let names: Vec<String> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["name"].to_string())
+        .collect();
+    assert_eq!(names, ["\"default\"", "\"team\""]);
+
+    // A replica serving the team's login sends its token.
+    let replica = replica_with(&issuer, &backend, &pg, &key, &home, &["--login", "team"]).await;
+    let reply = client::post_responses(replica.addr, r#"{"model":"gpt-5","input":"hi"}"#).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let seen = backend.next_request().await;
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {}", team.access_token).as_str()
+    );
+    drop(replica);
+
+    // The team's sealed row copied over the default one does not open as the default login.
+    pg.psql(
+        "UPDATE keyward_login SET sealed = (SELECT sealed FROM keyward_login WHERE name = 'team') \
+         WHERE name = 'default'",
+    );
+    let (ok, out, err) = keyward(&[&["status", "--name", "default"][..], &common].concat()).await;
+    assert!(!ok, "{out}");
+    assert!(err.contains("cannot be decrypted"), "{err}");
+    let (ok, out, err) = keyward(&[&["status", "--name", "team"][..], &common].concat()).await;
+    assert!(ok, "{out}{err}");
+}

@@ -76,6 +76,40 @@ impl Home {
         &self.dir
     }
 
+    /// The home of the login named `name`: this home for the default login (where it has always
+    /// been), else `logins/NAME` in it, created private like the home. Each login has its own
+    /// file, lock and plan usage there.
+    pub fn login(&self, name: &str) -> Result<Home, HomeError> {
+        if name == values::DEFAULT_LOGIN {
+            return Ok(self.clone());
+        }
+        let parsed = values::parse_login_name(name).map_err(|what| HomeError::Unsafe {
+            path: self.dir.clone(),
+            what,
+        })?;
+        Home::open(&values::login_dir(&self.dir, &parsed))
+    }
+
+    /// The names of the logins kept in this home's files: the default one if it has a login
+    /// file, then every `logins/NAME` directory, by name.
+    pub fn login_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.dir.join(values::LOGINS_DIR))
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let name = entry.file_name().into_string().ok()?;
+                let is_dir = entry.file_type().ok()?.is_dir();
+                (is_dir && values::parse_login_name(&name).is_ok()).then_some(name)
+            })
+            .collect();
+        names.sort();
+        if self.login_file().exists() {
+            names.insert(0, values::DEFAULT_LOGIN.to_owned());
+        }
+        names
+    }
+
     pub fn login_file(&self) -> PathBuf {
         self.dir.join("login.json")
     }

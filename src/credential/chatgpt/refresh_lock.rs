@@ -6,22 +6,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::state::StateConfig;
-use crate::config::values::StoreKind;
+use crate::config::values::{DEFAULT_LOGIN, StoreKind};
 use crate::upstream::state_db::StateDb;
 
 use crate::credential::chatgpt::home::{Home, HomeLock};
 use crate::credential::chatgpt::record::Login;
 use crate::credential::chatgpt::store::{self, DatabaseStore, DbLock, LoginStore, StoreError};
 
-/// The login's store and the lock its refreshes take: in the state database with `--state`
-/// (the schema brought up to date), else `kind` in `home` with the home's lock.
+/// The store of the login named `name` and the lock its refreshes take: in the state database
+/// with `--state` (the schema brought up to date), else `kind` in the login's home
+/// ([`Home::login`]) with that home's lock.
 pub fn open_store(
     kind: StoreKind,
     home: &Home,
+    name: &str,
     state: Option<&StateConfig>,
 ) -> Result<(Arc<dyn LoginStore>, RefreshLock), StoreError> {
     let Some(state) = state else {
-        return Ok((store::open(kind, home)?, RefreshLock::Home(home.clone())));
+        let home = home.login(name)?;
+        return Ok((store::open(kind, &home)?, RefreshLock::Home(home)));
     };
     let key_file = state.key_file.as_deref().ok_or_else(|| StoreError::Key {
         path: PathBuf::from("(none)"),
@@ -30,8 +33,26 @@ pub fn open_store(
             .into(),
     })?;
     let db = StateDb::open(state)?;
-    let store = Arc::new(DatabaseStore::open(db, key_file)?);
+    let store = Arc::new(DatabaseStore::open(db, key_file, name)?);
     Ok((store.clone(), RefreshLock::Database(store)))
+}
+
+/// The names of the logins there are: in the state database with `--state`, else in `home`.
+pub fn login_names(
+    kind: StoreKind,
+    home: &Home,
+    state: Option<&StateConfig>,
+) -> Result<Vec<String>, StoreError> {
+    match state {
+        None => Ok(home.login_names()),
+        Some(_) => {
+            let (_, lock) = open_store(kind, home, DEFAULT_LOGIN, state)?;
+            match lock {
+                RefreshLock::Database(store) => store.names(),
+                RefreshLock::Home(home) => Ok(home.login_names()),
+            }
+        }
+    }
 }
 
 /// Where the cross-process refresh lock is.

@@ -12,14 +12,18 @@ use tokio_postgres::Client;
 use zeroize::Zeroizing;
 
 use super::{LoginStore, StoreError};
+use crate::config::values::DEFAULT_LOGIN;
 use crate::credential::chatgpt::record::Login;
 use crate::secret::LockedSecret;
 use crate::secret::private_file;
 use crate::upstream::state_db::{StateDb, StateError};
 
-/// What the sealed bytes are bound to: a sealed login cannot pass for anything else.
-const AAD: &[u8] = b"keyward login 1";
-/// The advisory lock a refresh holds, in its transaction.
+/// What the default login's sealed bytes are bound to: a sealed login cannot pass for anything
+/// else. Another login's are bound to its name too, so a row copied under another name does not
+/// open.
+const AAD: &str = "keyward login 1";
+/// The advisory lock a refresh of the default login holds, in its transaction; another login's
+/// lock is this one with a hash of its name mixed in.
 const REFRESH_LOCK: i64 = 0x6b65_7977_6172_6402;
 pub const KEY_LEN: usize = 32;
 
@@ -83,8 +87,8 @@ impl LoginKey {
             })
     }
 
-    /// A fresh nonce, then the sealed JSON of `login`.
-    fn seal(&self, login: &Login) -> Result<Vec<u8>, StoreError> {
+    /// A fresh nonce, then the sealed JSON of `login`, bound to `aad`.
+    fn seal(&self, login: &Login, aad: &[u8]) -> Result<Vec<u8>, StoreError> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -95,7 +99,7 @@ impl LoginKey {
         self.cipher()?
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(AAD),
+                Aad::from(aad),
                 &mut *data,
             )
             .map_err(|_| StoreError::Sealed("sealing failed".into()))?;
@@ -104,7 +108,7 @@ impl LoginKey {
         Ok(sealed)
     }
 
-    fn open(&self, sealed: &[u8]) -> Result<Login, StoreError> {
+    fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Login, StoreError> {
         let wrong_key = || StoreError::WrongKey {
             path: self.path.clone(),
         };
@@ -116,7 +120,7 @@ impl LoginKey {
         let mut data = Zeroizing::new(data.to_vec());
         let plain = self
             .cipher()?
-            .open_in_place(nonce, Aad::from(AAD), &mut data)
+            .open_in_place(nonce, Aad::from(aad), &mut data)
             .map_err(|_| wrong_key())?;
         serde_json::from_slice(plain).map_err(|e| StoreError::Sealed(e.to_string()))
     }
@@ -126,14 +130,43 @@ impl LoginKey {
 pub struct DatabaseStore {
     db: Arc<StateDb>,
     key: LoginKey,
+    /// The login's name: its row, its lock, and what its sealed bytes are bound to.
+    name: String,
+    aad: Vec<u8>,
+    lock_id: i64,
 }
 
 impl DatabaseStore {
-    /// Reads the key and brings the schema up to date.
-    pub fn open(db: Arc<StateDb>, key_file: &Path) -> Result<Self, StoreError> {
+    /// Reads the key and brings the schema up to date; the store of the login named `name`.
+    pub fn open(db: Arc<StateDb>, key_file: &Path, name: &str) -> Result<Self, StoreError> {
         let key = LoginKey::read(key_file)?;
         db.block_on(db.migrate())?;
-        Ok(Self { db, key })
+        let (aad, lock_id) = if name == DEFAULT_LOGIN {
+            (AAD.as_bytes().to_vec(), REFRESH_LOCK)
+        } else {
+            let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+            let mixed = i64::from_be_bytes(digest.as_ref()[..8].try_into().unwrap_or_default());
+            (format!("{AAD} {name}").into_bytes(), REFRESH_LOCK ^ mixed)
+        };
+        Ok(Self {
+            db,
+            key,
+            name: name.to_owned(),
+            aad,
+            lock_id,
+        })
+    }
+
+    /// The names of the logins in the database.
+    pub fn names(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self.db.block_on(async {
+            let client = self.db.connect().await?;
+            client
+                .query("SELECT name FROM keyward_login ORDER BY name", &[])
+                .await
+                .map_err(|e| query(&self.db, &e))
+        })?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
     /// Takes the refresh lock: until the returned lock is saved through or dropped, no other
@@ -147,7 +180,7 @@ impl DatabaseStore {
                 .await
                 .map_err(|e| query(&store.db, &e))?;
             client
-                .execute("SELECT pg_advisory_xact_lock($1)", &[&REFRESH_LOCK])
+                .execute("SELECT pg_advisory_xact_lock($1)", &[&store.lock_id])
                 .await
                 .map_err(|e| query(&store.db, &e))?;
             Ok(DbLock { client, store })
@@ -160,8 +193,9 @@ impl DatabaseStore {
         let row = self.db.block_on(self.db.with_shared(|client| async move {
             client
                 .query_opt(
-                    "SELECT extract(epoch FROM updated_at)::float8 FROM keyward_login WHERE id = 1",
-                    &[],
+                    "SELECT extract(epoch FROM updated_at)::float8 FROM keyward_login \
+                     WHERE name = $1",
+                    &[&self.name],
                 )
                 .await
         }))?;
@@ -170,20 +204,23 @@ impl DatabaseStore {
 
     async fn read(&self, client: &Client) -> Result<Option<Login>, StoreError> {
         let row = client
-            .query_opt("SELECT sealed FROM keyward_login WHERE id = 1", &[])
+            .query_opt(
+                "SELECT sealed FROM keyward_login WHERE name = $1",
+                &[&self.name],
+            )
             .await
             .map_err(|e| query(&self.db, &e))?;
-        row.map(|row| self.key.open(row.get::<_, &[u8]>(0)))
+        row.map(|row| self.key.open(row.get::<_, &[u8]>(0), &self.aad))
             .transpose()
     }
 
     async fn write(&self, client: &Client, login: &Login) -> Result<(), StoreError> {
-        let sealed = self.key.seal(login)?;
+        let sealed = self.key.seal(login, &self.aad)?;
         client
             .execute(
-                "INSERT INTO keyward_login (id, sealed, updated_at) VALUES (1, $1, now())
-                 ON CONFLICT (id) DO UPDATE SET sealed = excluded.sealed, updated_at = now()",
-                &[&sealed],
+                "INSERT INTO keyward_login (name, sealed, updated_at) VALUES ($1, $2, now())
+                 ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, updated_at = now()",
+                &[&self.name, &sealed],
             )
             .await
             .map_err(|e| query(&self.db, &e))?;
@@ -210,7 +247,7 @@ impl LoginStore for DatabaseStore {
         self.db.block_on(async {
             let client = self.db.connect().await?;
             let deleted = client
-                .execute("DELETE FROM keyward_login WHERE id = 1", &[])
+                .execute("DELETE FROM keyward_login WHERE name = $1", &[&self.name])
                 .await
                 .map_err(|e| query(&self.db, &e))?;
             Ok(deleted > 0)
@@ -218,7 +255,11 @@ impl LoginStore for DatabaseStore {
     }
 
     fn describe(&self) -> String {
-        format!("the state database {}", self.db.url())
+        if self.name == DEFAULT_LOGIN {
+            format!("the state database {}", self.db.url())
+        } else {
+            format!("the state database {} (login {})", self.db.url(), self.name)
+        }
     }
 }
 

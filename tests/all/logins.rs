@@ -1,0 +1,174 @@
+//! Several ChatGPT logins in one home: `keyward login --name`, `status`, `logout --name`, and
+//! `serve --login NAME`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use serde_json::{Value, json};
+
+use crate::support::chatgpt::{ACCOUNT, EMAIL, FakeIssuer, Minted, fake_backend};
+use crate::support::client;
+use crate::support::keyward::command;
+use crate::support::within;
+
+async fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = within(
+        "keyward to finish",
+        command(args, &[])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `keyward login --import-codex` of `minted` into `home`, under `name` if given.
+async fn import(home: &Path, minted: &Minted, name: Option<&str>) -> String {
+    let codex = home.with_extension(format!("codex-{}", name.unwrap_or("default")));
+    std::fs::create_dir_all(&codex).unwrap();
+    let auth = json!({"auth_mode": "chatgpt", "tokens": {"id_token": minted.id_token,
+        "access_token": minted.access_token, "refresh_token": minted.refresh_token,
+        "account_id": ACCOUNT}});
+    std::fs::write(codex.join("auth.json"), auth.to_string()).unwrap();
+    let mut args = vec!["login", "--import-codex", codex.to_str().unwrap()];
+    args.extend(["--home", home.to_str().unwrap()]);
+    if let Some(name) = name {
+        args.extend(["--name", name]);
+    }
+    let (code, out, err) = run(&args).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    out
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn named_logins_are_kept_apart_listed_served_and_signed_out_one_at_a_time() {
+    let issuer = FakeIssuer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("h");
+    let home_arg = home.to_str().unwrap();
+    let (first, team) = (issuer.mint(), issuer.mint());
+
+    let said = import(&home, &first, None).await;
+    assert!(said.contains(&format!("Signed in as {EMAIL}")), "{said}");
+    let said = import(&home, &team, Some("team")).await;
+    assert!(
+        said.contains(&format!(
+            "Signed in as {EMAIL} (login team, account {ACCOUNT}"
+        )),
+        "{said}"
+    );
+    // Each in its own private file; the default one where it has always been.
+    let stored = |path: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let team_file = home.join("logins/team/login.json");
+    assert_eq!(
+        stored(&home.join("login.json"))["refresh_token"],
+        first.refresh_token.as_str()
+    );
+    assert_eq!(
+        stored(&team_file)["refresh_token"],
+        team.refresh_token.as_str()
+    );
+    assert_eq!(mode(&team_file), 0o600);
+    assert_eq!(mode(&home.join("logins/team")), 0o700);
+
+    // `status` shows every login; `--name` one.
+    let (code, text, _) = run(&["status", "--home", home_arg]).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("Login default:\nSigned in to ChatGPT.")
+            && text.contains("Login team:\nSigned in to ChatGPT.")
+            && text.contains("logins/team/login.json"),
+        "{text}"
+    );
+    let (code, lines, _) = run(&["status", "--home", home_arg, "--json"]).await;
+    assert_eq!(code, Some(0));
+    let shown: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(shown.len(), 2, "{lines}");
+    assert_eq!(
+        (&shown[0]["name"], &shown[0]["state"]),
+        (&json!("default"), &json!("signed_in"))
+    );
+    assert_eq!(
+        (&shown[1]["name"], &shown[1]["state"]),
+        (&json!("team"), &json!("signed_in"))
+    );
+    for output in [&text, &lines] {
+        assert!(!output.contains(&team.access_token) && !output.contains(&team.refresh_token));
+    }
+
+    // `serve --login team` sends the team login's token.
+    let backend = fake_backend(issuer.state.clone()).await;
+    let (addr, _keyward) =
+        crate::chatgpt::chatgpt_keyward(&issuer, &backend, &home, &["--login", "team"]).await;
+    let req = Request::post("/v1/responses")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(r#"{"model":"gpt-5","input":"hi"}"#)))
+        .unwrap();
+    let reply = client::read(client::send(addr, req).await).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let seen = backend.next_request().await;
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {}", team.access_token).as_str()
+    );
+
+    // Signing out of one leaves the other.
+    let (code, out, err) = run(&[
+        "logout",
+        "--home",
+        home_arg,
+        "--name",
+        "team",
+        "--issuer",
+        &issuer.url(),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        issuer.state.lock().unwrap().revoked,
+        vec![team.refresh_token.clone()]
+    );
+    assert!(!team_file.exists());
+    let (code, text, _) = run(&["status", "--home", home_arg, "--name", "team"]).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        text.contains("Sign in with `keyward login --name team`"),
+        "{text}"
+    );
+    let (code, _, _) = run(&["status", "--home", home_arg, "--name", "default"]).await;
+    assert_eq!(code, Some(0), "the default login stays");
+
+    // A name that is not one is refused before anything is touched.
+    let (code, _, err) = run(&[
+        "login",
+        "--home",
+        home_arg,
+        "--name",
+        "../x",
+        "--device-code",
+    ])
+    .await;
+    assert_eq!(code, Some(2));
+    assert!(err.contains("is not a login name"), "{err}");
+}
