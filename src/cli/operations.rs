@@ -244,6 +244,7 @@ pub fn usage(args: &UsageArgs) -> anyhow::Result<()> {
         UsageBy::Client => GroupBy::Client,
         UsageBy::Model => GroupBy::Model,
         UsageBy::Endpoint => GroupBy::Endpoint,
+        UsageBy::Credential => GroupBy::Credential,
     };
     let (rows, place) = match crate::config::state::settings(&args.home.state)? {
         Some(config) => {
@@ -279,6 +280,7 @@ pub fn usage(args: &UsageArgs) -> anyhow::Result<()> {
         UsageBy::Client => "CLIENT",
         UsageBy::Model => "MODEL",
         UsageBy::Endpoint => "ENDPOINT",
+        UsageBy::Credential => "CREDENTIAL",
     };
     writeln!(
         out,

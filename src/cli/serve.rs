@@ -27,10 +27,10 @@ pub fn serve(
     let config = Config::from_args(args)?;
     // An API key is read before any thread or socket exists, so a missing key fails fast.
     let api_key = match &config.credential {
-        CredentialConfig::ApiKey { source, header } => Some(Credential::ApiKey {
-            header: header.name(),
-            value: api_key::load(source, *header)?,
-        }),
+        CredentialConfig::ApiKey { source, header } => Some(Credential::api_key(
+            header.name(),
+            api_key::load(source, *header)?,
+        )),
         CredentialConfig::ChatGpt(_) => None,
     };
     // This runtime only watches for signals and keeps a ChatGPT login fresh; connections are

@@ -62,6 +62,8 @@ pub enum UsageBy {
     Model,
     /// What was called: `responses.create`, `responses.retrieve`, `models.list`, ...
     Endpoint,
+    /// The credential requests were sent with (`-`: keyward answered itself).
+    Credential,
 }
 
 #[derive(Debug, Clone, Args)]

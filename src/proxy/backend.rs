@@ -34,11 +34,22 @@ const NO_INPUT_TOKENS: &str = "the ChatGPT backend does not count input tokens; 
 pub struct Backend {
     pub tokens: Arc<TokenManager>,
     config: ChatGptConfig,
+    /// What the ledger and the metrics call this credential.
+    pub(crate) name: Arc<str>,
 }
 
 impl Backend {
     pub fn new(tokens: Arc<TokenManager>, config: ChatGptConfig) -> Self {
-        Self { tokens, config }
+        let name = if config.login == crate::config::values::DEFAULT_LOGIN {
+            Arc::from("chatgpt")
+        } else {
+            Arc::from(format!("chatgpt:{}", config.login))
+        };
+        Self {
+            tokens,
+            config,
+            name,
+        }
     }
 
     /// What `endpoint` becomes at the backend.

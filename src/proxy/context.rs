@@ -91,8 +91,9 @@ impl Context {
         self.permit = permit;
     }
 
-    pub fn sending(&mut self) {
-        self.note(|account| account.sending());
+    /// Sent upstream now, with the credential named `credential`.
+    pub fn sending(&mut self, credential: &Arc<str>) {
+        self.note(|account| account.sending(credential));
     }
 
     pub fn upstream_head(&mut self, status: StatusCode, headers: &HeaderMap) {

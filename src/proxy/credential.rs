@@ -25,6 +25,8 @@ use crate::secret::SecretHeader;
 pub enum Credential {
     /// An API key, sent in `header` (`Authorization` or Azure's `api-key`).
     ApiKey {
+        /// What the ledger and the metrics call it.
+        name: Arc<str>,
         header: HeaderName,
         value: SecretHeader,
     },
@@ -40,6 +42,15 @@ pub enum Grant {
 }
 
 impl Credential {
+    /// The API key given on the command line (or its file), sent in `header`.
+    pub fn api_key(header: HeaderName, value: SecretHeader) -> Self {
+        Credential::ApiKey {
+            name: Arc::from("api-key"),
+            header,
+            value,
+        }
+    }
+
     /// The ChatGPT backend, with a ChatGPT login.
     pub fn chatgpt(&self) -> Option<&Arc<Backend>> {
         match self {
@@ -51,6 +62,15 @@ impl Credential {
     /// The login's token manager (its refreshes are counted in the metrics).
     pub fn tokens(&self) -> Option<&Arc<TokenManager>> {
         self.chatgpt().map(|backend| &backend.tokens)
+    }
+
+    /// What the ledger and the metrics call it: `api-key` for the key given on the command line,
+    /// `chatgpt` for the default login, `chatgpt:NAME` for another.
+    pub fn name(&self) -> &Arc<str> {
+        match self {
+            Credential::ApiKey { name, .. } => name,
+            Credential::ChatGpt(backend) => &backend.name,
+        }
     }
 
     /// `api_key` or `chatgpt`, for health reports.
@@ -155,7 +175,7 @@ impl Credential {
     /// from the client's (`client`).
     pub fn authorize(&self, headers: &mut HeaderMap, client: &HeaderMap, grant: &Grant) {
         match (self, grant) {
-            (Credential::ApiKey { header, value }, _) => {
+            (Credential::ApiKey { header, value, .. }, _) => {
                 headers.insert(header.clone(), value.expose());
             }
             (Credential::ChatGpt(backend), Grant::Login(session)) => {

@@ -49,7 +49,7 @@ where
     Fut: Future<Output = Result<T, ProxyError>>,
 {
     let grant = credential.grant().await?;
-    ctx.sending();
+    ctx.sending(credential.name());
     let answer = attempt(grant.clone()).await?;
     if !answer.unauthorized() {
         return Ok(answer);

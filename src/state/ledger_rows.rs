@@ -28,12 +28,14 @@ pub async fn insert(db: &StateDb, rows: &[Row]) -> Result<u64, StateError> {
             .execute(
                 "INSERT INTO keyward_usage (replica, id, time, client, endpoint, model, status, \
                  upstream_status, end_cause, input_tokens, cached_input_tokens, output_tokens, \
-                 reasoning_tokens, estimated, duration_ms, ttfb_ms, request_id) \
-                 SELECT r, i, to_timestamp(t), c, e, m, s, us, ec, it, ct, ot, rt, es, d, tt, q \
+                 reasoning_tokens, estimated, duration_ms, ttfb_ms, request_id, credential) \
+                 SELECT r, i, to_timestamp(t), c, e, m, s, us, ec, it, ct, ot, rt, es, d, tt, q, \
+                 cr \
                  FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[], $5::text[], \
                  $6::text[], $7::int2[], $8::int2[], $9::text[], $10::int8[], $11::int8[], \
-                 $12::int8[], $13::int8[], $14::bool[], $15::float8[], $16::float8[], $17::text[]) \
-                 AS u(r, i, t, c, e, m, s, us, ec, it, ct, ot, rt, es, d, tt, q) \
+                 $12::int8[], $13::int8[], $14::bool[], $15::float8[], $16::float8[], $17::text[], \
+                 $18::text[]) \
+                 AS u(r, i, t, c, e, m, s, us, ec, it, ct, ot, rt, es, d, tt, q, cr) \
                  ON CONFLICT (replica, id) DO NOTHING",
                 &[
                     &cols.replica,
@@ -53,6 +55,7 @@ pub async fn insert(db: &StateDb, rows: &[Row]) -> Result<u64, StateError> {
                     &cols.duration_ms,
                     &cols.ttfb_ms,
                     &cols.request_id,
+                    &cols.credential,
                 ],
             )
             .await
@@ -80,6 +83,7 @@ struct Columns {
     duration_ms: Vec<f64>,
     ttfb_ms: Vec<Option<f64>>,
     request_id: Vec<Option<String>>,
+    credential: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -106,6 +110,7 @@ impl Columns {
         self.duration_ms.push(e.duration_ms);
         self.ttfb_ms.push(e.ttfb_ms);
         self.request_id.push(e.request_id.clone());
+        self.credential.push(e.credential.clone());
     }
 }
 
@@ -131,6 +136,7 @@ pub async fn from_table(
         GroupBy::Client => "client",
         GroupBy::Model => "coalesce(model, '-')",
         GroupBy::Endpoint => "endpoint",
+        GroupBy::Credential => "coalesce(credential, '-')",
     };
     let sql = format!(
         "SELECT {column}, count(*)::int8, \

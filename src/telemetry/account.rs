@@ -36,6 +36,8 @@ pub struct Account {
     uid: Option<u32>,
     /// Who the request is counted for: the client token's name, else the user's name.
     client: Option<Arc<str>>,
+    /// The credential it was sent with (none when keyward answered itself).
+    credential: Option<Arc<str>>,
     telemetry: Option<Arc<Telemetry>>,
     /// Reads the usage from the response as it passes (only when telemetry wants it).
     scanner: Option<Scanner>,
@@ -78,6 +80,7 @@ impl Account {
             end: None,
             uid: None,
             client: None,
+            credential: None,
             telemetry: None,
             scanner: None,
             seen: Seen::default(),
@@ -131,9 +134,10 @@ impl Account {
         self.telemetry = None;
     }
 
-    /// The request is being sent upstream now.
-    pub fn sending(&mut self) {
+    /// The request is being sent upstream now, with the credential named `credential`.
+    pub fn sending(&mut self, credential: &Arc<str>) {
         self.sent = Some(Instant::now());
+        self.credential = Some(credential.clone());
     }
 
     /// The upstream's response head arrived.
@@ -305,6 +309,7 @@ impl Account {
             telemetry.record(&Record {
                 at: self.at,
                 client: self.client.clone().unwrap_or_else(|| Arc::from("unknown")),
+                credential: self.credential.take(),
                 endpoint: self.endpoint,
                 model: self.seen.model.take(),
                 status: self.status.as_u16(),

@@ -13,6 +13,8 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RequestLabels {
     pub(crate) client: Arc<str>,
+    /// The credential the request was sent with; empty when keyward answered itself.
+    pub(crate) credential: Arc<str>,
     pub(crate) status: u16,
     /// Empty when keyward answered itself.
     pub(crate) upstream_status: Option<u16>,
@@ -21,6 +23,7 @@ pub(crate) struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct TokenLabels {
     pub(crate) client: Arc<str>,
+    pub(crate) credential: Arc<str>,
     pub(crate) model: Arc<str>,
     pub(crate) kind: &'static str,
 }
@@ -92,7 +95,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
-            "Requests to /v1/responses by client, keyward's status and the upstream's status (empty when keyward answered itself)",
+            "Requests by client, the credential they were sent with, keyward's status and the upstream's status (credential and upstream status empty when keyward answered itself)",
             requests.clone(),
         );
         let upstream_ttfb = latency_histogram();
@@ -134,7 +137,7 @@ impl Metrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         registry.register(
             "tokens",
-            "Tokens used, from the usage of response.completed, by client, model and kind (input, cached_input, output, reasoning)",
+            "Tokens used, from the usage of response.completed, by client, credential, model and kind (input, cached_input, output, reasoning)",
             tokens.clone(),
         );
         let quota_refusals = Family::<QuotaLabels, Counter>::default();
@@ -325,11 +328,13 @@ mod tests {
         let client: Arc<str> = Arc::from("alice");
         let _ = metrics.requests.get_or_create(&RequestLabels {
             client: client.clone(),
+            credential: Arc::from("api-key"),
             status: 200,
             upstream_status: None,
         });
         let _ = metrics.tokens.get_or_create(&TokenLabels {
             client: client.clone(),
+            credential: Arc::from("api-key"),
             model: Arc::from("gpt-5"),
             kind: "input",
         });

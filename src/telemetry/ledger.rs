@@ -33,6 +33,10 @@ pub struct Entry {
     /// The same instant in seconds since the Unix epoch.
     pub ts: f64,
     pub client: String,
+    /// The credential it was sent with (`api-key`, `chatgpt`, `chatgpt:NAME`); none when keyward
+    /// answered itself, and on lines written before keyward named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
     /// What was called (`responses.create`, `responses.retrieve`, `models.list`, ...); lines
     /// written before keyward forwarded more than create have none.
     #[serde(default = "create_endpoint")]
@@ -97,6 +101,7 @@ impl Entry {
             time: rfc3339(record.at),
             ts,
             client: record.client.to_string(),
+            credential: record.credential.as_deref().map(str::to_owned),
             endpoint: record.endpoint.to_owned(),
             model: record.model.clone(),
             status: record.status,
@@ -397,6 +402,7 @@ mod tests {
             endpoint: "responses.create",
             at,
             client: Arc::from("alice"),
+            credential: Some(Arc::from("api-key")),
             model: Some("gpt-5".into()),
             status: 200,
             upstream_status: Some(200),

@@ -1,4 +1,4 @@
-//! `keyward usage`: the ledger summed by client, model or endpoint — from the JSONL file, or
+//! `keyward usage`: the ledger summed by client, model, endpoint or credential — from the JSONL file, or
 //! with `--state` from the state database's table (summed by the database).
 
 use std::collections::BTreeMap;
@@ -11,6 +11,7 @@ pub enum GroupBy {
     Client,
     Model,
     Endpoint,
+    Credential,
 }
 
 /// One group's sums.
@@ -38,6 +39,7 @@ impl Summer {
             GroupBy::Client => entry.client,
             GroupBy::Model => entry.model.unwrap_or_else(|| "-".into()),
             GroupBy::Endpoint => entry.endpoint,
+            GroupBy::Credential => entry.credential.unwrap_or_else(|| "-".into()),
         };
         let row = self.rows.entry(key.clone()).or_insert_with(|| UsageRow {
             key,

@@ -163,9 +163,11 @@ impl Telemetry {
     pub fn record(&self, record: &Record) {
         let m = &self.metrics;
         let client = self.clients.label(&record.client);
+        let credential = record.credential.clone().unwrap_or_else(no_credential);
         m.requests
             .get_or_create(&RequestLabels {
                 client: client.clone(),
+                credential: credential.clone(),
                 status: record.status,
                 upstream_status: record.upstream_status,
             })
@@ -202,6 +204,7 @@ impl Telemetry {
                 m.tokens
                     .get_or_create(&TokenLabels {
                         client: client.clone(),
+                        credential: credential.clone(),
                         model: model.clone(),
                         kind,
                     })
@@ -362,4 +365,10 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.0.metrics.active_streams.dec();
     }
+}
+
+/// The `credential` label of a request keyward answered itself: empty, made once.
+fn no_credential() -> Arc<str> {
+    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from("")).clone()
 }

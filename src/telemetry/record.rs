@@ -11,6 +11,8 @@ use crate::telemetry::usage::Tokens;
 pub struct Record {
     pub at: SystemTime,
     pub client: Arc<str>,
+    /// The credential it was sent with; none when keyward answered itself.
+    pub credential: Option<Arc<str>>,
     /// What was called: `responses.create`, `responses.retrieve`, `models.list`, ...
     pub endpoint: &'static str,
     pub model: Option<String>,

@@ -89,6 +89,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE keyward_login ADD COLUMN name text NOT NULL DEFAULT 'default';
     ALTER TABLE keyward_login DROP COLUMN id;
     ALTER TABLE keyward_login ADD PRIMARY KEY (name)",
+    // 7: the credential each ledger row was sent with (none on older rows).
+    "ALTER TABLE keyward_usage ADD COLUMN credential text",
 ];
 
 #[derive(Debug, thiserror::Error)]

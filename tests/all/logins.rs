@@ -132,6 +132,22 @@ async fn named_logins_are_kept_apart_listed_served_and_signed_out_one_at_a_time(
         seen.headers["authorization"],
         format!("Bearer {}", team.access_token).as_str()
     );
+    // The ledger names the login that answered.
+    let ledger = home.join("usage.jsonl");
+    let line = within("the ledger line", async {
+        loop {
+            if let Some(line) = std::fs::read_to_string(&ledger)
+                .ok()
+                .and_then(|text| text.lines().next().map(str::to_owned))
+            {
+                return line;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["credential"], "chatgpt:team", "{line}");
 
     // Signing out of one leaves the other.
     let (code, out, err) = run(&[

@@ -135,7 +135,12 @@ async fn metrics_count_requests_tokens_bytes_and_how_streams_ended() {
         metric(
             &text,
             "keyward_tokens_total",
-            &[root, ("model", "gpt-5"), ("kind", kind)],
+            &[
+                root,
+                ("credential", "api-key"),
+                ("model", "gpt-5"),
+                ("kind", kind),
+            ],
         )
     };
     // sse and json carry usage (12 in, 7 out); the failure carries none; the cut stream (the
@@ -232,6 +237,7 @@ async fn the_ledger_has_a_line_per_request_and_keyward_usage_sums_it() {
     let (ok, failed, gone) = (&lines[0], &lines[1], &lines[2]);
     for line in &lines {
         assert_eq!(line["client"], me());
+        assert_eq!(line["credential"], "api-key");
         assert!(line["time"].as_str().unwrap().ends_with('Z'));
         assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
     }
@@ -273,6 +279,14 @@ async fn the_ledger_has_a_line_per_request_and_keyward_usage_sums_it() {
         }])
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("incomplete"));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["usage", "--json", "--by", "credential", "--usage-log"])
+        .arg(&ledger)
+        .output()
+        .unwrap();
+    let rows: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rows[0]["key"], "api-key", "{rows}");
+    assert_eq!(rows[0]["requests"], 3, "{rows}");
 
     let table = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
         .args(["usage", "--by", "model", "--usage-log"])

@@ -574,6 +574,21 @@ async fn named_logins_in_the_database_are_rows_of_their_own_that_cannot_stand_in
         seen.headers["authorization"],
         format!("Bearer {}", team.access_token).as_str()
     );
+    // The table's row names the login, and `keyward usage --by credential` sums by it.
+    let usage = [&["usage", "--json", "--by", "credential", "--state", &url][..]].concat();
+    within("the row in the table", async {
+        loop {
+            let (ok, out, err) = keyward(&usage).await;
+            assert!(ok, "{out}{err}");
+            if out.contains("chatgpt:team") {
+                let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+                assert_eq!(rows[0]["requests"], 1, "{rows}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     drop(replica);
 
     // The team's sealed row copied over the default one does not open as the default login.

@@ -88,7 +88,7 @@ impl Turns {
         }
         ctx.add_bytes_in(text.len());
         let forwarded = self.credential.adapt_message(text);
-        ctx.sending();
+        ctx.sending(self.credential.name());
         ctx.upstream_head(StatusCode::OK, &HeaderMap::new());
         ctx.relaying(true);
         self.current = Some(ctx);

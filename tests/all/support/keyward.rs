@@ -57,10 +57,10 @@ pub async fn start(args: &[&str]) -> (SocketAddr, Started) {
                 AuthHeader::Bearer => format!("Bearer {TEST_KEY}"),
                 AuthHeader::ApiKey => TEST_KEY.to_owned(),
             };
-            Credential::ApiKey {
-                header: header.name(),
-                value: SecretHeader::new(LockedSecret::copy_from(value.as_bytes())).unwrap(),
-            }
+            Credential::api_key(
+                header.name(),
+                SecretHeader::new(LockedSecret::copy_from(value.as_bytes())).unwrap(),
+            )
         }
         CredentialConfig::ChatGpt(_) => keyward::cli::chatgpt_credential(&config).await.unwrap(),
     };
