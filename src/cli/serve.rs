@@ -30,6 +30,7 @@ pub fn serve(
         CredentialConfig::ApiKey { source, header } => Some(Credential::api_key(
             header.name(),
             api_key::load(source, *header)?,
+            config.upstream.clone(),
         )),
         CredentialConfig::ChatGpt(_) => None,
     };
@@ -174,7 +175,7 @@ pub async fn chatgpt_credential(config: &Config) -> anyhow::Result<Credential> {
                 .map_or(std::time::Duration::from_secs(1), |state| state.sync),
         ),
     );
-    let backend = Backend::new(tokens, (**chatgpt).clone());
+    let backend = Backend::new(tokens, (**chatgpt).clone(), config.upstream.clone());
     Ok(Credential::ChatGpt(Arc::new(backend)))
 }
 

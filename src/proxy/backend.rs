@@ -36,10 +36,12 @@ pub struct Backend {
     config: ChatGptConfig,
     /// What the ledger and the metrics call this credential.
     pub(crate) name: Arc<str>,
+    /// The backend's Responses URL.
+    pub(crate) upstream: Upstream,
 }
 
 impl Backend {
-    pub fn new(tokens: Arc<TokenManager>, config: ChatGptConfig) -> Self {
+    pub fn new(tokens: Arc<TokenManager>, config: ChatGptConfig, upstream: Upstream) -> Self {
         let name = if config.login == crate::config::values::DEFAULT_LOGIN {
             Arc::from("chatgpt")
         } else {
@@ -49,16 +51,13 @@ impl Backend {
             tokens,
             config,
             name,
+            upstream,
         }
     }
 
     /// What `endpoint` becomes at the backend.
-    pub(crate) fn plan(
-        &self,
-        endpoint: &Endpoint,
-        client: &HeaderMap,
-        upstream: &Upstream,
-    ) -> Result<Plan, ProxyError> {
+    pub(crate) fn plan(&self, endpoint: &Endpoint, client: &HeaderMap) -> Result<Plan, ProxyError> {
+        let upstream = &self.upstream;
         let url = |suffix: &str, query: Option<&str>| {
             upstream.endpoint(suffix, query).ok_or(ProxyError::NotOffered(
                 "--upstream-url does not end in /responses, so keyward cannot derive the backend's \

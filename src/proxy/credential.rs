@@ -24,14 +24,19 @@ use crate::secret::SecretHeader;
 #[derive(Clone)]
 pub enum Credential {
     /// An API key, sent in `header` (`Authorization` or Azure's `api-key`).
-    ApiKey {
-        /// What the ledger and the metrics call it.
-        name: Arc<str>,
-        header: HeaderName,
-        value: SecretHeader,
-    },
+    ApiKey(Arc<Key>),
     /// The ChatGPT login, sent to the Codex backend.
     ChatGpt(Arc<Backend>),
+}
+
+/// An API key and where it goes.
+pub struct Key {
+    /// What the ledger and the metrics call it.
+    name: Arc<str>,
+    header: HeaderName,
+    value: SecretHeader,
+    /// Where requests with it go.
+    upstream: Upstream,
 }
 
 /// What one attempt is sent with: the key, or one access token of the login.
@@ -42,12 +47,21 @@ pub enum Grant {
 }
 
 impl Credential {
-    /// The API key given on the command line (or its file), sent in `header`.
-    pub fn api_key(header: HeaderName, value: SecretHeader) -> Self {
-        Credential::ApiKey {
+    /// The API key given on the command line (or its file), sent in `header` to `upstream`.
+    pub fn api_key(header: HeaderName, value: SecretHeader, upstream: Upstream) -> Self {
+        Credential::ApiKey(Arc::new(Key {
             name: Arc::from("api-key"),
             header,
             value,
+            upstream,
+        }))
+    }
+
+    /// Where requests with it go: the upstream's Responses URL.
+    pub fn upstream(&self) -> &Upstream {
+        match self {
+            Credential::ApiKey(key) => &key.upstream,
+            Credential::ChatGpt(backend) => &backend.upstream,
         }
     }
 
@@ -55,7 +69,7 @@ impl Credential {
     pub fn chatgpt(&self) -> Option<&Arc<Backend>> {
         match self {
             Credential::ChatGpt(backend) => Some(backend),
-            Credential::ApiKey { .. } => None,
+            Credential::ApiKey(_) => None,
         }
     }
 
@@ -68,7 +82,7 @@ impl Credential {
     /// `chatgpt` for the default login, `chatgpt:NAME` for another.
     pub fn name(&self) -> &Arc<str> {
         match self {
-            Credential::ApiKey { name, .. } => name,
+            Credential::ApiKey(key) => &key.name,
             Credential::ChatGpt(backend) => &backend.name,
         }
     }
@@ -76,7 +90,7 @@ impl Credential {
     /// `api_key` or `chatgpt`, for health reports.
     pub fn kind(&self) -> &'static str {
         match self {
-            Credential::ApiKey { .. } => "api_key",
+            Credential::ApiKey(_) => "api_key",
             Credential::ChatGpt(_) => "chatgpt",
         }
     }
@@ -84,7 +98,7 @@ impl Credential {
     /// Whether requests can be sent with it now; the reason when not.
     pub fn readiness(&self) -> Result<(), String> {
         match self {
-            Credential::ApiKey { .. } => Ok(()),
+            Credential::ApiKey(_) => Ok(()),
             Credential::ChatGpt(backend) => backend.tokens.readiness(),
         }
     }
@@ -108,10 +122,10 @@ impl Credential {
         endpoint: &Endpoint,
         query: Option<&str>,
         client: &HeaderMap,
-        upstream: &Upstream,
     ) -> Result<Plan, ProxyError> {
         match self {
-            Credential::ApiKey { .. } => {
+            Credential::ApiKey(key) => {
+                let upstream = &key.upstream;
                 let uri = match endpoint {
                     Endpoint::Create => Some(upstream.uri.clone()),
                     endpoint => upstream.endpoint(&endpoint.suffix(), query),
@@ -124,7 +138,7 @@ impl Credential {
                               derived from it",
                     })
             }
-            Credential::ChatGpt(backend) => backend.plan(endpoint, client, upstream),
+            Credential::ChatGpt(backend) => backend.plan(endpoint, client),
         }
     }
 
@@ -134,14 +148,14 @@ impl Credential {
         match self {
             Credential::ChatGpt(backend) => backend.adapt(body),
             // A key's upstream takes the client's body as it is.
-            Credential::ApiKey { .. } => Ok((body.clone(), true)),
+            Credential::ApiKey(_) => Ok((body.clone(), true)),
         }
     }
 
     /// What the first attempt is sent with.
     pub async fn grant(&self) -> Result<Grant, ProxyError> {
         match self {
-            Credential::ApiKey { .. } => Ok(Grant::Key),
+            Credential::ApiKey(_) => Ok(Grant::Key),
             Credential::ChatGpt(backend) => {
                 // Boxed, as below: a session may mean a refresh at the issuer, a large future
                 // that would make every request's so, the API key's included.
@@ -175,7 +189,8 @@ impl Credential {
     /// from the client's (`client`).
     pub fn authorize(&self, headers: &mut HeaderMap, client: &HeaderMap, grant: &Grant) {
         match (self, grant) {
-            (Credential::ApiKey { header, value, .. }, _) => {
+            (Credential::ApiKey(key), _) => {
+                let (header, value) = (&key.header, &key.value);
                 headers.insert(header.clone(), value.expose());
             }
             (Credential::ChatGpt(backend), Grant::Login(session)) => {

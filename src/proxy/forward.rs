@@ -22,7 +22,6 @@ pub struct Forwarder {
     pool: Arc<UpstreamPool>,
     /// Connections for WebSockets to the upstream.
     ws: WsConnector,
-    upstream: Upstream,
     limits: Limits,
     dumper: Option<Arc<Dumper>>,
 }
@@ -37,7 +36,6 @@ impl Forwarder {
         Self {
             pool,
             ws,
-            upstream: config.upstream.clone(),
             limits: config.limits.clone(),
             dumper,
         }
@@ -45,10 +43,6 @@ impl Forwarder {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
-    }
-
-    pub fn upstream(&self) -> &Upstream {
-        &self.upstream
     }
 
     /// This worker's connections to the upstream.
@@ -116,20 +110,19 @@ impl Forwarder {
         response
     }
 
-    /// Starts the dump of a request: its head now, its body through the returned sink.
+    /// Starts the dump of a request going to `upstream`: its head now, its body through the
+    /// returned sink.
     pub fn open_request_dump(
         &self,
         parts: &http::request::Parts,
+        upstream: &Upstream,
     ) -> Option<(ExchangeId, DumpSink)> {
         let dumper = self.dumper.as_ref()?;
         let id = dumper.next_exchange();
         let mut meta = Map::new();
         meta.insert("method".into(), Value::from(parts.method.as_str()));
         meta.insert("path".into(), Value::from(parts.uri.path()));
-        meta.insert(
-            "upstream_url".into(),
-            Value::from(self.upstream.uri.to_string()),
-        );
+        meta.insert("upstream_url".into(), Value::from(upstream.uri.to_string()));
         Some((id, dumper.open(id, "request", meta, &parts.headers)))
     }
 

@@ -120,12 +120,9 @@ impl Pipeline<'_> {
     ) -> Result<Reply, ProxyError> {
         let Admitted { endpoint, client } = *admitted;
         self.admit_stored(endpoint, client).await?;
-        let plan = self.credential.plan(
-            endpoint,
-            req.uri().query(),
-            req.headers(),
-            self.forwarder.upstream(),
-        )?;
+        let plan = self
+            .credential
+            .plan(endpoint, req.uri().query(), req.headers())?;
         // Continuing a response reads it: only the client's own may be named.
         let previous = match (endpoint, self.owners) {
             (Endpoint::Create | Endpoint::Compact | Endpoint::InputTokens, Some(owners))
@@ -194,7 +191,8 @@ impl Pipeline<'_> {
         if declared.is_some_and(|len| len > limit) {
             return Err(ProxyError::BodyTooLarge { limit });
         }
-        let (exchange, request_dump) = match self.forwarder.open_request_dump(&parts) {
+        let upstream = self.credential.upstream();
+        let (exchange, request_dump) = match self.forwarder.open_request_dump(&parts, upstream) {
             Some((id, sink)) => (Some(id), Some(sink)),
             None => (None, None),
         };
@@ -277,10 +275,13 @@ impl Pipeline<'_> {
 
     /// The dump of a request whose body keyward holds whole: head and body now.
     fn dump_whole(&self, parts: &http::request::Parts, body: &[u8]) -> Option<ExchangeId> {
-        self.forwarder.open_request_dump(parts).map(|(id, sink)| {
-            finish_dump(Some(sink), body);
-            id
-        })
+        let upstream = self.credential.upstream();
+        self.forwarder
+            .open_request_dump(parts, upstream)
+            .map(|(id, sink)| {
+                finish_dump(Some(sink), body);
+                id
+            })
     }
 }
 

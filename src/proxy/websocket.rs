@@ -103,7 +103,7 @@ pub async fn accept(
     let limits = accept.forwarder.limits().clone();
     let dumps = accept
         .forwarder
-        .open_request_dump(&req.into_parts().0)
+        .open_request_dump(&req.into_parts().0, accept.credential.upstream())
         .map(|(id, sink)| (id, sink, accept.forwarder.open_ws_response_dump(id)));
     // The handshake itself is logged, not charged: the turns are.
     ctx.untrack();
@@ -150,7 +150,13 @@ async fn open_upstream(
         for name in HANDSHAKE {
             headers.remove(name);
         }
-        open_websocket(accept.forwarder, headers, generate_key(), config)
+        open_websocket(
+            accept.forwarder,
+            credential.upstream(),
+            headers,
+            generate_key(),
+            config,
+        )
     })
     .await?;
     if let Handshake::Open(_, head) = &opened {
@@ -188,12 +194,13 @@ impl Answer for Handshake {
 /// handshake's own; a refusal comes back with its status, headers and body.
 pub(crate) async fn open_websocket(
     forwarder: &Forwarder,
+    upstream: &crate::config::Upstream,
     mut headers: HeaderMap,
     key: String,
     config: WebSocketConfig,
 ) -> Result<Handshake, ProxyError> {
     use http::header::{CONNECTION, HOST, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
-    let uri = forwarder.upstream().uri.clone();
+    let uri = upstream.uri.clone();
     let connect_timeout = forwarder.limits().connect_timeout;
     let io = match tokio::time::timeout(connect_timeout, forwarder.ws().connect(uri.clone())).await
     {
@@ -206,7 +213,7 @@ pub(crate) async fn open_websocket(
         }
     };
     let value = |text: &str| http::HeaderValue::from_str(text).ok();
-    if let Some(host) = value(forwarder.upstream().authority.as_str()) {
+    if let Some(host) = value(upstream.authority.as_str()) {
         headers.insert(HOST, host);
     }
     headers.insert(CONNECTION, http::HeaderValue::from_static("Upgrade"));
@@ -218,7 +225,7 @@ pub(crate) async fn open_websocket(
     let mut request = Request::new(());
     // The handshake names the socket's own scheme: `wss` over TLS, `ws` in the clear.
     let mut ws_uri = http::uri::Parts::from(uri);
-    ws_uri.scheme = Some(if forwarder.upstream().scheme == http::uri::Scheme::HTTPS {
+    ws_uri.scheme = Some(if upstream.scheme == http::uri::Scheme::HTTPS {
         "wss".parse().unwrap_or(http::uri::Scheme::HTTPS)
     } else {
         "ws".parse().unwrap_or(http::uri::Scheme::HTTP)

@@ -60,6 +60,7 @@ pub async fn start(args: &[&str]) -> (SocketAddr, Started) {
             Credential::api_key(
                 header.name(),
                 SecretHeader::new(LockedSecret::copy_from(value.as_bytes())).unwrap(),
+                config.upstream.clone(),
             )
         }
         CredentialConfig::ChatGpt(_) => keyward::cli::chatgpt_credential(&config).await.unwrap(),
