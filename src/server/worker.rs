@@ -71,8 +71,23 @@ impl Worker {
                     }
                 }
             }
+            // tokio's timer driver wakes its own thread through an eventfd (one write, one more
+            // epoll_wait) whenever a timer is set to fire before the wake-up it planned when it
+            // last slept. On a keep-alive connection that was every request: hyper's header-read
+            // timer, set after the response, came before the planned wake of the response's own
+            // 10-minute timer. A timer that fires every second keeps the planned wake within a
+            // second, so the per-request timers (seconds to minutes) never write the eventfd
+            // (bench/results/2026-12-03-timer-wakeups.md).
+            let heartbeat = tokio::spawn(async {
+                let mut tick = tokio::time::interval(HEARTBEAT);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                }
+            });
             let mut stop = self.shutdown.subscribe();
             let _ = stop.wait_for(|&stop| stop).await;
+            heartbeat.abort();
             for accept in accept_loops {
                 let _ = accept.await;
             }
@@ -119,6 +134,9 @@ pub(crate) fn refused_connection_builder(config: &Config) -> http1::Builder {
         .keep_alive(false);
     builder
 }
+
+/// How often a worker's heartbeat timer fires (see [`Worker::run`]).
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// How long a refused connection may take over the request head its 403 answers.
 const REFUSED_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
