@@ -103,6 +103,7 @@ async fn two_turns_relayed_one_message_at_a_time_with_the_key_on_the_upstream_ha
         assert_eq!(line["input_tokens"], 12, "{line}");
         assert_eq!(line["output_tokens"], 7, "{line}");
         assert_eq!(line["model"], "gpt-5", "{line}");
+        assert_eq!(line["credential"], "api-key", "{line}");
     }
 }
 
