@@ -69,29 +69,43 @@ fn import_login(
     dir: &Home,
     config: &crate::config::state::StateConfig,
 ) -> anyhow::Result<()> {
-    let local = store::open(home.store, dir)?;
-    let login = local.load()?.with_context(|| {
-        format!(
+    // Every login in the home, each under its own name (`keyward login --name`); the default
+    // one is looked for in the store even when it is not a file (--store keyring).
+    let default = crate::config::values::DEFAULT_LOGIN.to_owned();
+    let mut names = dir.login_names();
+    if !names.contains(&default) {
+        names.insert(0, default);
+    }
+    let mut copied = 0;
+    for name in &names {
+        let local = store::open(home.store, &dir.login(name)?)?;
+        let Some(login) = local.load()? else {
+            continue;
+        };
+        let (shared, _lock) = crate::credential::chatgpt::refresh_lock::open_store(
+            home.store,
+            dir,
+            name,
+            Some(config),
+        )?;
+        shared.save(&login)?;
+        copied += 1;
+        writeln!(
+            std::io::stdout(),
+            "Copied the login for {} from {} to {}. Replicas with --state use it now; the copy in \
+             the home is left as it was: delete it (keyward logout would revoke the login itself) \
+             once nothing uses it.",
+            login.email.as_deref().unwrap_or("(no email)"),
+            local.describe(),
+            shared.describe()
+        )?;
+    }
+    if copied == 0 {
+        anyhow::bail!(
             "there is no login in {} to import (--ledger-only imports just the ledger)",
-            local.describe()
-        )
-    })?;
-    let (shared, _lock) = crate::credential::chatgpt::refresh_lock::open_store(
-        home.store,
-        dir,
-        crate::config::values::DEFAULT_LOGIN,
-        Some(config),
-    )?;
-    shared.save(&login)?;
-    writeln!(
-        std::io::stdout(),
-        "Copied the login for {} from {} to {}. Replicas with --state use it now; the copy in \
-         the home is left as it was: delete it (keyward logout would revoke the login itself) \
-         once nothing uses it.",
-        login.email.as_deref().unwrap_or("(no email)"),
-        local.describe(),
-        shared.describe()
-    )?;
+            store::open(home.store, dir)?.describe()
+        );
+    }
     Ok(())
 }
 

@@ -282,7 +282,8 @@ pub enum StateAction {
         state: StateArgs,
     },
     /// Copy what a single keyward kept in its home into the state database: the login
-    /// (login.json, or --store keyring; encrypted) and the usage ledger (usage.jsonl, or
+    /// (login.json, or --store keyring; encrypted; every login of `keyward login --name`
+    /// under its name) and the usage ledger (usage.jsonl, or
     /// --usage-log). The home's copies are left as they are. Importing again adds nothing twice.
     Import {
         #[command(flatten)]

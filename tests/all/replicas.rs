@@ -602,3 +602,43 @@ async fn named_logins_in_the_database_are_rows_of_their_own_that_cannot_stand_in
     let (ok, out, err) = keyward(&[&["status", "--name", "team"][..], &common].concat()).await;
     assert!(ok, "{out}{err}");
 }
+
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_import_copies_every_login_of_the_home_under_its_name() {
+    let pg = Postgres::start();
+    let issuer = FakeIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("state.key");
+    let key_arg = key.to_str().unwrap();
+    let (ok, out, err) = keyward(&["state", "init-key", key_arg]).await;
+    assert!(ok, "{out}{err}");
+    let home = dir.path().join("h");
+    let (first, team) = (issuer.mint(), issuer.mint());
+    seed_login(&home, &first);
+    seed_login(&home.join("logins/team"), &team);
+    let url = pg.url();
+    let common = [
+        "--home",
+        home.to_str().unwrap(),
+        "--state",
+        &url,
+        "--state-key-file",
+        key_arg,
+    ];
+    let (ok, out, err) = keyward(&[&["state", "import"][..], &common].concat()).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.matches("Copied the login").count(), 2, "{out}");
+    assert_eq!(
+        pg.psql("SELECT name FROM keyward_login ORDER BY name")
+            .trim(),
+        "default\nteam"
+    );
+    // Each row is its own login: status through the database names each.
+    let (ok, lines, err) = keyward(&[&["status", "--json"][..], &common].concat()).await;
+    assert!(ok, "{lines}{err}");
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+}
