@@ -5,8 +5,10 @@
 
 pub mod codex_config;
 pub mod commands;
+pub mod credentials;
 pub mod operations;
 mod serve;
 pub mod state;
 
-pub use serve::{chatgpt_credential, serve};
+pub use credentials::chatgpt_credential;
+pub use serve::serve;

@@ -12,6 +12,7 @@ use http::HeaderValue;
 pub mod access;
 pub mod args;
 pub mod command_args;
+pub mod credentials;
 mod error;
 pub mod file;
 pub mod quota;
@@ -144,7 +145,13 @@ pub struct Config {
     pub endpoints: Endpoints,
     /// The record of who created each response, when stored responses are served.
     pub ownership: Option<Ownership>,
+    /// The credential `--auth` names; with `--credential`, the settings its logins share (or
+    /// its first key, when it has no login).
     pub credential: CredentialConfig,
+    /// `--credential`: named credentials that replace `credential`, and the routes that give
+    /// each client one. Empty: `credential` serves every client.
+    pub credentials: Vec<credentials::CredentialSpec>,
+    pub routes: Vec<credentials::RouteSpec>,
     pub dump: Option<DumpConfig>,
     pub limits: Limits,
     pub upstream_proxy: Option<UpstreamProxy>,
@@ -234,7 +241,21 @@ impl Config {
         for spec in &ops.quota {
             quotas.add_spec(spec).map_err(ConfigError::Quota)?;
         }
+        let (credentials, routes) = credentials::settings(&args.credentials, &args.routes)?;
+        let logins = credentials
+            .iter()
+            .any(|c| matches!(c.source, credentials::Source::Login { .. }));
+        let keys = credentials.iter().find_map(|c| match &c.source {
+            credentials::Source::Key { file, header } => Some((file, *header)),
+            credentials::Source::Login { .. } => None,
+        });
         let credential = match args.auth {
+            // With --credential: the settings its logins share, or its first key.
+            _ if logins => CredentialConfig::ChatGpt(Box::new(chatgpt_config(args)?)),
+            _ if let Some((file, header)) = keys => CredentialConfig::ApiKey {
+                source: KeySource::File(file.clone()),
+                header,
+            },
             AuthMode::ApiKey => CredentialConfig::ApiKey {
                 source: match &args.api_key_file {
                     Some(path) => KeySource::File(path.clone()),
@@ -255,7 +276,7 @@ impl Config {
         let (endpoints, ownership) = responses::settings(
             &args.responses,
             args.home.home.as_deref(),
-            matches!(credential, CredentialConfig::ApiKey { .. }),
+            matches!(credential, CredentialConfig::ApiKey { .. }) || keys.is_some(),
         )?;
         let usage_log = match (&ops.usage_log, &credential) {
             _ if ops.no_usage_log => None,
@@ -294,6 +315,8 @@ impl Config {
             endpoints,
             ownership,
             credential,
+            credentials,
+            routes,
             dump: args.dump_dir.as_ref().map(|dir| DumpConfig {
                 dir: dir.clone(),
                 max_body: args.dump_max_body,

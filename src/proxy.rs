@@ -11,6 +11,7 @@ pub mod backend;
 pub mod body;
 pub mod context;
 pub mod credential;
+pub mod credentials;
 pub mod decode;
 pub mod dump;
 pub mod error;

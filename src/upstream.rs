@@ -88,10 +88,19 @@ impl ClientSettings {
     }
 }
 
-/// A worker's connections to the upstream API.
-pub fn build<B: Outgoing>(config: &Config) -> Result<Arc<Pool<B>>, UpstreamError> {
+/// A worker's connections to each of `upstreams` (one pool per scheme, host and port).
+pub fn build<B: Outgoing>(
+    config: &Config,
+    upstreams: &[http::Uri],
+) -> Result<Vec<Arc<Pool<B>>>, UpstreamError> {
     let connector = connector(&ClientSettings::from_config(config))?;
-    Ok(Arc::new(Pool::new(connector, config.upstream.uri.clone())))
+    let mut pools: Vec<Arc<Pool<B>>> = Vec::new();
+    for uri in upstreams {
+        if !pools.iter().any(|pool| pool.serves(uri)) {
+            pools.push(Arc::new(Pool::new(connector.clone(), uri.clone())));
+        }
+    }
+    Ok(pools)
 }
 
 /// A pooled HTTP/1.1 + HTTP/2 client over rustls with the given settings, for any body type.

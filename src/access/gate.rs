@@ -231,8 +231,15 @@ impl Gate {
         if policy.groups.is_empty() {
             return false;
         }
+        self.groups(uid)
+            .iter()
+            .any(|gid| policy.groups.contains(gid))
+    }
+
+    /// The groups of `uid` (primary and supplementary), from the user database, cached.
+    pub fn groups(&mut self, uid: u32) -> Arc<[u32]> {
         let now = Instant::now();
-        let groups = match self.groups.get(&uid) {
+        match self.groups.get(&uid) {
             Some((at, groups)) if now.duration_since(*at) < GROUP_CACHE_TTL => groups.clone(),
             _ => {
                 let groups: Arc<[u32]> = groups_of(uid).into();
@@ -242,8 +249,7 @@ impl Gate {
                 self.groups.insert(uid, (now, groups.clone()));
                 groups
             }
-        };
-        groups.iter().any(|gid| policy.groups.contains(gid))
+        }
     }
 }
 

@@ -114,6 +114,37 @@ pub fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each `--credential` and who uses it, for `check-config`: `plan (the ChatGPT login team, to
+/// https://…): alice, @codex; key (an API key from /etc/…, to https://…): alice, @codex, every
+/// client`, clients in route order.
+fn credentials_summary(config: &crate::config::Config) -> String {
+    use crate::config::credentials::Source;
+    config
+        .credentials
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| {
+            let what = match &spec.source {
+                Source::Key { file, .. } => format!("an API key from {}", file.display()),
+                Source::Login { login } => format!("the ChatGPT login {login}"),
+            };
+            let users: Vec<String> = config
+                .routes
+                .iter()
+                .filter(|route| route.credentials.contains(&index))
+                .flat_map(|route| route.clients.iter().map(ToString::to_string))
+                .collect();
+            let users = if users.is_empty() {
+                "no route uses it".to_owned()
+            } else {
+                users.join(", ")
+            };
+            format!("{} ({what}, to {}): {users}", spec.name, spec.upstream.uri)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The settings as `keyward check-config` shows them: one line each, in words.
 fn summary(config: &crate::config::Config) -> String {
     use crate::config::{ClientTokenSource, CredentialConfig};
@@ -131,6 +162,7 @@ fn summary(config: &crate::config::Config) -> String {
         None => "not required".into(),
     };
     let credential = match &config.credential {
+        _ if !config.credentials.is_empty() => credentials_summary(config),
         CredentialConfig::ApiKey { source, .. } => format!("an API key, from {source}"),
         CredentialConfig::ChatGpt(chatgpt) => {
             format!("the ChatGPT login in {}", chatgpt.home.display())
@@ -180,7 +212,14 @@ fn summary(config: &crate::config::Config) -> String {
             ),
         ),
         ("credential", credential),
-        ("upstream", config.upstream.uri.to_string()),
+        (
+            "upstream",
+            if config.credentials.is_empty() {
+                config.upstream.uri.to_string()
+            } else {
+                "each credential's (above)".into()
+            },
+        ),
         (
             "metrics and usage page",
             or_none(

@@ -1,21 +1,14 @@
-//! `keyward serve`: load the credential, start the server, and wait for signals (SIGTERM and
+//! `keyward serve`: load the credentials, start the server, and wait for signals (SIGTERM and
 //! SIGINT stop it, SIGHUP re-reads the settings).
 
 use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::config::Config;
 use crate::config::args::ServeArgs;
 use crate::config::file::ConfigSource;
-use crate::config::{Config, CredentialConfig};
-use crate::credential::api_key;
-use crate::credential::chatgpt::home::Home;
-use crate::credential::chatgpt::issuer::Issuer;
-use crate::credential::chatgpt::tokens::TokenManager;
-use crate::proxy::backend::Backend;
-use crate::proxy::credential::Credential;
 use crate::server::systemd::Notify;
-use crate::upstream::ClientSettings;
 
 /// `keyward serve`: load the credential, listen, forward until told to stop.
 /// `started` is called once keyward serves (for what the log says only then).
@@ -25,15 +18,8 @@ pub fn serve(
     started: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let config = Config::from_args(args)?;
-    // An API key is read before any thread or socket exists, so a missing key fails fast.
-    let api_key = match &config.credential {
-        CredentialConfig::ApiKey { source, header } => Some(Credential::api_key(
-            header.name(),
-            api_key::load(source, *header)?,
-            config.upstream.clone(),
-        )),
-        CredentialConfig::ChatGpt(_) => None,
-    };
+    // API keys are read before any thread or socket exists, so a missing key fails fast.
+    let pending = crate::cli::credentials::read_keys(&config)?;
     // This runtime only watches for signals and keeps a ChatGPT login fresh; connections are
     // served by the workers `crate::server::start` spawns.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -41,11 +27,8 @@ pub fn serve(
         .build()
         .context("could not start the async runtime")?;
     runtime.block_on(async {
-        let credential = match api_key {
-            Some(credential) => credential,
-            None => chatgpt_credential(&config).await?,
-        };
-        let running = crate::server::start(&config, credential).await?;
+        let credentials = crate::cli::credentials::open(&config, pending).await?;
+        let running = crate::server::start(&config, credentials).await?;
         started();
         // The key is read and the sockets are bound: from here keyward only reads and writes
         // where its configuration says, and runs no program.
@@ -131,52 +114,6 @@ fn confine(config: &Config) {
         },
         Err(err) => tracing::warn!(error = %err, "keyward runs without its sandbox"),
     }
-}
-
-/// The ChatGPT credential for `serve --auth chatgpt`: the login in the home, kept fresh in the
-/// background. A missing or ended login is reported but does not stop keyward: requests get 503
-/// until `keyward login` stores a new one, which is picked up without a restart.
-pub async fn chatgpt_credential(config: &Config) -> anyhow::Result<Credential> {
-    let CredentialConfig::ChatGpt(chatgpt) = &config.credential else {
-        anyhow::bail!("not configured for --auth chatgpt");
-    };
-    let home = Home::open(&chatgpt.home)?;
-    // With --state, the login is shared in the database instead of the home.
-    let state = config.state.as_ref().map(|shared| shared.db.clone());
-    let (kind, name) = (chatgpt.store, chatgpt.login.clone());
-    // Opening the state database connects to it: off the async threads.
-    let (store, lock) = tokio::task::spawn_blocking(move || {
-        crate::credential::chatgpt::refresh_lock::open_store(kind, &home, &name, state.as_ref())
-    })
-    .await??;
-    let settings = ClientSettings::from_config(config);
-    let issuer = Issuer::new(&chatgpt.issuer, &settings)?;
-    let tokens = Arc::new(TokenManager::new(
-        store,
-        Some(lock),
-        issuer,
-        chatgpt.refresh_margin,
-    ));
-    match tokens.session().await {
-        Ok(session) => tracing::info!(
-            store = %tokens.store_description(),
-            expires_at = session.expires_at,
-            "using the ChatGPT login"
-        ),
-        Err(err) => tracing::warn!("{err}; requests get 503 until then"),
-    }
-    tokio::spawn(tokens.clone().keep_fresh());
-    tokio::spawn(
-        // As often as the other shared state is read.
-        tokens.clone().watch_shared(
-            config
-                .state
-                .as_ref()
-                .map_or(std::time::Duration::from_secs(1), |state| state.sync),
-        ),
-    );
-    let backend = Backend::new(tokens, (**chatgpt).clone(), config.upstream.clone());
-    Ok(Credential::ChatGpt(Arc::new(backend)))
 }
 
 /// On SIGHUP: re-reads the TLS files and, with --config, the file. An invalid file changes

@@ -130,6 +130,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "KIND", value_enum, default_value_t = AuthMode::ApiKey)]
     pub auth: AuthMode,
 
+    /// A named credential, instead of the one --auth names: `NAME:api-key-file=PATH` or
+    /// `NAME:chatgpt=LOGIN` (a `keyward login --name LOGIN`), with `,upstream-url=URL` and
+    /// `,auth-header=api-key` if needed; repeatable. In a config file: `[credential.NAME]`.
+    #[arg(long = "credential", value_name = "NAME:SETTINGS")]
+    pub credentials: Vec<String>,
+
+    /// Which clients use which credentials: `CLIENT,...=CREDENTIAL,...`, clients by name,
+    /// `@GROUP` or `*`; the first route that names a client decides, and a client no route names
+    /// is refused. Repeatable. In a config file: `[[route]]` with `clients` and `credentials`.
+    #[arg(long = "route", value_name = "CLIENTS=CREDENTIALS")]
+    pub routes: Vec<String>,
+
     /// With --auth chatgpt: which login to use (`keyward login --name NAME`).
     #[arg(long, value_name = "NAME", default_value = crate::config::values::DEFAULT_LOGIN, value_parser = crate::config::values::parse_login_name)]
     pub login: String,

@@ -38,6 +38,8 @@ pub enum ConfigError {
     BadHeader { flag: &'static str },
     #[error("{0}")]
     Home(String),
+    #[error("{0}")]
+    BadCredential(String),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -145,6 +145,12 @@ fn file_args(path: &Path, text: &str, argv: &[OsString]) -> Result<Vec<OsString>
         match value {
             toml::Value::Boolean(true) => args.push(flag),
             toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) if key == "route" => {
+                for item in items {
+                    args.push(flag.clone());
+                    args.push(route_arg(item).map_err(bad)?.into());
+                }
+            }
             toml::Value::Array(items) => {
                 for item in items {
                     let Some(text) = scalar(item)? else {
@@ -152,6 +158,12 @@ fn file_args(path: &Path, text: &str, argv: &[OsString]) -> Result<Vec<OsString>
                     };
                     args.push(flag.clone());
                     args.push(text.into());
+                }
+            }
+            toml::Value::Table(entries) if key == "credential" => {
+                for (name, settings) in entries {
+                    args.push(flag.clone());
+                    args.push(credential_arg(name, settings).map_err(bad)?.into());
                 }
             }
             toml::Value::Table(entries) if key == "quota" => {
@@ -174,6 +186,46 @@ fn file_args(path: &Path, text: &str, argv: &[OsString]) -> Result<Vec<OsString>
         }
     }
     Ok(args)
+}
+
+/// `[credential.NAME]` as `--credential NAME:KEY=VALUE,...`.
+fn credential_arg(name: &str, settings: &toml::Value) -> Result<String, String> {
+    let toml::Value::Table(settings) = settings else {
+        return Err(format!(
+            "credential.{name} must be a table, such as [credential.{name}] with chatgpt = \"LOGIN\""
+        ));
+    };
+    let mut pairs = Vec::new();
+    for (key, value) in settings {
+        match value {
+            toml::Value::String(text) if !text.contains(',') => pairs.push(format!("{key}={text}")),
+            _ => {
+                return Err(format!(
+                    "credential.{name}.{key} must be a string without commas"
+                ));
+            }
+        }
+    }
+    Ok(format!("{name}:{}", pairs.join(",")))
+}
+
+/// A `[[route]]` entry as `--route CLIENTS=CREDENTIALS`.
+fn route_arg(entry: &toml::Value) -> Result<String, String> {
+    let list = |key: &str| -> Result<String, String> {
+        let items = entry
+            .get(key)
+            .and_then(toml::Value::as_array)
+            .ok_or_else(|| format!("each [[route]] needs `{key}`, a list of names"))?;
+        items
+            .iter()
+            .map(|item| match item.as_str() {
+                Some(text) if !text.contains([',', '=']) => Ok(text.to_owned()),
+                _ => Err(format!("route.{key} holds names, not {}", item.type_str())),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|names| names.join(","))
+    };
+    Ok(format!("{}={}", list("clients")?, list("credentials")?))
 }
 
 #[cfg(test)]

@@ -41,18 +41,24 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(tokens: Arc<TokenManager>, config: ChatGptConfig, upstream: Upstream) -> Self {
-        let name = if config.login == crate::config::values::DEFAULT_LOGIN {
-            Arc::from("chatgpt")
-        } else {
-            Arc::from(format!("chatgpt:{}", config.login))
-        };
+    /// The login `tokens` keeps, sending to `upstream`; `name` is what the ledger calls it.
+    pub fn new(
+        tokens: Arc<TokenManager>,
+        config: ChatGptConfig,
+        upstream: Upstream,
+        name: Arc<str>,
+    ) -> Self {
         Self {
             tokens,
             config,
             name,
             upstream,
         }
+    }
+
+    /// Where the login lives (its plan usage is written there).
+    pub fn login_dir(&self) -> std::path::PathBuf {
+        self.config.login_dir()
     }
 
     /// What `endpoint` becomes at the backend.

@@ -47,10 +47,16 @@ pub enum Grant {
 }
 
 impl Credential {
-    /// The API key given on the command line (or its file), sent in `header` to `upstream`.
-    pub fn api_key(header: HeaderName, value: SecretHeader, upstream: Upstream) -> Self {
+    /// An API key named `name` (`api-key` for the one given on the command line), sent in
+    /// `header` to `upstream`.
+    pub fn api_key(
+        name: Arc<str>,
+        header: HeaderName,
+        value: SecretHeader,
+        upstream: Upstream,
+    ) -> Self {
         Credential::ApiKey(Arc::new(Key {
-            name: Arc::from("api-key"),
+            name,
             header,
             value,
             upstream,

@@ -17,6 +17,11 @@ pub enum ProxyError {
     NotFound { path: String },
     #[error("{path} is not forwarded")]
     Forbidden { path: String, why: &'static str },
+    #[error(
+        "keyward has no credential for client `{client}`: no route names it (--route, or \
+         [[route]] in the config file)"
+    )]
+    NoRoute { client: String },
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed {
         method: String,
@@ -83,7 +88,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::Forbidden { .. } | ProxyError::NoRoute { .. } => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UnknownResponse { .. }
             | ProxyError::NotOffered(_)
@@ -119,6 +124,7 @@ impl ProxyError {
         match self {
             ProxyError::NotFound { .. } => "not_found",
             ProxyError::Forbidden { .. } => "not_forwarded",
+            ProxyError::NoRoute { .. } => "no_route",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::UnknownResponse { .. } => "response_not_found",
             ProxyError::UnknownPrevious { .. } => "previous_response_not_found",
@@ -158,6 +164,7 @@ impl ProxyError {
                     .into()
             }
             ProxyError::Forbidden { why, .. } => (*why).into(),
+            ProxyError::NoRoute { .. } => self.to_string(),
             ProxyError::MethodNotAllowed { allow, path, .. } => {
                 format!("use {allow} for {path}")
             }

@@ -18,8 +18,8 @@ use crate::upstream::{ErrorChain, WsConnector};
 
 /// What forwarding needs, one per worker: its upstream connections, the limits, the dumper.
 pub struct Forwarder {
-    /// This worker's connections to the upstream.
-    pool: Arc<UpstreamPool>,
+    /// This worker's connections to each upstream its credentials send to.
+    pools: Vec<Arc<UpstreamPool>>,
     /// Connections for WebSockets to the upstream.
     ws: WsConnector,
     limits: Limits,
@@ -29,12 +29,12 @@ pub struct Forwarder {
 impl Forwarder {
     pub fn new(
         config: &Config,
-        pool: Arc<UpstreamPool>,
+        pools: Vec<Arc<UpstreamPool>>,
         ws: WsConnector,
         dumper: Option<Arc<Dumper>>,
     ) -> Self {
         Self {
-            pool,
+            pools,
             ws,
             limits: config.limits.clone(),
             dumper,
@@ -45,9 +45,13 @@ impl Forwarder {
         &self.limits
     }
 
-    /// This worker's connections to the upstream.
-    pub fn pool(&self) -> &Arc<UpstreamPool> {
-        &self.pool
+    /// This worker's connections to the upstream `uri` is on (one pool per upstream its
+    /// credentials send to; a URI on none of them goes to the first).
+    pub fn pool(&self, uri: &http::Uri) -> &Arc<UpstreamPool> {
+        self.pools
+            .iter()
+            .find(|pool| pool.serves(uri))
+            .unwrap_or(&self.pools[0])
     }
 
     /// Relays an upstream response to the client. With `backend_stream`, a successful answer is

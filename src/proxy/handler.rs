@@ -26,6 +26,7 @@ use crate::proxy::body::ProxyBody;
 use crate::proxy::body::UpstreamPool;
 use crate::proxy::context::Context;
 use crate::proxy::credential::Credential;
+use crate::proxy::credentials::Credentials;
 use crate::proxy::dump::Dumper;
 use crate::proxy::error::{ProxyError, json_response};
 use crate::proxy::forward::{Forwarder, body_len};
@@ -35,13 +36,15 @@ use crate::proxy::routes::Endpoint;
 use crate::proxy::websocket;
 use crate::upstream::WsConnector;
 
+mod health;
+
 /// Everything a request needs, shared by all connections.
 pub struct Proxy {
     /// This worker's connections to the upstream, limits and dumper.
     forwarder: Forwarder,
     /// The WebSockets this worker relays.
     sockets: OpenCount,
-    credential: Credential,
+    credentials: Arc<Credentials>,
     max_headers: usize,
     http_shutdown: bool,
     shutdown: watch::Sender<bool>,
@@ -59,7 +62,7 @@ pub struct Proxy {
 /// What every worker's [`Proxy`] shares.
 #[derive(Clone)]
 pub struct Shared {
-    pub credential: Credential,
+    pub credentials: Arc<Credentials>,
     pub dumper: Option<Arc<Dumper>>,
     pub policy: Arc<SharedPolicy>,
     pub tokens: Option<Arc<ClientTokens>>,
@@ -74,11 +77,16 @@ pub struct Shared {
 
 impl Proxy {
     /// One worker's proxy, with its own upstream connections.
-    pub fn new(config: &Config, pool: Arc<UpstreamPool>, ws: WsConnector, shared: Shared) -> Self {
+    pub fn new(
+        config: &Config,
+        pools: Vec<Arc<UpstreamPool>>,
+        ws: WsConnector,
+        shared: Shared,
+    ) -> Self {
         Self {
-            forwarder: Forwarder::new(config, pool, ws, shared.dumper),
+            forwarder: Forwarder::new(config, pools, ws, shared.dumper),
             sockets: OpenCount::default(),
-            credential: shared.credential,
+            credentials: shared.credentials,
             max_headers: config.limits.max_headers,
             http_shutdown: config.http_shutdown,
             shutdown: shared.shutdown,
@@ -99,17 +107,27 @@ impl Proxy {
         self.sockets.clone()
     }
 
+    /// The credential the routes give `client` (its groups looked up only when a route names
+    /// a group).
+    fn credential_for(&self, client: &Arc<str>, peer: &Peer) -> Result<&Credential, ProxyError> {
+        self.credentials.for_client(client, || match peer.uid() {
+            Some(uid) => self.with_gate(|gate| gate.groups(uid)),
+            None => Arc::from([]),
+        })
+    }
+
     /// A WebSocket: relayed to the upstream's, its turns counted as the client's.
     async fn websocket(
         &self,
         req: Request<Incoming>,
         peer: &Peer,
         client: Arc<str>,
+        credential: &Credential,
         ctx: Context,
     ) -> Response<ProxyBody> {
         let accept = websocket::Accept {
             forwarder: &self.forwarder,
-            credential: &self.credential,
+            credential,
             owner: websocket::Owner {
                 uid: peer.uid(),
                 client,
@@ -140,12 +158,22 @@ impl Proxy {
                 Route::Forward(endpoint) => {
                     ctx.endpoint(endpoint.name(), endpoint.charge(), self.owners.clone());
                     match self.admit(&req, &peer, &mut ctx) {
-                        Ok(client) => return self.forward(req, endpoint, &client, ctx).await,
+                        Ok(client) => match self.credential_for(&client, &peer) {
+                            Ok(credential) => {
+                                return self.forward(req, endpoint, &client, credential, ctx).await;
+                            }
+                            Err(err) => Err(err),
+                        },
                         Err(err) => Err(err),
                     }
                 }
                 Route::WebSocket => match self.admit(&req, &peer, &mut ctx) {
-                    Ok(client) => return self.websocket(req, &peer, client, ctx).await,
+                    Ok(client) => match self.credential_for(&client, &peer) {
+                        Ok(credential) => {
+                            return self.websocket(req, &peer, client, credential, ctx).await;
+                        }
+                        Err(err) => Err(err),
+                    },
                     Err(err) => Err(err),
                 },
                 Route::Health => Ok(self.health(req.uri().path())),
@@ -174,44 +202,6 @@ impl Proxy {
         });
         ctx.finish_local(response.status(), body_len(&response));
         response
-    }
-
-    /// `GET /healthz` (alive) and `GET /readyz` (a credential is loaded and usable).
-    fn health(&self, path: &str) -> Response<ProxyBody> {
-        if path == "/healthz" {
-            return json_response(StatusCode::OK, &serde_json::json!({ "status": "alive" }));
-        }
-        let ready = self.credential.readiness();
-        let mut answer = serde_json::json!({
-            "status": "ready",
-            "credential": self.credential.kind(),
-            "sandbox": if crate::secret::sandbox::is_on() { "on" } else { "off" },
-            "sandbox_files": if crate::secret::sandbox::files_on() { "on" } else { "off" },
-        });
-        self.credential.report(&mut answer);
-        let degraded = self.credential.degraded().or_else(|| {
-            self.telemetry
-                .as_ref()
-                .is_some_and(|t| t.state_down())
-                .then_some("state database unreachable")
-        });
-        if let Some(reason) = degraded
-            && ready.is_ok()
-        {
-            answer["status"] = "degraded".into();
-            answer["reason"] = reason.into();
-        }
-        match ready {
-            Ok(()) => json_response(StatusCode::OK, &answer),
-            Err(reason) => json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &serde_json::json!({
-                    "status": "not_ready",
-                    "credential": self.credential.kind(),
-                    "reason": reason,
-                }),
-            ),
-        }
     }
 
     /// `GET /keyward/usage`: the caller's own usage and quotas, the caller identified and refused
@@ -347,11 +337,12 @@ impl Proxy {
         req: Request<Incoming>,
         endpoint: Endpoint,
         client: &Arc<str>,
+        credential: &Credential,
         ctx: Context,
     ) -> Response<ProxyBody> {
         let pipeline = Pipeline {
             forwarder: &self.forwarder,
-            credential: &self.credential,
+            credential,
             owners: self.owners.as_ref(),
         };
         let admitted = Admitted {

@@ -72,7 +72,7 @@ impl Forwarder {
         let limit = self.limits().max_body;
         // Boxed: the pool's future (connecting, TLS) is large, and each layer above would
         // otherwise copy it whole (measured: bench/results/2026-12-02-pipeline-ab.md).
-        let sent = Box::pin(self.pool().send(request));
+        let sent = Box::pin(self.pool(request.uri()).send(request));
         match tokio::time::timeout(timeout, sent).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
             Ok(Ok(response)) => Ok(response),

@@ -36,6 +36,8 @@ impl Reloader {
         let restart_only = [
             ("listen", old.listen != new.listen || old.unix != new.unix),
             ("upstream-url", old.upstream.uri != new.upstream.uri),
+            ("credential", credential_names(old) != credential_names(new)),
+            ("route", old.routes != new.routes),
             (
                 "client-tokens",
                 old.access.client_tokens != new.access.client_tokens,
@@ -70,4 +72,19 @@ impl Reloader {
             }
         }
     }
+}
+
+/// What `--credential` names, where each is and where it sends.
+fn credential_names(config: &Config) -> Vec<(String, String, String)> {
+    config
+        .credentials
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                format!("{:?}", c.source),
+                c.upstream.uri.to_string(),
+            )
+        })
+        .collect()
 }

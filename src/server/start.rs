@@ -12,8 +12,9 @@ use crate::access::gate::SharedPolicy;
 use crate::access::owners::Owners;
 use crate::config::ConfigError;
 use crate::config::state::SharedState;
-use crate::config::{ClientTokenSource, Config, CredentialConfig, UnixListen};
+use crate::config::{ClientTokenSource, Config, UnixListen};
 use crate::proxy::credential::Credential;
+use crate::proxy::credentials::Credentials;
 use crate::proxy::dump::Dumper;
 use crate::proxy::handler::{Proxy, Shared};
 use crate::server::caps::ConnectionCaps;
@@ -97,7 +98,8 @@ impl Drop for Running {
 /// address, which no other process can join: a second keyward fails with "already in use") and
 /// has its own upstream connection pool, so a request and its upstream connection are served on
 /// one thread, without cross-thread wake-ups.
-pub async fn start(config: &Config, credential: Credential) -> Result<Running, ServeError> {
+pub async fn start(config: &Config, credentials: Credentials) -> Result<Running, ServeError> {
+    let credentials = Arc::new(credentials);
     let dumper = config
         .dump
         .as_ref()
@@ -121,7 +123,13 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
     };
     let tls = config.tls.as_ref().map(Tls::new).transpose()?;
     let owners = config.ownership.as_ref().map(Owners::open).transpose()?;
-    let telemetry = telemetry(config, &credential, state_db.as_ref(), owners.as_ref())?;
+    // The metrics of a ChatGPT login (refreshes, plan windows) are those of the first login.
+    let login = credentials
+        .all()
+        .iter()
+        .find(|c| c.tokens().is_some())
+        .unwrap_or(credentials.first());
+    let telemetry = telemetry(config, login, state_db.as_ref(), owners.as_ref())?;
     let policy = Arc::new(SharedPolicy::new(config.access.policy.clone()));
     let telemetry_handle = telemetry.clone();
     let metrics = match (config.metrics_listen, &telemetry) {
@@ -250,13 +258,11 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
         }
         .spawn(shutdown.subscribe());
     }
-    if let (Some(backend), CredentialConfig::ChatGpt(chatgpt)) =
-        (credential.chatgpt(), &config.credential)
-    {
+    for backend in credentials.all().iter().filter_map(Credential::chatgpt) {
         // What the backend says of the plan's usage, for `keyward status`, until keyward stops.
         let (tokens, home, stop) = (
             backend.tokens.clone(),
-            chatgpt.login_dir(),
+            backend.login_dir(),
             shutdown.subscribe(),
         );
         tokio::spawn(async move { tokens.plan.write_to(home, stop).await });
@@ -272,14 +278,19 @@ pub async fn start(config: &Config, credential: Credential) -> Result<Running, S
             .unwrap_or_else(default_max_connections),
         config.limits.max_connections_per_user,
     ));
+    let upstreams: Vec<http::Uri> = credentials
+        .all()
+        .iter()
+        .map(|c| c.upstream().uri.clone())
+        .collect();
     let mut stopped = Vec::with_capacity(threads);
     for (index, listeners) in per_worker.into_iter().enumerate() {
         let proxy = Proxy::new(
             config,
-            upstream::build(config)?,
+            upstream::build(config, &upstreams)?,
             upstream::WsConnector::new(&upstream::ClientSettings::from_config(config))?,
             Shared {
-                credential: credential.clone(),
+                credentials: credentials.clone(),
                 dumper: dumper.clone(),
                 policy: policy.clone(),
                 tokens: tokens.clone(),

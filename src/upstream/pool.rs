@@ -141,6 +141,11 @@ struct Lease<B: Outgoing> {
 }
 
 impl<B: Outgoing> Pool<B> {
+    /// Whether requests to `uri` go through this pool (the same scheme, host and port).
+    pub fn serves(&self, uri: &Uri) -> bool {
+        uri.scheme() == self.uri.scheme() && uri.authority() == self.uri.authority()
+    }
+
     pub fn new(connector: HttpsConnector<Connector>, uri: Uri) -> Self {
         Self {
             connector,

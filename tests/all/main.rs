@@ -24,6 +24,7 @@ mod operations;
 mod readme;
 mod replicas;
 mod responses_api;
+mod routes;
 mod sandbox;
 mod shared_state;
 mod systemd;

@@ -11,6 +11,7 @@ use keyward::config::args::Cli;
 use keyward::config::values::AuthHeader;
 use keyward::config::{Config, CredentialConfig};
 use keyward::proxy::credential::Credential;
+use keyward::proxy::credentials::Credentials;
 use keyward::secret::{LockedSecret, SecretHeader};
 use keyward::server::{self, Running};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -58,6 +59,7 @@ pub async fn start(args: &[&str]) -> (SocketAddr, Started) {
                 AuthHeader::ApiKey => TEST_KEY.to_owned(),
             };
             Credential::api_key(
+                std::sync::Arc::from("api-key"),
                 header.name(),
                 SecretHeader::new(LockedSecret::copy_from(value.as_bytes())).unwrap(),
                 config.upstream.clone(),
@@ -65,7 +67,9 @@ pub async fn start(args: &[&str]) -> (SocketAddr, Started) {
         }
         CredentialConfig::ChatGpt(_) => keyward::cli::chatgpt_credential(&config).await.unwrap(),
     };
-    let running = server::start(&config, credential).await.unwrap();
+    let running = server::start(&config, Credentials::single(credential))
+        .await
+        .unwrap();
     // With only unix sockets there is no TCP address: 0.0.0.0:0 stands in.
     let addr = running
         .addrs

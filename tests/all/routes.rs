@@ -1,0 +1,324 @@
+//! Several credentials, each client given one by the routes: `--credential` and `--route`, or
+//! `[credential.NAME]` and `[[route]]` in the config file.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use serde_json::Value;
+
+use crate::support::client;
+use crate::support::keyward::{Process, add_client_token};
+use crate::support::upstream::FakeUpstream;
+use crate::support::within;
+
+async fn post_as(addr: std::net::SocketAddr, token: &str) -> client::Reply {
+    let req = Request::post("/v1/responses")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"gpt-5","input":"hi"}"#,
+        )))
+        .unwrap();
+    client::read(client::send(addr, req).await).await
+}
+
+/// Two key files (0600), for the credentials `a` and `b`.
+fn key_files(dir: &Path) -> (String, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let write = |name: &str, key: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{key}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    (write("key-a", "sk-route-a"), write("key-b", "sk-route-b"))
+}
+
+async fn ledger_lines(path: &Path, n: usize) -> Vec<Value> {
+    within("ledger lines", async {
+        loop {
+            let lines: Vec<Value> = std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn each_client_is_served_with_the_credential_its_route_gives_and_others_are_refused() {
+    let (upstream_a, upstream_b) = (FakeUpstream::ok_json().await, FakeUpstream::ok_json().await);
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, key_b) = key_files(dir.path());
+    let tokens = dir.path().join("tokens.json");
+    let alice = add_client_token(&tokens, "alice").await;
+    let bob = add_client_token(&tokens, "bob").await;
+    let carol = add_client_token(&tokens, "carol").await;
+    let ledger = dir.path().join("usage.jsonl");
+    let credential_a = format!("a:api-key-file={key_a},upstream-url={}", upstream_a.url());
+    let credential_b = format!("b:api-key-file={key_b},upstream-url={}", upstream_b.url());
+    let args = [
+        "--client-tokens",
+        tokens.to_str().unwrap(),
+        "--usage-log",
+        ledger.to_str().unwrap(),
+        "--credential",
+        &credential_a,
+        "--credential",
+        &credential_b,
+        "--route",
+        "alice=a",
+        "--route",
+        "bob=b",
+    ];
+    // No key on stdin: the credentials are the files'.
+    let keyward = Process::spawn(&args, b"", &[]).await;
+
+    let reply = post_as(keyward.addr, &alice).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let seen = upstream_a.next_request().await;
+    assert_eq!(seen.headers["authorization"], "Bearer sk-route-a");
+
+    let reply = post_as(keyward.addr, &bob).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let seen = upstream_b.next_request().await;
+    assert_eq!(seen.headers["authorization"], "Bearer sk-route-b");
+    assert_eq!(
+        upstream_a.requests().len(),
+        1,
+        "bob's request went to b alone"
+    );
+
+    // A client no route names is refused, and told why.
+    let reply = post_as(keyward.addr, &carol).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    let error = &reply.json()["error"];
+    assert_eq!(error["code"], "no_route", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("no credential for client `carol`"),
+        "{error}"
+    );
+    assert_eq!(upstream_a.requests().len() + upstream_b.requests().len(), 2);
+
+    // The ledger names each request's credential; /readyz each credential.
+    let lines = ledger_lines(&ledger, 3).await;
+    let by_client = |client: &str| {
+        lines
+            .iter()
+            .find(|l| l["client"] == client)
+            .unwrap_or_else(|| panic!("no line for {client}: {lines:?}"))
+            .clone()
+    };
+    assert_eq!(by_client("alice")["credential"], "a");
+    assert_eq!(by_client("bob")["credential"], "b");
+    assert!(by_client("carol").get("credential").is_none());
+    let ready = client::get(keyward.addr, "/readyz").await.json();
+    assert_eq!(ready["credentials"]["a"]["ready"], true, "{ready}");
+    assert_eq!(ready["credentials"]["b"]["kind"], "api_key", "{ready}");
+    // Neither key reached the log.
+    let log = keyward.stderr();
+    assert!(
+        !log.contains("sk-route-a") && !log.contains("sk-route-b"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn credentials_and_routes_from_the_config_file_are_checked_and_served() {
+    let (upstream_a, upstream_b) = (FakeUpstream::ok_json().await, FakeUpstream::ok_json().await);
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, key_b) = key_files(dir.path());
+    let tokens = dir.path().join("tokens.json");
+    let alice = add_client_token(&tokens, "alice").await;
+    let bob = add_client_token(&tokens, "bob").await;
+    let file = dir.path().join("keyward.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "client-tokens = \"{}\"\n\n[credential.a]\napi-key-file = \"{key_a}\"\nupstream-url = \"{}\"\n\n\
+             [credential.b]\napi-key-file = \"{key_b}\"\nupstream-url = \"{}\"\n\n\
+             [[route]]\nclients = [\"alice\"]\ncredentials = [\"a\", \"b\"]\n\n\
+             [[route]]\nclients = [\"*\"]\ncredentials = [\"b\"]\n",
+            tokens.display(),
+            upstream_a.url(),
+            upstream_b.url()
+        ),
+    )
+    .unwrap();
+
+    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["check-config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        text.contains(&format!(
+            "a (an API key from {key_a}, to {}): alice",
+            upstream_a.url()
+        )) && text.contains("b (an API key from")
+            && text.contains("): alice, every client"),
+        "{text}"
+    );
+
+    let keyward = Process::spawn(&["--config", file.to_str().unwrap()], b"", &[]).await;
+    // alice's route lists two credentials: the first serves, and the log says the rest wait.
+    assert!(
+        keyward.stderr().contains("keyward uses the first (a)"),
+        "{}",
+        keyward.stderr()
+    );
+    assert_eq!(post_as(keyward.addr, &alice).await.status, StatusCode::OK);
+    assert_eq!(
+        upstream_a.next_request().await.headers["authorization"],
+        "Bearer sk-route-a"
+    );
+    assert_eq!(post_as(keyward.addr, &bob).await.status, StatusCode::OK);
+    assert_eq!(
+        upstream_b.next_request().await.headers["authorization"],
+        "Bearer sk-route-b"
+    );
+
+    // A route naming a credential there is not is refused at start, naming it.
+    std::fs::write(
+        &file,
+        format!(
+            "[credential.a]\napi-key-file = \"{key_a}\"\n\n[[route]]\nclients = [\"*\"]\ncredentials = [\"nope\"]\n"
+        ),
+    )
+    .unwrap();
+    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["check-config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!checked.status.success());
+    let err = String::from_utf8_lossy(&checked.stderr);
+    assert!(err.contains("there is no credential named `nope`"), "{err}");
+}
+
+/// A ChatGPT login for one client and an API key for the rest: each request goes to its own
+/// upstream with its own credential, adapted for the backend only when it goes there.
+#[tokio::test]
+async fn a_login_and_a_key_serve_different_clients() {
+    use crate::support::chatgpt::{ACCOUNT, FakeIssuer, fake_backend, seed_login};
+    let issuer = FakeIssuer::start().await;
+    let backend = fake_backend(issuer.state.clone()).await;
+    let api = FakeUpstream::ok_json().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, _) = key_files(dir.path());
+    let home = dir.path().join("home");
+    let team = issuer.mint();
+    seed_login(&home.join("logins/team"), &team);
+    std::fs::set_permissions(
+        &home,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
+    )
+    .unwrap();
+    let tokens = dir.path().join("tokens.json");
+    let alice = add_client_token(&tokens, "alice").await;
+    let bob = add_client_token(&tokens, "bob").await;
+    let plan = format!(
+        "plan:chatgpt=team,upstream-url=http://{}/backend-api/codex/responses",
+        backend.addr
+    );
+    let key = format!("key:api-key-file={key_a},upstream-url={}", api.url());
+    let issuer_url = issuer.url();
+    let args = [
+        "--home",
+        home.to_str().unwrap(),
+        "--issuer",
+        &issuer_url,
+        "--client-tokens",
+        tokens.to_str().unwrap(),
+        "--credential",
+        &plan,
+        "--credential",
+        &key,
+        "--route",
+        "alice=plan",
+        "--route",
+        "*=key",
+    ];
+    let keyward = Process::spawn(&args, b"", &[]).await;
+
+    let reply = post_as(keyward.addr, &alice).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let seen = backend.next_request().await;
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {}", team.access_token).as_str()
+    );
+    assert_eq!(seen.headers["chatgpt-account-id"], ACCOUNT);
+    // Adapted for the backend: it must not store.
+    let body: Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(body["store"], false, "{body}");
+
+    let reply = post_as(keyward.addr, &bob).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let seen = api.next_request().await;
+    assert_eq!(seen.headers["authorization"], "Bearer sk-route-a");
+    assert!(
+        seen.headers.get("chatgpt-account-id").is_none(),
+        "no login header with a key"
+    );
+    let body: Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"model": "gpt-5", "input": "hi"}),
+        "as the client sent it"
+    );
+}
+
+/// `@GROUP` in a route: the members of that OS group (of the user the kernel names).
+#[cfg_attr(
+    not(keyward_root),
+    ignore = "needs root (scripts/test in CI runs as root)"
+)]
+#[tokio::test]
+async fn a_route_for_a_group_serves_its_members() {
+    use crate::support::users::{GROUP, client_as, count, users};
+    let users = users();
+    let (upstream_a, upstream_b) = (FakeUpstream::ok_json().await, FakeUpstream::ok_json().await);
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, key_b) = key_files(dir.path());
+    let credential_a = format!("a:api-key-file={key_a},upstream-url={}", upstream_a.url());
+    let credential_b = format!("b:api-key-file={key_b},upstream-url={}", upstream_b.url());
+    let group_route = format!("@{GROUP}=a");
+    let args = [
+        "--credential",
+        &credential_a,
+        "--credential",
+        &credential_b,
+        "--route",
+        &group_route,
+        "--route",
+        "*=b",
+    ];
+    let keyward = Process::spawn(&args, b"", &[]).await;
+    let target = serde_json::json!({ "target": format!("tcp:{}", keyward.addr) });
+    // alice is in the group, bob is not.
+    let alice = client_as(Some(users.alice), target.clone()).await;
+    assert_eq!(count(&alice, 200), 1, "{alice}");
+    assert_eq!(upstream_a.requests().len(), 1);
+    let bob = client_as(Some(users.bob), target).await;
+    assert_eq!(count(&bob, 200), 1, "{bob}");
+    assert_eq!(upstream_b.requests().len(), 1);
+    assert_eq!(upstream_a.requests().len(), 1, "bob's went to b");
+}
