@@ -87,11 +87,16 @@ pub async fn open(config: &Config, pending: Vec<Pending>) -> anyhow::Result<Cred
     }
     for route in config.routes.iter().filter(|r| r.credentials.len() > 1) {
         let clients: Vec<String> = route.clients.iter().map(ToString::to_string).collect();
-        let first = &config.credentials[route.credentials[0]].name;
-        tracing::warn!(
+        let order: Vec<&str> = route
+            .credentials
+            .iter()
+            .map(|&index| config.credentials[index].name.as_str())
+            .collect();
+        tracing::info!(
             route = clients.join(","),
-            "this route lists several credentials: keyward uses the first ({first}); falling \
-             back to the next when a plan's limit is reached is not built yet"
+            "credentials in turn when a plan's limit is reached: {} (over HTTP; a WebSocket \
+             keeps the credential it opened with)",
+            order.join(", ")
         );
     }
     Ok(if config.credentials.is_empty() {

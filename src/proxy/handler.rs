@@ -31,6 +31,7 @@ use crate::proxy::dump::Dumper;
 use crate::proxy::error::{ProxyError, json_response};
 use crate::proxy::forward::{Forwarder, body_len};
 use crate::proxy::open::OpenCount;
+use crate::proxy::pipeline::Fallback;
 use crate::proxy::pipeline::{Admitted, Pipeline};
 use crate::proxy::routes::Endpoint;
 use crate::proxy::websocket;
@@ -107,10 +108,10 @@ impl Proxy {
         self.sockets.clone()
     }
 
-    /// The credential the routes give `client` (its groups looked up only when a route names
-    /// a group).
-    fn credential_for(&self, client: &Arc<str>, peer: &Peer) -> Result<&Credential, ProxyError> {
-        self.credentials.for_client(client, || match peer.uid() {
+    /// The credentials the routes give `client`, in the order they are tried (its groups looked
+    /// up only when a route names a group).
+    fn chain_for(&self, client: &Arc<str>, peer: &Peer) -> Result<Vec<usize>, ProxyError> {
+        self.credentials.chain_for(client, || match peer.uid() {
             Some(uid) => self.with_gate(|gate| gate.groups(uid)),
             None => Arc::from([]),
         })
@@ -158,9 +159,9 @@ impl Proxy {
                 Route::Forward(endpoint) => {
                     ctx.endpoint(endpoint.name(), endpoint.charge(), self.owners.clone());
                     match self.admit(&req, &peer, &mut ctx) {
-                        Ok(client) => match self.credential_for(&client, &peer) {
-                            Ok(credential) => {
-                                return self.forward(req, endpoint, &client, credential, ctx).await;
+                        Ok(client) => match self.chain_for(&client, &peer) {
+                            Ok(chain) => {
+                                return self.forward(req, endpoint, &client, chain, ctx).await;
                             }
                             Err(err) => Err(err),
                         },
@@ -168,8 +169,9 @@ impl Proxy {
                     }
                 }
                 Route::WebSocket => match self.admit(&req, &peer, &mut ctx) {
-                    Ok(client) => match self.credential_for(&client, &peer) {
-                        Ok(credential) => {
+                    Ok(client) => match self.chain_for(&client, &peer) {
+                        Ok(chain) => {
+                            let credential = self.credentials.get(chain[0]);
                             return self.websocket(req, &peer, client, credential, ctx).await;
                         }
                         Err(err) => Err(err),
@@ -337,13 +339,18 @@ impl Proxy {
         req: Request<Incoming>,
         endpoint: Endpoint,
         client: &Arc<str>,
-        credential: &Credential,
+        chain: Vec<usize>,
         ctx: Context,
     ) -> Response<ProxyBody> {
         let pipeline = Pipeline {
             forwarder: &self.forwarder,
-            credential,
+            credential: self.credentials.get(chain[0]),
             owners: self.owners.as_ref(),
+            // With more than one credential to try, the body is read whole to be sent again.
+            fallback: (chain.len() > 1).then(|| Fallback {
+                credentials: &self.credentials,
+                chain,
+            }),
         };
         let admitted = Admitted {
             endpoint: &endpoint,

@@ -39,7 +39,10 @@ use crate::proxy::request_body::{BodyFault, RequestBody};
 use crate::proxy::routes::Endpoint;
 use crate::proxy::send;
 
+mod fallback;
 mod whole;
+
+pub use fallback::Fallback;
 
 /// What a worker's requests go through: its upstream connections, the credential, the record
 /// of response owners.
@@ -47,6 +50,33 @@ pub struct Pipeline<'a> {
     pub forwarder: &'a Forwarder,
     pub credential: &'a Credential,
     pub owners: Option<&'a Arc<Owners>>,
+    /// The route's other credentials, tried in turn when a plan's limit is reached.
+    pub fallback: Option<Fallback<'a>>,
+}
+
+/// The client's body: as it arrives, or already read (to be sent again).
+pub(crate) enum ClientBody {
+    Streamed(Incoming),
+    Read(Bytes),
+}
+
+impl ClientBody {
+    /// The body whole: read now (and counted), or as read before.
+    async fn whole(
+        self,
+        headers: &HeaderMap,
+        limit: u64,
+        ctx: &mut Context,
+    ) -> Result<Bytes, ProxyError> {
+        match self {
+            ClientBody::Streamed(body) => {
+                let bytes = read_limited(body, headers, limit).await?;
+                ctx.add_bytes_in(bytes.len());
+                Ok(bytes)
+            }
+            ClientBody::Read(bytes) => Ok(bytes),
+        }
+    }
 }
 
 /// One admitted request to `endpoint` from `client`.
@@ -94,7 +124,17 @@ impl Pipeline<'_> {
         admitted: Admitted<'_>,
         mut ctx: Context,
     ) -> Response<ProxyBody> {
-        match self.answer(req, &admitted, &mut ctx).await {
+        let (parts, body) = req.into_parts();
+        let answered = match &self.fallback {
+            Some(fallback) => {
+                Box::pin(self.with_fallback(fallback, parts, body, &admitted, &mut ctx)).await
+            }
+            None => {
+                self.answer(parts, ClientBody::Streamed(body), &admitted, &mut ctx)
+                    .await
+            }
+        };
+        match answered {
             Ok(Reply::Relay {
                 response,
                 dump,
@@ -114,7 +154,8 @@ impl Pipeline<'_> {
 
     async fn answer(
         &self,
-        req: Request<Incoming>,
+        parts: http::request::Parts,
+        body: ClientBody,
         admitted: &Admitted<'_>,
         ctx: &mut Context,
     ) -> Result<Reply, ProxyError> {
@@ -122,7 +163,7 @@ impl Pipeline<'_> {
         self.admit_stored(endpoint, client).await?;
         let plan = self
             .credential
-            .plan(endpoint, req.uri().query(), req.headers())?;
+            .plan(endpoint, parts.uri.query(), &parts.headers)?;
         // Continuing a response reads it: only the client's own may be named.
         let previous = match (endpoint, self.owners) {
             (Endpoint::Create | Endpoint::Compact | Endpoint::InputTokens, Some(owners))
@@ -132,7 +173,6 @@ impl Pipeline<'_> {
             }
             _ => None,
         };
-        let (parts, body) = req.into_parts();
         match plan {
             Plan::AsItCame(uri) => {
                 let declared = content_length(&parts.headers);
@@ -181,7 +221,7 @@ impl Pipeline<'_> {
     async fn as_it_came(
         &self,
         parts: http::request::Parts,
-        body: Incoming,
+        body: ClientBody,
         uri: Uri,
         previous: Option<PreviousCheck>,
         declared: Option<u64>,
@@ -196,8 +236,27 @@ impl Pipeline<'_> {
             Some((id, sink)) => (Some(id), Some(sink)),
             None => (None, None),
         };
-        let outgoing = match previous {
-            Some(previous) if !decode::encodings(&parts.headers).is_empty() => {
+        let body = match body {
+            // Read before (to be sent again with another credential): checked whole.
+            ClientBody::Read(bytes) => Err(bytes),
+            ClientBody::Streamed(body) => Ok(body),
+        };
+        let outgoing = match (previous, body) {
+            (previous, Err(bytes)) => {
+                let plain = decode::decode(&parts.headers, bytes.clone(), limit)?;
+                if let Some(previous) = previous {
+                    previous
+                        .check_whole(&plain)
+                        .map_err(|id| ProxyError::UnknownPrevious { id })?;
+                }
+                if plain.len() != bytes.len() {
+                    let plain = plain.len() as u64;
+                    ctx.plain_size(Box::new(move || Some(plain)));
+                }
+                finish_dump(request_dump, &bytes);
+                Outgoing::Whole(bytes)
+            }
+            (Some(previous), Ok(body)) if !decode::encodings(&parts.headers).is_empty() => {
                 let bytes = read_limited(body, &parts.headers, limit).await?;
                 ctx.add_bytes_in(bytes.len());
                 let plain = decode::decode(&parts.headers, bytes.clone(), limit)?;
@@ -209,7 +268,7 @@ impl Pipeline<'_> {
                 finish_dump(request_dump, &bytes);
                 Outgoing::Whole(bytes)
             }
-            previous => {
+            (previous, Ok(body)) => {
                 let kept = Kept::new(&parts.headers, limit).map(|(kept, size)| {
                     ctx.plain_size(size);
                     kept

@@ -178,9 +178,11 @@ async fn credentials_and_routes_from_the_config_file_are_checked_and_served() {
     );
 
     let keyward = Process::spawn(&["--config", file.to_str().unwrap()], b"", &[]).await;
-    // alice's route lists two credentials: the first serves, and the log says the rest wait.
+    // alice's route lists two credentials: the log says in which order they are tried.
     assert!(
-        keyward.stderr().contains("keyward uses the first (a)"),
+        keyward
+            .stderr()
+            .contains("credentials in turn when a plan's limit is reached: a, b"),
         "{}",
         keyward.stderr()
     );
@@ -321,4 +323,166 @@ async fn a_route_for_a_group_serves_its_members() {
     assert_eq!(count(&bob, 200), 1, "{bob}");
     assert_eq!(upstream_b.requests().len(), 1);
     assert_eq!(upstream_a.requests().len(), 1, "bob's went to b");
+}
+
+/// A plan that reaches its limit: its `429 usage_limit_reached` never reaches the client, which
+/// is answered through the route's next credential; until the reset the requests go straight
+/// there, then back to the plan. Other 429s reach the client as they came.
+#[tokio::test]
+async fn a_spent_plan_falls_back_to_the_next_credential_until_its_reset() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU8, Ordering};
+    // 0: answers; 1: its plan is spent (reset in 2 s); 2: a per-minute rate limit.
+    let mode = Arc::new(AtomicU8::new(1));
+    let plan = {
+        let mode = mode.clone();
+        FakeUpstream::start(move |_| {
+            let mode = mode.load(Ordering::SeqCst);
+            async move {
+                match mode {
+                    1 => crate::support::upstream::json(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        r#"{"error":{"type":"usage_limit_reached","message":"The usage limit has been reached","plan_type":"plus","resets_in_seconds":2}}"#,
+                    ),
+                    2 => crate::support::upstream::json(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        r#"{"error":{"type":"rate_limit_exceeded","message":"slow down"}}"#,
+                    ),
+                    _ => crate::support::upstream::json(
+                        StatusCode::OK,
+                        r#"{"id":"resp_plan","object":"response","status":"completed"}"#,
+                    ),
+                }
+            }
+        })
+        .await
+    };
+    let key = FakeUpstream::ok_json().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, key_b) = key_files(dir.path());
+    let ledger = dir.path().join("usage.jsonl");
+    let credential_plan = format!("plan:api-key-file={key_a},upstream-url={}", plan.url());
+    let credential_key = format!("key:api-key-file={key_b},upstream-url={}", key.url());
+    let args = [
+        "--usage-log",
+        ledger.to_str().unwrap(),
+        "--credential",
+        &credential_plan,
+        "--credential",
+        &credential_key,
+        "--route",
+        "*=plan,key",
+    ];
+    let keyward = Process::spawn(&args, b"", &[]).await;
+    let post = || async {
+        client::post_responses(keyward.addr, r#"{"model":"gpt-5","input":"hi"}"#).await
+    };
+
+    // The plan is spent: the client sees one answer, the key's.
+    let reply = post().await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(plan.requests().len(), 1);
+    let seen = key.next_request().await;
+    assert_eq!(seen.headers["authorization"], "Bearer sk-route-b");
+    assert_eq!(
+        seen.body,
+        Bytes::from_static(br#"{"model":"gpt-5","input":"hi"}"#),
+        "the client's body, sent again"
+    );
+    // Until the reset, straight to the key.
+    mode.store(0, Ordering::SeqCst);
+    assert_eq!(post().await.status, StatusCode::OK);
+    assert_eq!(
+        plan.requests().len(),
+        1,
+        "the spent plan was not asked again"
+    );
+    assert_eq!(key.requests().len(), 2);
+    // After it, back to the plan.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let reply = post().await;
+    assert_eq!(reply.json()["id"], "resp_plan", "{}", reply.text());
+    assert_eq!(key.requests().len(), 2);
+    // A rate limit is not a spent plan: the client gets it.
+    mode.store(2, Ordering::SeqCst);
+    let reply = post().await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        reply.text().contains("rate_limit_exceeded"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(key.requests().len(), 2);
+
+    // The ledger: who answered each.
+    let lines = ledger_lines(&ledger, 4).await;
+    let credentials: Vec<&str> = lines
+        .iter()
+        .map(|l| l["credential"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(credentials, ["key", "key", "plan", "plan"], "{lines:?}");
+    assert!(keyward.stderr().contains("the plan's limit is reached"));
+}
+
+/// The ChatGPT backend at its limit, as the real one answers (429 `usage_limit_reached`, the
+/// window at 100%): the request goes to the API key instead, as the client wrote it, not as it was
+/// adapted for the backend; the client never sees the 429.
+#[tokio::test]
+async fn a_login_at_its_limit_falls_back_to_the_key_with_the_clients_own_body() {
+    use crate::support::chatgpt::{FakeIssuer, fake_backend, seed_login};
+    let issuer = FakeIssuer::start().await;
+    issuer.state.lock().unwrap().plan_spent_for = Some(3600);
+    let backend = fake_backend(issuer.state.clone()).await;
+    let api = FakeUpstream::ok_json().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, _) = key_files(dir.path());
+    let home = dir.path().join("home");
+    seed_login(&home, &issuer.mint());
+    let ledger = dir.path().join("usage.jsonl");
+    let plan = format!(
+        "plan:chatgpt=default,upstream-url=http://{}/backend-api/codex/responses",
+        backend.addr
+    );
+    let key = format!("key:api-key-file={key_a},upstream-url={}", api.url());
+    let issuer_url = issuer.url();
+    let args = [
+        "--home",
+        home.to_str().unwrap(),
+        "--issuer",
+        &issuer_url,
+        "--usage-log",
+        ledger.to_str().unwrap(),
+        "--credential",
+        &plan,
+        "--credential",
+        &key,
+        "--route",
+        "*=plan,key",
+    ];
+    let keyward = Process::spawn(&args, b"", &[]).await;
+    let sent = r#"{"model":"gpt-5","input":"hi","store":true,"max_output_tokens":50}"#;
+    let reply = client::post_responses(keyward.addr, sent).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        reply.json()["id"],
+        "resp_1",
+        "the key's answer: {}",
+        reply.text()
+    );
+    // The backend was asked once, with the body adapted for it; the API got the client's own.
+    let at_backend = backend.requests();
+    assert_eq!(at_backend.len(), 1);
+    let adapted: Value = serde_json::from_slice(&at_backend[0].body).unwrap();
+    assert_eq!(adapted["store"], false);
+    assert!(adapted.get("max_output_tokens").is_none(), "{adapted}");
+    let at_api = api.next_request().await;
+    assert_eq!(at_api.body, Bytes::from(sent.to_owned()));
+    assert_eq!(at_api.headers["authorization"], "Bearer sk-route-a");
+    assert!(at_api.headers.get("chatgpt-account-id").is_none());
+    // Resting an hour: the next goes straight to the key.
+    let reply = client::post_responses(keyward.addr, sent).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(backend.requests().len(), 1);
+    let lines = ledger_lines(&ledger, 2).await;
+    assert!(lines.iter().all(|l| l["credential"] == "key"), "{lines:?}");
 }

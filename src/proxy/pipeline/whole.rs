@@ -6,26 +6,26 @@
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Response, Uri};
-use hyper::body::Incoming;
 
-use crate::proxy::assemble::{assemble, read_answer, read_limited};
+use crate::proxy::assemble::{assemble, read_answer};
 use crate::proxy::backend::models_answer;
 use crate::proxy::context::Context;
 use crate::proxy::decode;
 use crate::proxy::error::{ProxyError, json_response};
-use crate::proxy::pipeline::{Outgoing, Pipeline, Reply, finish_dump, relay};
+use crate::proxy::pipeline::{ClientBody, Outgoing, Pipeline, Reply, finish_dump, relay};
 
 impl Pipeline<'_> {
     /// The body read whole and sent as it came (the backend's compaction).
     pub(super) async fn whole(
         &self,
         parts: http::request::Parts,
-        body: Incoming,
+        body: ClientBody,
         uri: Uri,
         ctx: &mut Context,
     ) -> Result<Reply, ProxyError> {
-        let body = read_limited(body, &parts.headers, self.forwarder.limits().max_body).await?;
-        ctx.add_bytes_in(body.len());
+        let body = body
+            .whole(&parts.headers, self.forwarder.limits().max_body, ctx)
+            .await?;
         let dump = self.dump_whole(&parts, &body);
         let response = self
             .send(&parts, uri, Outgoing::Whole(body), ctx, |headers| {
@@ -62,13 +62,12 @@ impl Pipeline<'_> {
     pub(super) async fn adapted(
         &self,
         parts: http::request::Parts,
-        body: Incoming,
+        body: ClientBody,
         uri: Uri,
         ctx: &mut Context,
     ) -> Result<Reply, ProxyError> {
         let limit = self.forwarder.limits().max_body;
-        let body = read_limited(body, &parts.headers, limit).await?;
-        ctx.add_bytes_in(body.len());
+        let body = body.whole(&parts.headers, limit, ctx).await?;
         let encoded_len = body.len();
         let body = decode::decode(&parts.headers, body, limit)?;
         if body.len() != encoded_len {

@@ -58,6 +58,9 @@ pub struct IssuerState {
     pub refresh_delay: Duration,
     /// Whether minted tokens belong to a FedRAMP account.
     pub fedramp: bool,
+    /// When set, the plan is spent: the backend answers 429 `usage_limit_reached`, resetting in
+    /// this many seconds, as the real one does at its limit.
+    pub plan_spent_for: Option<i64>,
 }
 
 pub struct FakeIssuer {
@@ -291,6 +294,21 @@ pub async fn fake_backend(issuer: Arc<Mutex<IssuerState>>) -> FakeUpstream {
                 .to_owned();
             if !issuer.lock().unwrap().live_access.contains(&token) {
                 return reply(StatusCode::UNAUTHORIZED, json!({"error": {"message": "token expired or revoked", "code": "token_invalid"}}));
+            }
+            let spent = issuer.lock().unwrap().plan_spent_for;
+            if let Some(seconds) = spent {
+                let mut response = reply(StatusCode::TOO_MANY_REQUESTS, json!({"error": {
+                    "type": "usage_limit_reached", "message": "The usage limit has been reached",
+                    "plan_type": "plus", "resets_at": now() + seconds, "resets_in_seconds": seconds,
+                }}));
+                for (name, value) in [
+                    ("x-codex-primary-used-percent", "100".to_owned()),
+                    ("x-codex-primary-window-minutes", "300".to_owned()),
+                    ("x-codex-primary-reset-after-seconds", seconds.to_string()),
+                ] {
+                    response.headers_mut().insert(name, value.parse().unwrap());
+                }
+                return response;
             }
             // The backend's model list, in Codex's own shape, and compaction.
             if seen.uri.starts_with("/backend-api/codex/models?") {
