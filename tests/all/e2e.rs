@@ -551,3 +551,69 @@ async fn keyward_codex_config_writes_what_the_codex_cli_needs() {
         format!("Bearer {KEY}").as_str()
     );
 }
+
+/// The real Codex CLI, routed to a ChatGPT plan that is spent (the fake backend answers 429
+/// `usage_limit_reached` as the real one does) with an API key behind it: Codex sees no error and
+/// prints the answer the key's upstream streamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codex_cli_sees_no_error_when_the_plan_is_spent_and_the_key_answers() {
+    use crate::support::chatgpt::{FakeIssuer, fake_backend, seed_login};
+    let issuer = FakeIssuer::start().await;
+    issuer.state.lock().unwrap().plan_spent_for = Some(3600);
+    let backend = fake_backend(issuer.state.clone()).await;
+    let api = responses_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("openai-key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .unwrap();
+    let home = dir.path().join("home");
+    seed_login(&home, &issuer.mint());
+    let plan = format!(
+        "plan:chatgpt=default,upstream-url=http://{}/backend-api/codex/responses",
+        backend.addr
+    );
+    let key = format!(
+        "key:api-key-file={},upstream-url={}",
+        key_file.display(),
+        api.url()
+    );
+    let issuer_url = issuer.url();
+    let args = [
+        "--home",
+        home.to_str().unwrap(),
+        "--issuer",
+        &issuer_url,
+        "--credential",
+        &plan,
+        "--credential",
+        &key,
+        "--route",
+        "*=plan,key",
+    ];
+    let keyward = Process::spawn(&args, b"", &[]).await;
+    let output = run_codex(&keyward, "", &[]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "codex exec failed:\nstdout: {stdout}\nstderr: {stderr}\nkeyward: {}",
+        keyward.stderr()
+    );
+    assert!(stdout.contains(TEXT), "{stdout}\n{stderr}");
+    assert!(
+        !stderr.contains("usage limit") && !stdout.contains("usage limit"),
+        "{stderr}"
+    );
+    assert!(!backend.requests().is_empty(), "the plan was tried first");
+    let at_api = api.requests();
+    assert!(!at_api.is_empty());
+    assert_eq!(
+        at_api[0].headers["authorization"],
+        format!("Bearer {KEY}").as_str()
+    );
+    assert!(keyward.stderr().contains("the plan's limit is reached"));
+}
