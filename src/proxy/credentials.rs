@@ -1,6 +1,7 @@
 //! The credentials a keyward holds and the routes that give each client one
 //! (`--credential`, `--route`). Without them: one credential, for every client.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -15,7 +16,15 @@ pub struct Credentials {
     routes: Vec<RouteSpec>,
     /// Until when (seconds since the epoch) each credential rests: its plan's limit was reached.
     spent: Vec<AtomicI64>,
+    /// Sessions (routes with several credentials only): the credential that last answered each,
+    /// and when.
+    sessions: parking_lot::Mutex<HashMap<Box<str>, (usize, i64)>>,
 }
+
+/// How long a session is remembered after its last request.
+const SESSION_TTL_S: i64 = 3600;
+/// The most sessions remembered (past it, the expired ones go, or all).
+const MAX_SESSIONS: usize = 10_000;
 
 impl Credentials {
     /// One credential for every client (the command line's `--auth`).
@@ -36,6 +45,7 @@ impl Credentials {
             list,
             routes,
             spent,
+            sessions: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -63,14 +73,35 @@ impl Credentials {
         &self.list[0]
     }
 
-    /// Whether any route asks for a client's groups (they are then looked up per request).
-    pub fn needs_groups(&self) -> bool {
-        self.routes.iter().any(|route| {
-            route
-                .clients
-                .iter()
-                .any(|c| matches!(c, ClientMatch::Group { .. }))
-        })
+    /// Puts first in `chain` the credential that last answered `session`, while it is usable: a
+    /// session stays where the upstream's prompt cache has it.
+    pub fn sticky(&self, chain: &mut [usize], session: &str) {
+        let now = now();
+        let held = self
+            .sessions
+            .lock()
+            .get(session)
+            .filter(|(_, seen)| now - seen < SESSION_TTL_S)
+            .map(|(index, _)| *index);
+        if let Some(index) = held
+            && self.usable(index, now)
+            && let Some(at) = chain.iter().position(|&i| i == index)
+        {
+            chain[..=at].rotate_right(1);
+        }
+    }
+
+    /// `session` was answered through the credential at `index`.
+    pub fn remember(&self, session: &str, index: usize) {
+        let now = now();
+        let mut sessions = self.sessions.lock();
+        if sessions.len() >= MAX_SESSIONS && !sessions.contains_key(session) {
+            sessions.retain(|_, (_, seen)| now - *seen < SESSION_TTL_S);
+            if sessions.len() >= MAX_SESSIONS {
+                sessions.clear();
+            }
+        }
+        sessions.insert(session.into(), (index, now));
     }
 
     /// The credentials for `client`, in the order they are tried: those of the first route that

@@ -486,3 +486,71 @@ async fn a_login_at_its_limit_falls_back_to_the_key_with_the_clients_own_body() 
     let lines = ledger_lines(&ledger, 2).await;
     assert!(lines.iter().all(|l| l["credential"] == "key"), "{lines:?}");
 }
+
+/// A conversation stays with the credential that answered it while that one is usable (the
+/// upstream's prompt cache is there): after the plan's reset, new conversations go back to the
+/// plan, the ones the key took over stay with the key.
+#[tokio::test]
+async fn a_session_stays_with_the_credential_that_answered_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let spent = Arc::new(AtomicBool::new(true));
+    let plan = {
+        let spent = spent.clone();
+        FakeUpstream::start(move |_| {
+            let spent = spent.load(Ordering::SeqCst);
+            async move {
+                if spent {
+                    crate::support::upstream::json(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        r#"{"error":{"type":"usage_limit_reached","resets_in_seconds":2}}"#,
+                    )
+                } else {
+                    crate::support::upstream::json(StatusCode::OK, r#"{"id":"resp_plan"}"#)
+                }
+            }
+        })
+        .await
+    };
+    let key = FakeUpstream::ok_json().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, key_b) = key_files(dir.path());
+    let credential_plan = format!("plan:api-key-file={key_a},upstream-url={}", plan.url());
+    let credential_key = format!("key:api-key-file={key_b},upstream-url={}", key.url());
+    let args = [
+        "--credential",
+        &credential_plan,
+        "--credential",
+        &credential_key,
+        "--route",
+        "*=plan,key",
+    ];
+    let keyward = Process::spawn(&args, b"", &[]).await;
+    let answered_by = |session: Option<&'static str>, body: &'static str| {
+        let addr = keyward.addr;
+        async move {
+            let mut req = Request::post("/v1/responses").header("content-type", "application/json");
+            if let Some(session) = session {
+                req = req.header("session-id", session);
+            }
+            let reply = client::read(
+                client::send(addr, req.body(Full::new(Bytes::from(body))).unwrap()).await,
+            )
+            .await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            reply.json()["id"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    let plain = r#"{"model":"gpt-5","input":"hi"}"#;
+    let keyed = r#"{"model":"gpt-5","input":"hi","prompt_cache_key":"conversation-p"}"#;
+    // The plan is spent: both conversations go to the key.
+    assert_eq!(answered_by(Some("s-1"), plain).await, "resp_1");
+    assert_eq!(answered_by(None, keyed).await, "resp_1");
+    // After the reset: they stay with the key; a new one and one without a session go to the plan.
+    spent.store(false, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(answered_by(Some("s-1"), plain).await, "resp_1");
+    assert_eq!(answered_by(None, keyed).await, "resp_1");
+    assert_eq!(answered_by(Some("s-2"), plain).await, "resp_plan");
+    assert_eq!(answered_by(None, plain).await, "resp_plan");
+}

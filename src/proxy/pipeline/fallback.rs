@@ -39,7 +39,12 @@ impl Pipeline<'_> {
         let bytes = ClientBody::Streamed(body)
             .whole(&parts.headers, limit, ctx)
             .await?;
-        for (attempt, &index) in fallback.chain.iter().enumerate() {
+        let session = session_of(&parts.headers, &bytes);
+        let mut chain = fallback.chain.clone();
+        if let Some(session) = &session {
+            fallback.credentials.sticky(&mut chain, session);
+        }
+        for (attempt, &index) in chain.iter().enumerate() {
             let credential = fallback.credentials.get(index);
             let pipeline = Pipeline {
                 forwarder: self.forwarder,
@@ -49,12 +54,18 @@ impl Pipeline<'_> {
             };
             let body = ClientBody::Read(bytes.clone());
             let reply = Box::pin(pipeline.answer(copy(&parts), body, admitted, ctx)).await?;
-            let last = attempt + 1 == fallback.chain.len();
+            let last = attempt + 1 == chain.len();
+            let answered = |reply: Reply| {
+                if let Some(session) = &session {
+                    fallback.credentials.remember(session, index);
+                }
+                Ok(reply)
+            };
             let Reply::Relay { response, .. } = &reply else {
-                return Ok(reply);
+                return answered(reply);
             };
             if last || response.status() != StatusCode::TOO_MANY_REQUESTS {
-                return Ok(reply);
+                return answered(reply);
             }
             let Reply::Relay { response, .. } = reply else {
                 unreachable!("matched above")
@@ -90,6 +101,22 @@ impl Pipeline<'_> {
             client: admitted.client.to_string(),
         })
     }
+}
+
+/// What ties requests of one conversation together: Codex's `session-id` header, else the
+/// body's `prompt_cache_key`.
+fn session_of(headers: &http::HeaderMap, body: &[u8]) -> Option<String> {
+    if let Some(id) = ["session-id", "session_id"]
+        .iter()
+        .find_map(|name| headers.get(*name)?.to_str().ok())
+    {
+        return Some(id.to_owned());
+    }
+    #[derive(serde::Deserialize)]
+    struct Keyed {
+        prompt_cache_key: Option<String>,
+    }
+    serde_json::from_slice::<Keyed>(body).ok()?.prompt_cache_key
 }
 
 /// The request's head again, for another attempt.
