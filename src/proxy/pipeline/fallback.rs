@@ -90,10 +90,14 @@ impl Pipeline<'_> {
                     );
                 }
                 None => {
-                    return Ok(Reply::Local(Box::new(Response::from_parts(
-                        head,
-                        ProxyBody::full(answer),
-                    ))));
+                    // Another 429 (a rate limit): the client gets it, through the same header
+                    // policy as any relayed answer.
+                    let mut response = Response::new(ProxyBody::full(answer));
+                    *response.status_mut() = head.status;
+                    *response.headers_mut() =
+                        crate::proxy::headers::client_response_headers(&head.headers);
+                    response.headers_mut().remove(http::header::CONTENT_LENGTH);
+                    return answered(Reply::Local(Box::new(response)));
                 }
             }
         }
