@@ -557,7 +557,7 @@ async fn keyward_codex_config_writes_what_the_codex_cli_needs() {
 /// prints the answer the key's upstream streamed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_codex_cli_sees_no_error_when_the_plan_is_spent_and_the_key_answers() {
-    use crate::support::chatgpt::{FakeIssuer, fake_backend, seed_login};
+    use crate::support::chatgpt::{FakeIssuer, fake_backend, plan_and_key_args, seed_login};
     let issuer = FakeIssuer::start().await;
     issuer.state.lock().unwrap().plan_spent_for = Some(3600);
     let backend = fake_backend(issuer.state.clone()).await;
@@ -572,28 +572,17 @@ async fn the_codex_cli_sees_no_error_when_the_plan_is_spent_and_the_key_answers(
     .unwrap();
     let home = dir.path().join("home");
     seed_login(&home, &issuer.mint());
-    let plan = format!(
-        "plan:chatgpt=default,upstream-url=http://{}/backend-api/codex/responses",
-        backend.addr
+    let key_file = key_file.to_str().unwrap();
+    let mut args = plan_and_key_args(
+        &home,
+        &issuer,
+        backend.addr,
+        "default",
+        key_file,
+        &api.url(),
     );
-    let key = format!(
-        "key:api-key-file={},upstream-url={}",
-        key_file.display(),
-        api.url()
-    );
-    let issuer_url = issuer.url();
-    let args = [
-        "--home",
-        home.to_str().unwrap(),
-        "--issuer",
-        &issuer_url,
-        "--credential",
-        &plan,
-        "--credential",
-        &key,
-        "--route",
-        "*=plan,key",
-    ];
+    args.extend(["--route".to_owned(), "*=plan,key".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let keyward = Process::spawn(&args, b"", &[]).await;
     let output = run_codex(&keyward, "", &[]).await;
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -219,7 +219,9 @@ async fn credentials_and_routes_from_the_config_file_are_checked_and_served() {
 /// upstream with its own credential, adapted for the backend only when it goes there.
 #[tokio::test]
 async fn a_login_and_a_key_serve_different_clients() {
-    use crate::support::chatgpt::{ACCOUNT, FakeIssuer, fake_backend, seed_login};
+    use crate::support::chatgpt::{
+        ACCOUNT, FakeIssuer, fake_backend, plan_and_key_args, seed_login,
+    };
     let issuer = FakeIssuer::start().await;
     let backend = fake_backend(issuer.state.clone()).await;
     let api = FakeUpstream::ok_json().await;
@@ -236,28 +238,18 @@ async fn a_login_and_a_key_serve_different_clients() {
     let tokens = dir.path().join("tokens.json");
     let alice = add_client_token(&tokens, "alice").await;
     let bob = add_client_token(&tokens, "bob").await;
-    let plan = format!(
-        "plan:chatgpt=team,upstream-url=http://{}/backend-api/codex/responses",
-        backend.addr
-    );
-    let key = format!("key:api-key-file={key_a},upstream-url={}", api.url());
-    let issuer_url = issuer.url();
-    let args = [
-        "--home",
-        home.to_str().unwrap(),
-        "--issuer",
-        &issuer_url,
+    let mut args = plan_and_key_args(&home, &issuer, backend.addr, "team", &key_a, &api.url());
+    for arg in [
         "--client-tokens",
         tokens.to_str().unwrap(),
-        "--credential",
-        &plan,
-        "--credential",
-        &key,
         "--route",
         "alice=plan",
         "--route",
         "*=key",
-    ];
+    ] {
+        args.push(arg.to_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let keyward = Process::spawn(&args, b"", &[]).await;
 
     let reply = post_as(keyward.addr, &alice).await;
@@ -429,7 +421,7 @@ async fn a_spent_plan_falls_back_to_the_next_credential_until_its_reset() {
 /// adapted for the backend; the client never sees the 429.
 #[tokio::test]
 async fn a_login_at_its_limit_falls_back_to_the_key_with_the_clients_own_body() {
-    use crate::support::chatgpt::{FakeIssuer, fake_backend, seed_login};
+    use crate::support::chatgpt::{FakeIssuer, fake_backend, plan_and_key_args, seed_login};
     let issuer = FakeIssuer::start().await;
     issuer.state.lock().unwrap().plan_spent_for = Some(3600);
     let backend = fake_backend(issuer.state.clone()).await;
@@ -439,26 +431,16 @@ async fn a_login_at_its_limit_falls_back_to_the_key_with_the_clients_own_body() 
     let home = dir.path().join("home");
     seed_login(&home, &issuer.mint());
     let ledger = dir.path().join("usage.jsonl");
-    let plan = format!(
-        "plan:chatgpt=default,upstream-url=http://{}/backend-api/codex/responses",
-        backend.addr
-    );
-    let key = format!("key:api-key-file={key_a},upstream-url={}", api.url());
-    let issuer_url = issuer.url();
-    let args = [
-        "--home",
-        home.to_str().unwrap(),
-        "--issuer",
-        &issuer_url,
+    let mut args = plan_and_key_args(&home, &issuer, backend.addr, "default", &key_a, &api.url());
+    for arg in [
         "--usage-log",
         ledger.to_str().unwrap(),
-        "--credential",
-        &plan,
-        "--credential",
-        &key,
         "--route",
         "*=plan,key",
-    ];
+    ] {
+        args.push(arg.to_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let keyward = Process::spawn(&args, b"", &[]).await;
     let sent = r#"{"model":"gpt-5","input":"hi","store":true,"max_output_tokens":50}"#;
     let reply = client::post_responses(keyward.addr, sent).await;

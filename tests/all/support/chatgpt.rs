@@ -367,3 +367,25 @@ pub fn seed_login(home: &std::path::Path, minted: &Minted) {
 pub fn completed_response() -> Value {
     response_object("resp_1", "completed", Some(super::responses::TEXT))
 }
+
+/// `serve` flags for two credentials: `plan`, the login `login` in `home` at the fake `backend`
+/// (signing in at `issuer`), and `key`, the API key in `key_file` sent to `api` (a Responses URL).
+pub fn plan_and_key_args(
+    home: &std::path::Path,
+    issuer: &FakeIssuer,
+    backend: std::net::SocketAddr,
+    login: &str,
+    key_file: &str,
+    api: &str,
+) -> Vec<String> {
+    vec![
+        "--home".into(),
+        home.to_str().unwrap().into(),
+        "--issuer".into(),
+        issuer.url(),
+        "--credential".into(),
+        format!("plan:chatgpt={login},upstream-url=http://{backend}/backend-api/codex/responses"),
+        "--credential".into(),
+        format!("key:api-key-file={key_file},upstream-url={api}"),
+    ]
+}
