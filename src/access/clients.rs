@@ -48,6 +48,9 @@ pub struct Client {
     pub sha256: String,
     /// Seconds since the Unix epoch.
     pub created: u64,
+    /// The groups it is in (`keyward token add --group`), for routes that name `@GROUP`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -78,8 +81,8 @@ impl Stamp {
     }
 }
 
-/// Each client's name and the raw SHA-256 of its token.
-type Hashes = Vec<(Arc<str>, [u8; 32])>;
+/// Each client's name, the raw SHA-256 of its token, and its groups.
+type Hashes = Vec<(Arc<str>, [u8; 32], Arc<[String]>)>;
 
 struct Loaded {
     clients: Hashes,
@@ -149,12 +152,22 @@ impl ClientTokens {
         self.refresh();
         let presented = digest(&SHA256, token);
         let mut found = None;
-        for (name, hash) in &self.current().clients {
+        for (name, hash, _) in &self.current().clients {
             if bool::from(presented.as_ref().ct_eq(hash)) {
                 found = Some(name.clone());
             }
         }
         found
+    }
+
+    /// The groups of the client `name` (`keyward token add --group`); none for a name no token
+    /// has.
+    pub fn groups_of(&self, name: &str) -> Arc<[String]> {
+        self.current()
+            .clients
+            .iter()
+            .find(|(client, _, _)| &**client == name)
+            .map_or_else(|| Arc::from([]), |(_, _, groups)| groups.clone())
     }
 
     fn current(&self) -> Arc<Loaded> {
@@ -215,7 +228,11 @@ fn parse(clients: &[Client], source: &Path) -> Result<Hashes, ClientsError> {
                     why: format!("the hash of client `{}` is not 64 hex digits", c.name),
                 })?;
             raw.copy_from_slice(&bytes);
-            Ok((Arc::from(c.name.as_str()), raw))
+            Ok((
+                Arc::from(c.name.as_str()),
+                raw,
+                Arc::from(c.groups.as_slice()),
+            ))
         })
         .collect()
 }

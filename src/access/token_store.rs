@@ -24,7 +24,7 @@ pub trait TokenStore {
     fn list(&self) -> Result<Vec<Client>, Self::Error>;
     /// Adds a client and returns its new token: the only time the token exists outside the
     /// client's hands.
-    fn add(&self, name: &str) -> Result<SecretString, Self::Error>;
+    fn add(&self, name: &str, groups: &[String]) -> Result<SecretString, Self::Error>;
     /// Removes a client; a running keyward refuses its token soon after.
     fn revoke(&self, name: &str) -> Result<(), Self::Error>;
 }
@@ -40,8 +40,8 @@ impl TokenStore for TokenFile {
         TokenFile::list(self)
     }
 
-    fn add(&self, name: &str) -> Result<SecretString, ClientsError> {
-        TokenFile::add(self, name)
+    fn add(&self, name: &str, groups: &[String]) -> Result<SecretString, ClientsError> {
+        TokenFile::add(self, name, groups)
     }
 
     fn revoke(&self, name: &str) -> Result<(), ClientsError> {
@@ -76,8 +76,8 @@ impl TokenFile {
 
     /// Adds a client and returns its new token: the only time the token exists outside the
     /// client's hands.
-    pub fn add(&self, name: &str) -> Result<SecretString, ClientsError> {
-        let (token, client) = new_client(name)?;
+    pub fn add(&self, name: &str, groups: &[String]) -> Result<SecretString, ClientsError> {
+        let (token, client) = new_client(name, groups)?;
         let _lock = self.lock()?;
         let mut clients = self.list()?;
         if clients.iter().any(|c| c.name == name) {
@@ -138,10 +138,13 @@ impl TokenFile {
     }
 }
 
-/// A new client named `name`: its token (shown once), and what is stored of it.
-pub fn new_client(name: &str) -> Result<(SecretString, Client), ClientsError> {
-    if !is_client_name(name) {
-        return Err(ClientsError::BadName(name.to_owned()));
+/// A new client named `name`, in `groups`: its token (shown once), and what is stored of it.
+pub fn new_client(name: &str, groups: &[String]) -> Result<(SecretString, Client), ClientsError> {
+    if let Some(bad) = std::iter::once(name)
+        .chain(groups.iter().map(String::as_str))
+        .find(|n| !is_client_name(n))
+    {
+        return Err(ClientsError::BadName(bad.to_owned()));
     }
     let (token, sha256) = new_token().map_err(ClientsError::Random)?;
     let created = SystemTime::now()
@@ -151,6 +154,7 @@ pub fn new_client(name: &str) -> Result<(SecretString, Client), ClientsError> {
         name: name.to_owned(),
         sha256,
         created,
+        groups: groups.to_vec(),
     };
     Ok((token, client))
 }
@@ -162,12 +166,39 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     #[test]
+    fn a_client_s_groups_are_kept_and_older_files_without_them_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clients.json");
+        let file = TokenFile::new(path.clone());
+        file.add("ci", &["robots".to_owned(), "nightly".to_owned()])
+            .unwrap();
+        file.add("laptop", &[]).unwrap();
+        let listed = file.list().unwrap();
+        assert_eq!(listed[0].groups, ["robots", "nightly"]);
+        assert!(listed[1].groups.is_empty());
+        let tokens = ClientTokens::open(&path).unwrap();
+        assert_eq!(&*tokens.groups_of("ci"), ["robots", "nightly"]);
+        assert!(tokens.groups_of("laptop").is_empty() && tokens.groups_of("nobody").is_empty());
+        assert!(matches!(
+            file.add("x", &["no/slash".to_owned()]),
+            Err(ClientsError::BadName(_))
+        ));
+        // A file written before groups existed.
+        let text = fs::read_to_string(&path).unwrap();
+        let old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut old = old;
+        old["clients"][0].as_object_mut().unwrap().remove("groups");
+        fs::write(&path, old.to_string()).unwrap();
+        assert!(file.list().unwrap()[0].groups.is_empty());
+    }
+
+    #[test]
     fn add_verify_revoke_and_the_file_holds_no_token() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("clients.json");
         let file = TokenFile::new(path.clone());
-        let ci = file.add("ci").unwrap();
-        let laptop = file.add("laptop").unwrap();
+        let ci = file.add("ci", &[]).unwrap();
+        let laptop = file.add("laptop", &[]).unwrap();
         assert!(ci.expose().starts_with("kw-"));
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         let text = fs::read_to_string(&path).unwrap();
@@ -180,8 +211,11 @@ mod tests {
             Some("laptop")
         );
         assert_eq!(tokens.verify(b"kw-wrong"), None);
-        assert!(matches!(file.add("ci"), Err(ClientsError::Exists(_))));
-        assert!(matches!(file.add("../x"), Err(ClientsError::BadName(_))));
+        assert!(matches!(file.add("ci", &[]), Err(ClientsError::Exists(_))));
+        assert!(matches!(
+            file.add("../x", &[]),
+            Err(ClientsError::BadName(_))
+        ));
 
         file.revoke("ci").unwrap();
         assert!(matches!(
@@ -201,7 +235,7 @@ mod tests {
     fn a_loose_mode_or_a_corrupt_file_is_refused_with_the_fix() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("clients.json");
-        TokenFile::new(path.clone()).add("ci").unwrap();
+        TokenFile::new(path.clone()).add("ci", &[]).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let err = ClientTokens::open(&path).err().unwrap().to_string();
         assert!(err.contains("chmod 600"), "{err}");

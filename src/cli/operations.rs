@@ -48,7 +48,7 @@ fn shared_token(
 fn token_in<S: TokenStore>(store: &S, action: &TokenAction) -> anyhow::Result<()> {
     let place = store.describe();
     match action {
-        TokenAction::Add { name } => print_added(name, &store.add(name)?, &place),
+        TokenAction::Add { name, groups } => print_added(name, &store.add(name, groups)?, &place),
         TokenAction::List { json } => print_clients(&store.list()?, *json, &place),
         TokenAction::Revoke { name } => {
             store.revoke(name)?;
@@ -79,10 +79,15 @@ fn print_clients(
     } else if clients.is_empty() {
         writeln!(out, "No clients in {place}.")?;
     } else {
-        writeln!(out, "{:<32} CREATED", "NAME")?;
+        writeln!(out, "{:<32} {:<30} GROUPS", "NAME", "CREATED")?;
         for client in clients {
             let created = i64::try_from(client.created).unwrap_or(i64::MAX);
-            writeln!(out, "{:<32} {}", client.name, when(created))?;
+            let groups = if client.groups.is_empty() {
+                "-".to_owned()
+            } else {
+                client.groups.join(",")
+            };
+            writeln!(out, "{:<32} {:<30} {groups}", client.name, when(created))?;
         }
     }
     Ok(())

@@ -92,6 +92,9 @@ pub enum TokenAction {
     Add {
         /// The client's name: letters, digits, `.`, `_`, `-`.
         name: String,
+        /// A group the client is in (routes name it `@GROUP`); repeatable.
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
     },
     /// List the clients (names and creation times; tokens are not stored).
     List {

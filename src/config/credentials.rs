@@ -33,10 +33,12 @@ pub enum Source {
 pub enum ClientMatch {
     Any,
     Name(String),
-    /// The members of this OS group (of the user the kernel names for the connection).
+    /// The members of this group: with client tokens, the clients added with `--group NAME`;
+    /// without, the users the kernel names for connections who are in the OS group (`gid`, when
+    /// there is one of that name).
     Group {
         name: String,
-        gid: u32,
+        gid: Option<u32>,
     },
 }
 
@@ -114,12 +116,12 @@ pub fn parse_route(text: &str, credentials: &[CredentialSpec]) -> Result<RouteSp
         .filter(|c| !c.is_empty())
         .map(|client| match client.strip_prefix('@') {
             _ if client == "*" => Ok(ClientMatch::Any),
-            Some(group) => crate::config::access::resolve_group(group)
-                .map(|gid| ClientMatch::Group {
-                    name: group.to_owned(),
-                    gid,
-                })
-                .map_err(|e| err(e.to_string())),
+            Some("") => Err(err("`@` needs a group name".into())),
+            Some(group) => Ok(ClientMatch::Group {
+                name: group.to_owned(),
+                // A group of client tokens need not be an OS group.
+                gid: crate::config::access::resolve_group(group).ok(),
+            }),
             None => Ok(ClientMatch::Name(client.to_owned())),
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -112,13 +112,18 @@ impl Credentials {
         &self,
         client: &Arc<str>,
         groups: impl FnOnce() -> Arc<[u32]>,
+        token_groups: Option<Arc<[String]>>,
     ) -> Result<Vec<usize>, ProxyError> {
         let mut groups = Lazy(Some(groups), None);
         for route in &self.routes {
             let named = route.clients.iter().any(|pattern| match pattern {
                 ClientMatch::Any => true,
                 ClientMatch::Name(name) => **client == **name,
-                ClientMatch::Group { gid, .. } => groups.get().contains(gid),
+                // A client token's groups when clients are tokens, else the OS groups.
+                ClientMatch::Group { name, gid } => match &token_groups {
+                    Some(token_groups) => token_groups.iter().any(|g| g == name),
+                    None => gid.is_some_and(|gid| groups.get().contains(&gid)),
+                },
             });
             if named {
                 if let [only] = route.credentials[..] {

@@ -111,10 +111,15 @@ impl Proxy {
     /// The credentials the routes give `client`, in the order they are tried (its groups looked
     /// up only when a route names a group).
     fn chain_for(&self, client: &Arc<str>, peer: &Peer) -> Result<Vec<usize>, ProxyError> {
-        self.credentials.chain_for(client, || match peer.uid() {
-            Some(uid) => self.with_gate(|gate| gate.groups(uid)),
-            None => Arc::from([]),
-        })
+        let token_groups = self.tokens.as_ref().map(|tokens| tokens.groups_of(client));
+        self.credentials.chain_for(
+            client,
+            || match peer.uid() {
+                Some(uid) => self.with_gate(|gate| gate.groups(uid)),
+                None => Arc::from([]),
+            },
+            token_groups,
+        )
     }
 
     /// A WebSocket: relayed to the upstream's, its turns counted as the client's.

@@ -37,7 +37,8 @@ impl SharedClients {
             .with_shared(|client| async move {
                 let rows = client
                     .query(
-                        "SELECT name, sha256, created FROM keyward_clients ORDER BY created, name",
+                        "SELECT name, sha256, created, groups FROM keyward_clients \
+                         ORDER BY created, name",
                         &[],
                     )
                     .await?;
@@ -47,6 +48,7 @@ impl SharedClients {
                         name: row.get(0),
                         sha256: row.get(1),
                         created: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+                        groups: row.get(3),
                     })
                     .collect())
             })
@@ -54,17 +56,21 @@ impl SharedClients {
     }
 
     /// Adds a client and returns its new token (shown only this once).
-    pub async fn add(&self, name: &str) -> Result<SecretString, SharedClientsError> {
-        let (token, stored) = new_client(name)?;
+    pub async fn add(
+        &self,
+        name: &str,
+        groups: &[String],
+    ) -> Result<SecretString, SharedClientsError> {
+        let (token, stored) = new_client(name, groups)?;
         let created = i64::try_from(stored.created).unwrap_or(i64::MAX);
         let inserted = self
             .db
             .with_shared(|client| async move {
                 client
                     .execute(
-                        "INSERT INTO keyward_clients (name, sha256, created) VALUES ($1, $2, $3) \
-                         ON CONFLICT (name) DO NOTHING",
-                        &[&stored.name, &stored.sha256, &created],
+                        "INSERT INTO keyward_clients (name, sha256, created, groups) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
+                        &[&stored.name, &stored.sha256, &created, &stored.groups],
                     )
                     .await
             })
@@ -105,8 +111,8 @@ impl TokenStore for SharedClients {
         Ok(self.db.block_on(SharedClients::list(self))?)
     }
 
-    fn add(&self, name: &str) -> Result<SecretString, SharedClientsError> {
-        self.db.block_on(SharedClients::add(self, name))
+    fn add(&self, name: &str, groups: &[String]) -> Result<SecretString, SharedClientsError> {
+        self.db.block_on(SharedClients::add(self, name, groups))
     }
 
     fn revoke(&self, name: &str) -> Result<(), SharedClientsError> {

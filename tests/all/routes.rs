@@ -536,3 +536,71 @@ async fn a_session_stays_with_the_credential_that_answered_it() {
     assert_eq!(answered_by(Some("s-2"), plain).await, "resp_plan");
     assert_eq!(answered_by(None, plain).await, "resp_plan");
 }
+
+/// With client tokens, `@GROUP` names the clients added with `keyward token add --group GROUP`
+/// (no OS group of that name is needed).
+#[tokio::test]
+async fn a_route_for_a_token_group_serves_the_clients_added_to_it() {
+    let (upstream_a, upstream_b) = (FakeUpstream::ok_json().await, FakeUpstream::ok_json().await);
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, key_b) = key_files(dir.path());
+    let tokens = dir.path().join("tokens.json");
+    let added = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args([
+            "token",
+            "add",
+            "ci",
+            "--group",
+            "kw-robots",
+            "--client-tokens",
+        ])
+        .arg(&tokens)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let ci = String::from_utf8(added.stdout).unwrap().trim().to_owned();
+    let alice = add_client_token(&tokens, "alice").await;
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["token", "list", "--client-tokens"])
+        .arg(&tokens)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("ci ") && l.ends_with("kw-robots")),
+        "{listed}"
+    );
+    let credential_a = format!("a:api-key-file={key_a},upstream-url={}", upstream_a.url());
+    let credential_b = format!("b:api-key-file={key_b},upstream-url={}", upstream_b.url());
+    let args = [
+        "--client-tokens",
+        tokens.to_str().unwrap(),
+        "--credential",
+        &credential_a,
+        "--credential",
+        &credential_b,
+        "--route",
+        "@kw-robots=b",
+        "--route",
+        "*=a",
+    ];
+    let keyward = Process::spawn(&args, b"", &[]).await;
+    assert_eq!(post_as(keyward.addr, &ci).await.status, StatusCode::OK);
+    assert_eq!(
+        upstream_b.next_request().await.headers["authorization"],
+        "Bearer sk-route-b"
+    );
+    assert_eq!(post_as(keyward.addr, &alice).await.status, StatusCode::OK);
+    assert_eq!(
+        upstream_a.next_request().await.headers["authorization"],
+        "Bearer sk-route-a"
+    );
+    assert_eq!(upstream_b.requests().len(), 1);
+}

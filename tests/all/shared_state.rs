@@ -119,6 +119,14 @@ async fn a_client_token_added_or_revoked_through_one_host_holds_on_every_replica
     assert!(took < Duration::from_secs(3), "added: seen after {took:?}");
     let (ok, _, err) = keyward(&["token", "add", "ci", "--state", &url]).await;
     assert!(!ok && err.contains("already exists"), "{err}");
+    // A client's groups are kept in the table too.
+    let add_grouped = ["token", "add", "bot", "--group", "robots", "--state", &url];
+    let (ok, _, err) = keyward(&add_grouped).await;
+    assert!(ok, "{err}");
+    let (ok, list, _) = keyward(&["token", "list", "--json", "--state", &url]).await;
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert!(ok && list[1]["name"] == "bot", "{list}");
+    assert_eq!(list[1]["groups"], serde_json::json!(["robots"]), "{list}");
 
     let (ok, out, err) = keyward(&["token", "revoke", "ci", "--state", &url]).await;
     assert!(ok, "{out}{err}");

@@ -72,4 +72,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE keyward_login ADD PRIMARY KEY (name)",
     // 7: the credential each ledger row was sent with (none on older rows).
     "ALTER TABLE keyward_usage ADD COLUMN credential text",
+    // 8: client tokens' groups (`keyward token add --group`), for routes that name `@GROUP`.
+    "ALTER TABLE keyward_clients ADD COLUMN groups text[] NOT NULL DEFAULT '{}'",
 ];
