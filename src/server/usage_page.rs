@@ -104,6 +104,7 @@ pub fn render(usage: &OperatorUsage) -> String {
     per_day(&mut page, usage);
     clients(&mut page, usage);
     models(&mut page, usage);
+    credentials(&mut page, usage);
     quotas(&mut page, usage);
     plan(&mut page, usage);
     refusals(&mut page, usage);
@@ -228,6 +229,19 @@ fn models(page: &mut String, usage: &OperatorUsage) {
         })
         .collect();
     bar_table(page, "model", &rows, top, "Model");
+    page.push_str("</section>");
+}
+
+/// Which credential answered, when keyward holds more than one (or names its one).
+fn credentials(page: &mut String, usage: &OperatorUsage) {
+    page.push_str("<section id=\"credentials\"><h2>By credential (last 30 days)</h2>");
+    let top = usage.by_credential.first().map_or(0, |c| c.sums.tokens());
+    let rows: Vec<_> = usage
+        .by_credential
+        .iter()
+        .map(|c| (c.credential.as_str(), &c.sums))
+        .collect();
+    bar_table(page, "credential", &rows, top, "Credential");
     page.push_str("</section>");
 }
 

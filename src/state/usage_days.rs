@@ -61,6 +61,7 @@ async fn sums_from(db: &StateDb, from: u64) -> Result<(Vec<Summed>, Refused), St
             client
                 .query(
                     "SELECT (floor(extract(epoch FROM time) / 86400))::int8, client, model, \
+                     credential, \
                      count(*)::int8, \
                      count(*) FILTER (WHERE status >= 400 OR end_cause <> 'completed')::int8, \
                      count(*) FILTER (WHERE estimated)::int8, \
@@ -68,7 +69,7 @@ async fn sums_from(db: &StateDb, from: u64) -> Result<(Vec<Summed>, Refused), St
                      coalesce(sum(cached_input_tokens), 0)::int8, \
                      coalesce(sum(output_tokens), 0)::int8, \
                      coalesce(sum(reasoning_tokens), 0)::int8 \
-                     FROM keyward_usage WHERE time >= to_timestamp($1) GROUP BY 1, 2, 3",
+                     FROM keyward_usage WHERE time >= to_timestamp($1) GROUP BY 1, 2, 3, 4",
                     &[&since],
                 )
                 .await
@@ -81,14 +82,15 @@ async fn sums_from(db: &StateDb, from: u64) -> Result<(Vec<Summed>, Refused), St
             day: n(row, 0),
             client: row.get(1),
             model: row.get(2),
+            credential: row.get(3),
             sums: Sums {
-                requests: n(row, 3),
-                errors: n(row, 4),
-                estimated: n(row, 5),
-                input_tokens: n(row, 6),
-                cached_input_tokens: n(row, 7),
-                output_tokens: n(row, 8),
-                reasoning_tokens: n(row, 9),
+                requests: n(row, 4),
+                errors: n(row, 5),
+                estimated: n(row, 6),
+                input_tokens: n(row, 7),
+                cached_input_tokens: n(row, 8),
+                output_tokens: n(row, 9),
+                reasoning_tokens: n(row, 10),
             },
         })
         .collect();

@@ -62,6 +62,8 @@ pub struct Line<'a> {
     /// Seconds since the Unix epoch.
     pub at: u64,
     pub client: &'a str,
+    /// The credential it was sent with; `None` when keyward answered itself.
+    pub credential: Option<&'a str>,
     pub model: Option<&'a str>,
     pub status: u16,
     /// `None`: keyward answered itself.
@@ -76,6 +78,7 @@ impl<'a> Line<'a> {
         Line {
             at: secs(record.at),
             client: &record.client,
+            credential: record.credential.as_deref(),
             model: record.model.as_deref(),
             status: record.status,
             upstream_status: record.upstream_status,
@@ -89,6 +92,7 @@ impl<'a> Line<'a> {
         Line {
             at: entry.ts.max(0.0) as u64,
             client: &entry.client,
+            credential: entry.credential.as_deref(),
             model: entry.model.as_deref(),
             status: entry.status,
             upstream_status: entry.upstream_status,
@@ -121,6 +125,7 @@ impl<'a> Line<'a> {
 pub struct Summed {
     pub day: u64,
     pub client: String,
+    pub credential: Option<String>,
     pub model: Option<String>,
     pub sums: Sums,
 }
@@ -130,6 +135,8 @@ pub struct Summed {
 pub struct Day {
     /// Client → model → sums.
     pub clients: HashMap<Arc<str>, HashMap<Arc<str>, Sums>>,
+    /// Credential → sums (the requests sent upstream).
+    pub credentials: HashMap<Arc<str>, Sums>,
     /// Requests keyward answered itself with an error (the upstream never saw them), by status.
     pub refused: BTreeMap<u16, u64>,
 }
@@ -140,10 +147,24 @@ impl Day {
             Some(by_model) => by_model,
             None => self.clients.entry(Arc::from(line.client)).or_default(),
         };
-        by_model.entry(model).or_default().add(&line.sums());
+        let sums = line.sums();
+        by_model.entry(model).or_default().add(&sums);
+        if let Some(credential) = line.credential {
+            self.credential(credential).add(&sums);
+        }
         if line.upstream_status.is_none() && line.status >= 400 {
             *self.refused.entry(line.status).or_default() += 1;
         }
+    }
+
+    /// The sums of the credential named `name` (made on first use).
+    fn credential(&mut self, name: &str) -> &mut Sums {
+        if !self.credentials.contains_key(name) {
+            self.credentials.insert(Arc::from(name), Sums::default());
+        }
+        self.credentials
+            .get_mut(name)
+            .unwrap_or_else(|| unreachable!("inserted above"))
     }
 
     /// Every sum of the day, or of one client's.
@@ -228,6 +249,9 @@ impl Daily {
             };
             let by_model = day.clients.entry(client).or_default();
             by_model.entry(model).or_default().add(&row.sums);
+            if let Some(credential) = &row.credential {
+                day.credential(credential).add(&row.sums);
+            }
         }
         for (day, status, n) in refused.into_iter().filter(|r| r.0 >= from) {
             *Arc::make_mut(by_day.entry(day).or_default())
@@ -283,6 +307,7 @@ mod tests {
         Line {
             at,
             client,
+            credential: (status != 429).then_some("api-key"),
             model: Some(model),
             status,
             upstream_status: (status != 429).then_some(status),

@@ -259,6 +259,8 @@ pub struct Counted<'a> {
     #[serde(borrow)]
     pub client: Cow<'a, str>,
     #[serde(borrow, default)]
+    pub credential: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
     pub model: Option<Cow<'a, str>>,
     pub status: u16,
     pub upstream_status: Option<u16>,

@@ -40,6 +40,14 @@ pub struct ModelRow {
     pub sums: Sums,
 }
 
+/// One credential's sums.
+#[derive(Debug, Serialize)]
+pub struct CredentialRow {
+    pub credential: String,
+    #[serde(flatten)]
+    pub sums: Sums,
+}
+
 /// One of the ChatGPT plan's limit windows, as the backend last reported it.
 #[derive(Debug, Serialize)]
 pub struct PlanWindow {
@@ -88,6 +96,8 @@ pub struct OperatorUsage {
     /// Every client of the last 30 days (or this month), most tokens first.
     pub clients: Vec<ClientRow>,
     pub by_model: Vec<ModelRow>,
+    /// The last 30 days by the credential requests were sent with, most tokens first.
+    pub by_credential: Vec<CredentialRow>,
     pub quotas: Vec<ClientQuotas>,
     pub plan: Vec<PlanWindow>,
     pub open_now: OpenNow,
@@ -251,6 +261,7 @@ pub fn operator_usage(sources: &Sources, open_now: OpenNow) -> OperatorUsage {
         .collect();
     let mut models: HashMap<String, Sums> = HashMap::new();
     let mut refused: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut credentials: HashMap<String, Sums> = HashMap::new();
     sources.daily.visit(span.first(), |day, sums| {
         for (client, by_model) in &sums.clients {
             let periods = clients.entry(client.to_string()).or_default();
@@ -270,6 +281,12 @@ pub fn operator_usage(sources: &Sources, open_now: OpenNow) -> OperatorUsage {
         if day >= span.series {
             for (&status, &n) in &sums.refused {
                 *refused.entry(status).or_default() += n;
+            }
+            for (credential, sums) in &sums.credentials {
+                credentials
+                    .entry(credential.to_string())
+                    .or_default()
+                    .add(sums);
             }
         }
     });
@@ -294,6 +311,16 @@ pub fn operator_usage(sources: &Sources, open_now: OpenNow) -> OperatorUsage {
         days: days.into_values().collect(),
         clients,
         by_model: model_rows(models),
+        by_credential: {
+            let mut rows: Vec<CredentialRow> = credentials
+                .into_iter()
+                .map(|(credential, sums)| CredentialRow { credential, sums })
+                .collect();
+            rows.sort_by(|a, b| {
+                (b.sums.tokens(), &a.credential).cmp(&(a.sums.tokens(), &b.credential))
+            });
+            rows
+        },
         quotas: sources
             .quotas
             .clients()
@@ -387,6 +414,7 @@ mod tests {
         Line {
             at,
             client,
+            credential: upstream.then_some(if client == "bob" { "key" } else { "plan" }),
             model: Some("gpt-5"),
             status,
             upstream_status: upstream.then_some(status),
@@ -455,5 +483,10 @@ mod tests {
         assert_eq!(all.refusals[0].status, 429);
         assert_eq!(all.refusals[0].requests, 1);
         assert_eq!(all.quotas[0].client, "alice");
+        // By credential: alice's three requests of the last 30 days went with the plan; bob's
+        // refusal with none.
+        assert_eq!(all.by_credential.len(), 1, "{:?}", all.by_credential);
+        assert_eq!(all.by_credential[0].credential, "plan");
+        assert_eq!(all.by_credential[0].sums.requests, 3);
     }
 }

@@ -239,6 +239,13 @@ async fn the_operators_usage_holds_every_client_with_the_ledgers_numbers() {
             ledger_line("carol", "gpt-5", 0, 7, 7),
             // Older than the page's 30 days: in no period.
             ledger_line("dave", "gpt-5", 45, 5, 5),
+            // A line that names its credential.
+            {
+                let mut line: serde_json::Value =
+                    serde_json::from_str(&ledger_line("erin", "gpt-5", 2, 40, 4)).unwrap();
+                line["credential"] = "plan".into();
+                line.to_string()
+            },
         ],
     );
     let (addr, keyward) = start_for(
@@ -277,12 +284,21 @@ async fn the_operators_usage_holds_every_client_with_the_ledgers_numbers() {
         !usage.to_string().contains("dave"),
         "45 days back is outside every period"
     );
-    assert_eq!(usage["last_30_days"]["input_tokens"], 1000 + 7 + 100);
+    assert_eq!(usage["last_30_days"]["input_tokens"], 1000 + 7 + 40 + 100);
+    // By credential: erin's line read back, and the request made here (the older lines name
+    // none); the most tokens first.
+    let credentials = usage["by_credential"].as_array().unwrap();
+    assert_eq!(credentials.len(), 2, "{usage}");
+    assert_eq!(credentials[0]["credential"], "api-key");
+    assert_eq!(credentials[0]["input_tokens"], 100);
+    assert_eq!(credentials[1]["credential"], "plan");
+    assert_eq!(credentials[1]["requests"], 1);
     let days = usage["days"].as_array().unwrap();
     assert_eq!(days[26]["by_client"]["bob"]["input_tokens"], 1000);
     // Without Accept: application/json, the page (the browser test reads it).
     let page = client::get(metrics, "/usage").await;
     assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    assert!(page.text().contains("By credential"), "{}", page.text());
     let csp = page.headers["content-security-policy"].to_str().unwrap();
     assert!(
         csp.starts_with("default-src 'none'; style-src 'sha256-"),
