@@ -604,3 +604,42 @@ async fn a_route_for_a_token_group_serves_the_clients_added_to_it() {
     );
     assert_eq!(upstream_b.requests().len(), 1);
 }
+
+/// A login that cannot be used (here: never signed in) is passed over for the route's next
+/// credential, and `/readyz` says `degraded`, naming it, while the key serves.
+#[tokio::test]
+async fn a_login_that_cannot_be_used_is_passed_over_and_readyz_names_it() {
+    use crate::support::chatgpt::{FakeIssuer, fake_backend, plan_and_key_args};
+    let issuer = FakeIssuer::start().await;
+    let backend = fake_backend(issuer.state.clone()).await;
+    let api = FakeUpstream::ok_json().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, _) = key_files(dir.path());
+    let home = dir.path().join("home");
+    let mut args = plan_and_key_args(&home, &issuer, backend.addr, "team", &key_a, &api.url());
+    args.extend(["--route".to_owned(), "*=plan,key".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let keyward = Process::spawn(&args, b"", &[]).await;
+
+    let reply = client::post_responses(keyward.addr, r#"{"model":"gpt-5","input":"hi"}"#).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(api.requests().len(), 1);
+    assert!(
+        backend.requests().is_empty(),
+        "the login that is not signed in was passed over"
+    );
+
+    let ready = client::get(keyward.addr, "/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK);
+    let ready = ready.json();
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert!(
+        ready["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("credential plan: "),
+        "{ready}"
+    );
+    assert_eq!(ready["credentials"]["plan"]["ready"], false, "{ready}");
+    assert_eq!(ready["credentials"]["key"]["ready"], true, "{ready}");
+}

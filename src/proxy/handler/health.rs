@@ -1,5 +1,5 @@
-//! `GET /healthz` and `GET /readyz`: whether keyward is alive, and whether every credential it
-//! holds can be used.
+//! `GET /healthz` and `GET /readyz`: whether keyward is alive, and whether the credentials it
+//! holds can be used (all of them: ready; some: degraded, naming the others; none: not ready).
 
 use http::{Response, StatusCode};
 
@@ -15,13 +15,23 @@ impl Proxy {
         }
         let all = self.credentials.all();
         let first = self.credentials.first();
-        // Ready when every credential is; with several, each is named.
-        let ready = all.iter().try_for_each(|credential| {
-            credential.readiness().map_err(|reason| match all.len() {
-                1 => reason,
-                _ => format!("credential {}: {reason}", credential.name()),
+        // Ready while any credential is (routes pass over the others); one that is not makes
+        // the answer `degraded` and is named.
+        let unready: Vec<String> = all
+            .iter()
+            .filter_map(|credential| {
+                let reason = credential.readiness().err()?;
+                Some(match all.len() {
+                    1 => reason,
+                    _ => format!("credential {}: {reason}", credential.name()),
+                })
             })
-        });
+            .collect();
+        let ready = match unready.len() {
+            0 => Ok(()),
+            n if n < all.len() => Ok(()),
+            _ => Err(unready.join("; ")),
+        };
         let mut answer = serde_json::json!({
             "status": "ready",
             "credential": first.kind(),
@@ -44,12 +54,16 @@ impl Proxy {
                 .collect::<serde_json::Map<_, _>>()
                 .into();
         }
-        let degraded = all.iter().find_map(Credential::degraded).or_else(|| {
-            self.telemetry
-                .as_ref()
-                .is_some_and(|t| t.state_down())
-                .then_some("state database unreachable")
-        });
+        let degraded = unready
+            .first()
+            .cloned()
+            .or_else(|| all.iter().find_map(Credential::degraded).map(str::to_owned))
+            .or_else(|| {
+                self.telemetry
+                    .as_ref()
+                    .is_some_and(|t| t.state_down())
+                    .then(|| "state database unreachable".to_owned())
+            });
         if let Some(reason) = degraded
             && ready.is_ok()
         {
