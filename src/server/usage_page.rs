@@ -2,6 +2,7 @@
 //! as inline SVG ([`charts`]), one inline style sheet allowed by its hash, no script, nothing
 //! from another origin. `Accept: application/json` gets the same numbers as JSON.
 
+mod breakdown;
 mod charts;
 
 use std::fmt::Write;
@@ -12,7 +13,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::proxy::body::ProxyBody;
-use crate::telemetry::daily::{NO_MODEL, Sums};
 use crate::telemetry::usage_view::{OperatorUsage, Period};
 
 const STYLE: &str = "\
@@ -103,8 +103,8 @@ pub fn render(usage: &OperatorUsage) -> String {
     cards(&mut page, usage);
     per_day(&mut page, usage);
     clients(&mut page, usage);
-    models(&mut page, usage);
-    credentials(&mut page, usage);
+    breakdown::models(&mut page, usage);
+    breakdown::credentials(&mut page, usage);
     quotas(&mut page, usage);
     plan(&mut page, usage);
     refusals(&mut page, usage);
@@ -210,67 +210,6 @@ fn clients(page: &mut String, usage: &OperatorUsage) {
         );
     }
     page.push_str("</tbody></table></div><p class=\"small\">Token columns after the first three are the last 30 days.</p></section>");
-}
-
-fn models(page: &mut String, usage: &OperatorUsage) {
-    page.push_str("<section id=\"models\"><h2>By model (last 30 days)</h2>");
-    let top = usage.by_model.first().map_or(0, |m| m.sums.tokens());
-    let rows: Vec<_> = usage
-        .by_model
-        .iter()
-        .filter(|m| m.sums.requests > 0)
-        .map(|m| {
-            let label = if m.model == NO_MODEL {
-                "(none named)"
-            } else {
-                &m.model
-            };
-            (label, &m.sums)
-        })
-        .collect();
-    bar_table(page, "model", &rows, top, "Model");
-    page.push_str("</section>");
-}
-
-/// Which credential answered, when keyward holds more than one (or names its one).
-fn credentials(page: &mut String, usage: &OperatorUsage) {
-    page.push_str("<section id=\"credentials\"><h2>By credential (last 30 days)</h2>");
-    let top = usage.by_credential.first().map_or(0, |c| c.sums.tokens());
-    let rows: Vec<_> = usage
-        .by_credential
-        .iter()
-        .map(|c| (c.credential.as_str(), &c.sums))
-        .collect();
-    bar_table(page, "credential", &rows, top, "Credential");
-    page.push_str("</section>");
-}
-
-fn bar_table(page: &mut String, key: &str, rows: &[(&str, &Sums)], top: u64, head: &str) {
-    if rows.is_empty() {
-        page.push_str("<p class=\"empty\">No requests in the last 30 days.</p>");
-        return;
-    }
-    let _ = write!(
-        page,
-        "<div class=\"scroll\"><table><thead><tr><th>{head}</th><th></th><th class=\"n\">Tokens</th>\
-         <th class=\"n\">Requests</th></tr></thead><tbody>"
-    );
-    for (label, sums) in rows {
-        let fraction = if top == 0 {
-            0.0
-        } else {
-            sums.tokens() as f64 / top as f64
-        };
-        let _ = write!(
-            page,
-            "<tr data-{key}=\"{label}\"><td>{label}</td><td class=\"barcell\">{}</td>{}{}</tr>",
-            charts::bar(fraction, "#4e79a7"),
-            num("tokens", sums.tokens()),
-            num("requests", sums.requests),
-            label = escape(label),
-        );
-    }
-    page.push_str("</tbody></table></div>");
 }
 
 fn quotas(page: &mut String, usage: &OperatorUsage) {
