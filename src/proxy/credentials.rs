@@ -1,6 +1,7 @@
 //! The credentials a keyward holds and the routes that give each client one
 //! (`--credential`, `--route`). Without them: one credential, for every client.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -107,27 +108,27 @@ impl Credentials {
     /// The credentials for `client`, in the order they are tried: those of the first route that
     /// names it (by name, one of its `groups`, or `*`), the usable ones first; a spent or ended
     /// credential goes last, so that a client whose credentials are all spent hears the
-    /// upstream's own answer. `groups` is asked only when a route names a group.
+    /// upstream's own answer. The client's groups (`Groups::Tokens` with client tokens, else the
+    /// connection's user's OS groups) are looked up only when a route names a group; a route of
+    /// one credential costs no allocation.
     pub fn chain_for(
         &self,
         client: &Arc<str>,
-        groups: impl FnOnce() -> Arc<[u32]>,
-        token_groups: Option<Arc<[String]>>,
-    ) -> Result<Vec<usize>, ProxyError> {
+        groups: impl FnOnce() -> Groups,
+    ) -> Result<Cow<'_, [usize]>, ProxyError> {
         let mut groups = Lazy(Some(groups), None);
         for route in &self.routes {
             let named = route.clients.iter().any(|pattern| match pattern {
                 ClientMatch::Any => true,
                 ClientMatch::Name(name) => **client == **name,
-                // A client token's groups when clients are tokens, else the OS groups.
-                ClientMatch::Group { name, gid } => match &token_groups {
-                    Some(token_groups) => token_groups.iter().any(|g| g == name),
-                    None => gid.is_some_and(|gid| groups.get().contains(&gid)),
+                ClientMatch::Group { name, gid } => match groups.get() {
+                    Groups::Tokens(of_token) => of_token.iter().any(|g| g == name),
+                    Groups::System(of_user) => gid.is_some_and(|gid| of_user.contains(&gid)),
                 },
             });
             if named {
-                if let [only] = route.credentials[..] {
-                    return Ok(vec![only]);
+                if let [_] = route.credentials[..] {
+                    return Ok(Cow::Borrowed(&route.credentials));
                 }
                 let now = now();
                 let (mut chain, resting): (Vec<usize>, Vec<usize>) = route
@@ -135,7 +136,7 @@ impl Credentials {
                     .iter()
                     .partition(|&&index| self.usable(index, now));
                 chain.extend(resting);
-                return Ok(chain);
+                return Ok(Cow::Owned(chain));
             }
         }
         Err(ProxyError::NoRoute {
@@ -144,14 +145,22 @@ impl Credentials {
     }
 }
 
-/// A value made on first use.
-struct Lazy<F>(Option<F>, Option<Arc<[u32]>>);
+/// The groups a client is in, for routes that name `@GROUP`.
+pub enum Groups {
+    /// A client token's (`keyward token add --group`).
+    Tokens(Arc<[String]>),
+    /// The OS groups of the user the kernel names for the connection.
+    System(Arc<[u32]>),
+}
 
-impl<F: FnOnce() -> Arc<[u32]>> Lazy<F> {
-    fn get(&mut self) -> &Arc<[u32]> {
+/// A value made on first use.
+struct Lazy<F>(Option<F>, Option<Groups>);
+
+impl<F: FnOnce() -> Groups> Lazy<F> {
+    fn get(&mut self) -> &Groups {
         if let Some(make) = self.0.take() {
             self.1 = Some(make());
         }
-        self.1.get_or_insert_with(|| Arc::from([]))
+        self.1.get_or_insert_with(|| Groups::System(Arc::from([])))
     }
 }

@@ -2,6 +2,7 @@
 //! client token, quota), the health endpoints, and the hand-off to the rest of the pipeline
 //! ([`crate::proxy::pipeline`]) or the WebSocket ([`crate::proxy::websocket`]).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -26,7 +27,7 @@ use crate::proxy::body::ProxyBody;
 use crate::proxy::body::UpstreamPool;
 use crate::proxy::context::Context;
 use crate::proxy::credential::Credential;
-use crate::proxy::credentials::Credentials;
+use crate::proxy::credentials::{Credentials, Groups};
 use crate::proxy::dump::Dumper;
 use crate::proxy::error::{ProxyError, json_response};
 use crate::proxy::forward::{Forwarder, body_len};
@@ -110,16 +111,13 @@ impl Proxy {
 
     /// The credentials the routes give `client`, in the order they are tried (its groups looked
     /// up only when a route names a group).
-    fn chain_for(&self, client: &Arc<str>, peer: &Peer) -> Result<Vec<usize>, ProxyError> {
-        let token_groups = self.tokens.as_ref().map(|tokens| tokens.groups_of(client));
-        self.credentials.chain_for(
-            client,
-            || match peer.uid() {
-                Some(uid) => self.with_gate(|gate| gate.groups(uid)),
-                None => Arc::from([]),
-            },
-            token_groups,
-        )
+    fn chain_for(&self, client: &Arc<str>, peer: &Peer) -> Result<Cow<'_, [usize]>, ProxyError> {
+        self.credentials
+            .chain_for(client, || match (&self.tokens, peer.uid()) {
+                (Some(tokens), _) => Groups::Tokens(tokens.groups_of(client)),
+                (None, Some(uid)) => Groups::System(self.with_gate(|gate| gate.groups(uid))),
+                (None, None) => Groups::System(Arc::from([])),
+            })
     }
 
     /// A WebSocket: relayed to the upstream's, its turns counted as the client's.
@@ -344,7 +342,7 @@ impl Proxy {
         req: Request<Incoming>,
         endpoint: Endpoint,
         client: &Arc<str>,
-        chain: Vec<usize>,
+        chain: Cow<'_, [usize]>,
         ctx: Context,
     ) -> Response<ProxyBody> {
         let pipeline = Pipeline {
@@ -354,7 +352,7 @@ impl Proxy {
             // With more than one credential to try, the body is read whole to be sent again.
             fallback: (chain.len() > 1).then(|| Fallback {
                 credentials: &self.credentials,
-                chain,
+                chain: chain.into_owned(),
             }),
         };
         let admitted = Admitted {
