@@ -204,13 +204,10 @@ async fn run_codex(
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_codex_cli_works_through_keyward() {
-    let upstream = responses_upstream().await;
-    let keyward = keyward_for(&upstream, &[]).await;
-    let output = run_codex(&keyward, "", &[]).await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+/// Asserts `codex exec` succeeded and printed the streamed answer; its stdout and stderr.
+fn codex_printed_the_answer(output: &std::process::Output, keyward: &Process) -> (String, String) {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         output.status.success(),
         "codex exec failed:\nstdout: {stdout}\nstderr: {stderr}\nkeyward: {}",
@@ -220,6 +217,15 @@ async fn the_codex_cli_works_through_keyward() {
         stdout.contains(TEXT),
         "codex printed the streamed answer: {stdout}\n{stderr}"
     );
+    (stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codex_cli_works_through_keyward() {
+    let upstream = responses_upstream().await;
+    let keyward = keyward_for(&upstream, &[]).await;
+    let output = run_codex(&keyward, "", &[]).await;
+    codex_printed_the_answer(&output, &keyward);
 
     let requests = upstream.requests();
     assert!(!requests.is_empty());
@@ -585,14 +591,7 @@ async fn the_codex_cli_sees_no_error_when_the_plan_is_spent_and_the_key_answers(
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let keyward = Process::spawn(&args, b"", &[]).await;
     let output = run_codex(&keyward, "", &[]).await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "codex exec failed:\nstdout: {stdout}\nstderr: {stderr}\nkeyward: {}",
-        keyward.stderr()
-    );
-    assert!(stdout.contains(TEXT), "{stdout}\n{stderr}");
+    let (stdout, stderr) = codex_printed_the_answer(&output, &keyward);
     assert!(
         !stderr.contains("usage limit") && !stdout.contains("usage limit"),
         "{stderr}"

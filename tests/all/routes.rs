@@ -9,7 +9,7 @@ use http_body_util::Full;
 use serde_json::Value;
 
 use crate::support::client;
-use crate::support::keyward::{Process, add_client_token};
+use crate::support::keyward::{Process, add_client_token, add_client_token_in};
 use crate::support::upstream::FakeUpstream;
 use crate::support::within;
 
@@ -36,6 +36,29 @@ fn key_files(dir: &Path) -> (String, String) {
     (write("key-a", "sk-route-a"), write("key-b", "sk-route-b"))
 }
 
+/// The `--credential` values of two keys (files in `dir`): `a` sending to `upstream_a`, `b` to
+/// `upstream_b`.
+fn key_credentials(
+    dir: &Path,
+    upstream_a: &FakeUpstream,
+    upstream_b: &FakeUpstream,
+) -> (String, String) {
+    let (key_a, key_b) = key_files(dir);
+    (
+        format!("a:api-key-file={key_a},upstream-url={}", upstream_a.url()),
+        format!("b:api-key-file={key_b},upstream-url={}", upstream_b.url()),
+    )
+}
+
+/// The next request `upstream` gets carries `key`.
+async fn sent_with(upstream: &FakeUpstream, key: &str) {
+    let seen = upstream.next_request().await;
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {key}").as_str()
+    );
+}
+
 async fn ledger_lines(path: &Path, n: usize) -> Vec<Value> {
     within("ledger lines", async {
         loop {
@@ -57,14 +80,12 @@ async fn ledger_lines(path: &Path, n: usize) -> Vec<Value> {
 async fn each_client_is_served_with_the_credential_its_route_gives_and_others_are_refused() {
     let (upstream_a, upstream_b) = (FakeUpstream::ok_json().await, FakeUpstream::ok_json().await);
     let dir = tempfile::tempdir().unwrap();
-    let (key_a, key_b) = key_files(dir.path());
+    let (credential_a, credential_b) = key_credentials(dir.path(), &upstream_a, &upstream_b);
     let tokens = dir.path().join("tokens.json");
     let alice = add_client_token(&tokens, "alice").await;
     let bob = add_client_token(&tokens, "bob").await;
     let carol = add_client_token(&tokens, "carol").await;
     let ledger = dir.path().join("usage.jsonl");
-    let credential_a = format!("a:api-key-file={key_a},upstream-url={}", upstream_a.url());
-    let credential_b = format!("b:api-key-file={key_b},upstream-url={}", upstream_b.url());
     let args = [
         "--client-tokens",
         tokens.to_str().unwrap(),
@@ -187,15 +208,9 @@ async fn credentials_and_routes_from_the_config_file_are_checked_and_served() {
         keyward.stderr()
     );
     assert_eq!(post_as(keyward.addr, &alice).await.status, StatusCode::OK);
-    assert_eq!(
-        upstream_a.next_request().await.headers["authorization"],
-        "Bearer sk-route-a"
-    );
+    sent_with(&upstream_a, "sk-route-a").await;
     assert_eq!(post_as(keyward.addr, &bob).await.status, StatusCode::OK);
-    assert_eq!(
-        upstream_b.next_request().await.headers["authorization"],
-        "Bearer sk-route-b"
-    );
+    sent_with(&upstream_b, "sk-route-b").await;
 
     // A route naming a credential there is not is refused at start, naming it.
     std::fs::write(
@@ -291,9 +306,7 @@ async fn a_route_for_a_group_serves_its_members() {
     let users = users();
     let (upstream_a, upstream_b) = (FakeUpstream::ok_json().await, FakeUpstream::ok_json().await);
     let dir = tempfile::tempdir().unwrap();
-    let (key_a, key_b) = key_files(dir.path());
-    let credential_a = format!("a:api-key-file={key_a},upstream-url={}", upstream_a.url());
-    let credential_b = format!("b:api-key-file={key_b},upstream-url={}", upstream_b.url());
+    let (credential_a, credential_b) = key_credentials(dir.path(), &upstream_a, &upstream_b);
     let group_route = format!("@{GROUP}=a");
     let args = [
         "--credential",
@@ -543,27 +556,9 @@ async fn a_session_stays_with_the_credential_that_answered_it() {
 async fn a_route_for_a_token_group_serves_the_clients_added_to_it() {
     let (upstream_a, upstream_b) = (FakeUpstream::ok_json().await, FakeUpstream::ok_json().await);
     let dir = tempfile::tempdir().unwrap();
-    let (key_a, key_b) = key_files(dir.path());
+    let (credential_a, credential_b) = key_credentials(dir.path(), &upstream_a, &upstream_b);
     let tokens = dir.path().join("tokens.json");
-    let added = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args([
-            "token",
-            "add",
-            "ci",
-            "--group",
-            "kw-robots",
-            "--client-tokens",
-        ])
-        .arg(&tokens)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        added.status.success(),
-        "{}",
-        String::from_utf8_lossy(&added.stderr)
-    );
-    let ci = String::from_utf8(added.stdout).unwrap().trim().to_owned();
+    let ci = add_client_token_in(&tokens, "ci", &["kw-robots"]).await;
     let alice = add_client_token(&tokens, "alice").await;
     let listed = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
         .args(["token", "list", "--client-tokens"])
@@ -577,8 +572,6 @@ async fn a_route_for_a_token_group_serves_the_clients_added_to_it() {
             .any(|l| l.starts_with("ci ") && l.ends_with("kw-robots")),
         "{listed}"
     );
-    let credential_a = format!("a:api-key-file={key_a},upstream-url={}", upstream_a.url());
-    let credential_b = format!("b:api-key-file={key_b},upstream-url={}", upstream_b.url());
     let args = [
         "--client-tokens",
         tokens.to_str().unwrap(),
@@ -593,15 +586,9 @@ async fn a_route_for_a_token_group_serves_the_clients_added_to_it() {
     ];
     let keyward = Process::spawn(&args, b"", &[]).await;
     assert_eq!(post_as(keyward.addr, &ci).await.status, StatusCode::OK);
-    assert_eq!(
-        upstream_b.next_request().await.headers["authorization"],
-        "Bearer sk-route-b"
-    );
+    sent_with(&upstream_b, "sk-route-b").await;
     assert_eq!(post_as(keyward.addr, &alice).await.status, StatusCode::OK);
-    assert_eq!(
-        upstream_a.next_request().await.headers["authorization"],
-        "Bearer sk-route-a"
-    );
+    sent_with(&upstream_a, "sk-route-a").await;
     assert_eq!(upstream_b.requests().len(), 1);
 }
 

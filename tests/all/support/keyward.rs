@@ -273,8 +273,15 @@ fn collect(
 
 /// Adds a client with `keyward token add` to the tokens `file`; returns its token.
 pub async fn add_client_token(file: &Path, name: &str) -> String {
+    add_client_token_in(file, name, &[]).await
+}
+
+/// [`add_client_token`], the client in `groups` (`--group`).
+pub async fn add_client_token_in(file: &Path, name: &str, groups: &[&str]) -> String {
     let added = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["token", "add", name, "--client-tokens"])
+        .args(["token", "add", name])
+        .args(groups.iter().flat_map(|group| ["--group", group]))
+        .arg("--client-tokens")
         .arg(file)
         .output()
         .await
