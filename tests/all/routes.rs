@@ -147,12 +147,14 @@ async fn each_client_is_served_with_the_credential_its_route_gives_and_others_ar
     let ready = client::get(keyward.addr, "/readyz").await.json();
     assert_eq!(ready["credentials"]["a"]["ready"], true, "{ready}");
     assert_eq!(ready["credentials"]["b"]["kind"], "api_key", "{ready}");
-    // Neither key reached the log.
-    let log = keyward.stderr();
-    assert!(
-        !log.contains("sk-route-a") && !log.contains("sk-route-b"),
-        "{log}"
-    );
+    // Neither key reached the log, the ledger or /readyz.
+    let ledger_text = std::fs::read_to_string(&ledger).unwrap();
+    for text in [keyward.stderr(), ledger_text, ready.to_string()] {
+        assert!(
+            !text.contains("sk-route-a") && !text.contains("sk-route-b"),
+            "{text}"
+        );
+    }
 }
 
 #[tokio::test]
