@@ -94,8 +94,7 @@ pub async fn open(config: &Config, pending: Vec<Pending>) -> anyhow::Result<Cred
             .collect();
         tracing::info!(
             route = clients.join(","),
-            "credentials in turn when a plan's limit is reached: {} (over HTTP; a WebSocket \
-             keeps the credential it opened with)",
+            "credentials in turn when a plan's limit is reached: {}",
             order.join(", ")
         );
     }

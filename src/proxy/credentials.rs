@@ -61,7 +61,7 @@ impl Credentials {
 
     /// Whether the credential at `index` can take requests now: not resting, and usable (a login
     /// that has ended is not).
-    fn usable(&self, index: usize, now: i64) -> bool {
+    pub fn usable(&self, index: usize, now: i64) -> bool {
         self.spent[index].load(Ordering::Relaxed) <= now && self.list[index].readiness().is_ok()
     }
 

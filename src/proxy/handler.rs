@@ -26,7 +26,6 @@ pub const USAGE_PATH: &str = "/keyward/usage";
 use crate::proxy::body::ProxyBody;
 use crate::proxy::body::UpstreamPool;
 use crate::proxy::context::Context;
-use crate::proxy::credential::Credential;
 use crate::proxy::credentials::{Credentials, Groups};
 use crate::proxy::dump::Dumper;
 use crate::proxy::error::{ProxyError, json_response};
@@ -126,12 +125,13 @@ impl Proxy {
         req: Request<Incoming>,
         peer: &Peer,
         client: Arc<str>,
-        credential: &Credential,
+        chain: Vec<usize>,
         ctx: Context,
     ) -> Response<ProxyBody> {
         let accept = websocket::Accept {
             forwarder: &self.forwarder,
-            credential,
+            credentials: &self.credentials,
+            chain,
             owner: websocket::Owner {
                 uid: peer.uid(),
                 client,
@@ -174,8 +174,8 @@ impl Proxy {
                 Route::WebSocket => match self.admit(&req, &peer, &mut ctx) {
                     Ok(client) => match self.chain_for(&client, &peer) {
                         Ok(chain) => {
-                            let credential = self.credentials.get(chain[0]);
-                            return self.websocket(req, &peer, client, credential, ctx).await;
+                            let chain = chain.into_owned();
+                            return self.websocket(req, &peer, client, chain, ctx).await;
                         }
                         Err(err) => Err(err),
                     },

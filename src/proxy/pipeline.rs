@@ -43,6 +43,7 @@ mod fallback;
 mod whole;
 
 pub use fallback::Fallback;
+pub(crate) use fallback::spent_for;
 
 /// What a worker's requests go through: its upstream connections, the credential, the record
 /// of response owners.

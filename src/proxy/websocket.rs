@@ -6,11 +6,15 @@
 //! way, as they arrive. Every `response.create` the client sends is a turn: admitted against the
 //! quotas, adapted by the credential, and accounted for like a POST ([`turns`]).
 
+mod conversation;
+mod fallback;
 mod owner;
 mod relay;
 mod turns;
 
 pub use crate::proxy::websocket::owner::Owner;
+
+use std::sync::Arc;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -23,17 +27,20 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
+use crate::config::Limits;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::context::Context;
 use crate::proxy::credential::Credential;
+use crate::proxy::credentials::Credentials;
 use crate::proxy::error::ProxyError;
 use crate::proxy::forward::Forwarder;
 use crate::proxy::headers;
 use crate::proxy::open::OpenCount;
 use crate::proxy::send::{self, Answer};
+use crate::proxy::websocket::fallback::{Route, SocketFallback};
 use crate::proxy::websocket::relay::Relay;
 use crate::proxy::websocket::turns::Turns;
-use crate::upstream::WsIo;
+use crate::upstream::{WsConnector, WsIo};
 
 /// Headers of one side's handshake that the other side must not see.
 const HANDSHAKE: [HeaderName; 5] = [
@@ -56,14 +63,17 @@ pub fn is_upgrade(req: &Request<Incoming>) -> bool {
 /// Everything a socket needs once accepted.
 pub struct Accept<'a> {
     pub forwarder: &'a Forwarder,
-    pub credential: &'a Credential,
+    pub credentials: &'a Arc<Credentials>,
+    /// The client's route: its credentials, by index, in the order they are tried.
+    pub chain: Vec<usize>,
     pub owner: Owner,
     pub shutdown: watch::Receiver<bool>,
     pub sockets: &'a OpenCount,
 }
 
-/// Opens the upstream's socket, then answers the client's handshake and relays in a task of
-/// its own; a refused upstream handshake is passed back as it came.
+/// Opens the upstream's socket (with the route's first usable credential), then answers the
+/// client's handshake and relays in a task of its own; a refused upstream handshake is passed
+/// back as it came.
 pub async fn accept(
     accept: Accept<'_>,
     mut req: Request<Incoming>,
@@ -72,16 +82,22 @@ pub async fn accept(
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return accept.forwarder.fail(ProxyError::NotWebSocket, ctx);
     };
-    let config = config(accept.forwarder.limits().max_body);
-    let (upstream, upstream_head) =
-        match open_upstream(&accept, req.headers(), config, &mut ctx).await {
-            Ok(Handshake::Open(socket, head)) => (socket, head),
-            Ok(Handshake::Refused(status, head, body)) => {
-                ctx.upstream_status(status);
-                return refusal(status, &head, body);
-            }
-            Err(err) => return accept.forwarder.fail(err, ctx),
-        };
+    let limits = accept.forwarder.limits().clone();
+    let dialer = Dialer {
+        ws: accept.forwarder.ws().clone(),
+        config: config(limits.max_body),
+        limits: limits.clone(),
+    };
+    let route = Route::new(accept.credentials.clone(), accept.chain, req.headers());
+    let (route, upstream, upstream_head) = match route.open(&dialer, req.headers(), &mut ctx).await
+    {
+        Ok((route, Handshake::Open(socket, head))) => (route, socket, head),
+        Ok((_, Handshake::Refused(status, head, body))) => {
+            ctx.upstream_status(status);
+            return refusal(status, &head, body);
+        }
+        Err(err) => return accept.forwarder.fail(err, ctx),
+    };
     let mut response = Response::new(ProxyBody::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let mut headers = headers::client_response_headers(&upstream_head);
@@ -98,13 +114,17 @@ pub async fn accept(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let guard = accept.sockets.enter();
     let telemetry = accept.owner.telemetry.clone();
-    let turns = Turns::new(accept.owner, accept.credential.clone());
+    let turns = Turns::new(accept.owner, route.credential().clone());
     let shutdown = accept.shutdown;
-    let limits = accept.forwarder.limits().clone();
+    let (head, _) = req.into_parts();
     let dumps = accept
         .forwarder
-        .open_request_dump(&req.into_parts().0, accept.credential.upstream())
+        .open_request_dump(&head, route.credential().upstream())
         .map(|(id, sink)| (id, sink, accept.forwarder.open_ws_response_dump(id)));
+    // Only a route with somewhere to go next keeps what moving a turn needs.
+    let fallback = route
+        .has_next()
+        .then(|| SocketFallback::new(route, dialer, head.headers, limits.max_body));
     // The handshake itself is logged, not charged: the turns are.
     ctx.untrack();
     ctx.upstream_status(StatusCode::SWITCHING_PROTOCOLS);
@@ -114,8 +134,12 @@ pub async fn accept(
         let _open = telemetry.as_ref().map(|t| t.websocket_opened());
         let client = match on_upgrade.await {
             Ok(upgraded) => {
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                    .await
+                WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config(limits.max_body)),
+                )
+                .await
             }
             Err(err) => {
                 tracing::debug!(error = %err, "the client's WebSocket upgrade did not complete");
@@ -123,6 +147,7 @@ pub async fn accept(
             }
         };
         Relay::new(client, upstream, turns, limits, shutdown, telemetry, dumps)
+            .with_fallback(fallback)
             .run()
             .await;
     });
@@ -137,32 +162,42 @@ fn config(max_body: u64) -> WebSocketConfig {
         .max_frame_size(Some(max))
 }
 
-/// The upstream's socket, opened through the send phase with the credential on its handshake.
-async fn open_upstream(
-    accept: &Accept<'_>,
-    client_headers: &HeaderMap,
+/// What opens a socket to an upstream: the worker's connector, its limits.
+pub struct Dialer {
+    ws: WsConnector,
+    limits: Limits,
     config: WebSocketConfig,
-    ctx: &mut Context,
-) -> Result<Handshake, ProxyError> {
-    let credential = accept.credential;
-    let opened = send::with_credential(credential, ctx, |grant| {
-        let mut headers = send::upstream_headers(credential, client_headers, &grant);
-        for name in HANDSHAKE {
-            headers.remove(name);
+}
+
+impl Dialer {
+    /// The upstream's socket for `credential`, opened through the send phase with the
+    /// credential on its handshake and the client's headers as the header policy lets them pass.
+    pub async fn open(
+        &self,
+        credential: &Credential,
+        client_headers: &HeaderMap,
+        ctx: &mut Context,
+    ) -> Result<Handshake, ProxyError> {
+        let opened = send::with_credential(credential, ctx, |grant| {
+            let mut headers = send::upstream_headers(credential, client_headers, &grant);
+            for name in HANDSHAKE {
+                headers.remove(name);
+            }
+            open_websocket(
+                &self.ws,
+                &self.limits,
+                credential.upstream(),
+                headers,
+                generate_key(),
+                self.config,
+            )
+        })
+        .await?;
+        if let Handshake::Open(_, head) = &opened {
+            credential.observe_head(head);
         }
-        open_websocket(
-            accept.forwarder,
-            credential.upstream(),
-            headers,
-            generate_key(),
-            config,
-        )
-    })
-    .await?;
-    if let Handshake::Open(_, head) = &opened {
-        credential.observe_head(head);
+        Ok(opened)
     }
-    Ok(opened)
 }
 
 /// The upstream's refusal of a handshake, as the client's answer: its status, body and headers.
@@ -192,8 +227,9 @@ impl Answer for Handshake {
 
 /// Opens a WebSocket to the upstream URL with `headers` (the credential among them) and the
 /// handshake's own; a refusal comes back with its status, headers and body.
-pub(crate) async fn open_websocket(
-    forwarder: &Forwarder,
+async fn open_websocket(
+    ws: &WsConnector,
+    limits: &Limits,
     upstream: &crate::config::Upstream,
     mut headers: HeaderMap,
     key: String,
@@ -201,9 +237,7 @@ pub(crate) async fn open_websocket(
 ) -> Result<Handshake, ProxyError> {
     use http::header::{CONNECTION, HOST, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
     let uri = upstream.uri.clone();
-    let connect_timeout = forwarder.limits().connect_timeout;
-    let io = match tokio::time::timeout(connect_timeout, forwarder.ws().connect(uri.clone())).await
-    {
+    let io = match tokio::time::timeout(limits.connect_timeout, ws.connect(uri.clone())).await {
         Ok(Ok(io)) => io,
         Ok(Err(err)) => return Err(crate::proxy::error::classify_send(err)),
         Err(_) => {
@@ -232,7 +266,7 @@ pub(crate) async fn open_websocket(
     });
     *request.uri_mut() = http::Uri::from_parts(ws_uri).unwrap_or_default();
     *request.headers_mut() = headers;
-    let timeout = forwarder.limits().response_timeout;
+    let timeout = limits.response_timeout;
     let handshake = client_async_with_config(request, io, Some(config));
     match tokio::time::timeout(timeout, handshake).await {
         Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),

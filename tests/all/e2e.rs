@@ -362,6 +362,69 @@ async fn the_codex_cli_runs_a_two_turn_session_over_one_websocket_each() {
     assert_eq!(handshake["authorization"], format!("Bearer {KEY}").as_str());
 }
 
+/// The real Codex CLI over WebSocket, routed to a plan whose limit is reached after its first
+/// answer, with a key behind it: the refused turn goes on with the key's socket (whole, if it
+/// continued a response on the plan's), and Codex sees no error in either process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codex_cli_over_websocket_sees_no_error_when_the_plan_is_spent_mid_session() {
+    use std::sync::atomic::Ordering;
+    let plan = crate::support::ws::FakeWsUpstream::responding_until_spent(TEXT, 1).await;
+    let key = crate::support::ws::FakeWsUpstream::responding(TEXT).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keyward = crate::routes_websocket::plan_then_key(dir.path(), &plan, &key).await;
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let codex = |args: &[&str]| {
+        codex_command(
+            &keyward,
+            ",supports_websockets=true",
+            home.path(),
+            work.path(),
+            args,
+        )
+    };
+    for (turn, mut command) in [
+        codex(&["Say hello"]),
+        codex(&["resume", "--last", "Say it again"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+            .await
+            .expect("codex finished")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "codex exec (turn {turn}) failed:\nstdout: {stdout}\nstderr: {stderr}\nkeyward: {}",
+            keyward.stderr()
+        );
+        assert!(stdout.contains(TEXT), "{stdout}\n{stderr}");
+        assert!(
+            !stderr.contains("usage limit") && !stderr.contains("Reconnecting"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(
+        plan.accepted.load(Ordering::SeqCst),
+        1,
+        "the plan rests after its limit"
+    );
+    assert_eq!(
+        key.accepted.load(Ordering::SeqCst),
+        2,
+        "{}",
+        keyward.stderr()
+    );
+    assert!(
+        keyward
+            .stderr()
+            .contains("a WebSocket turn moved to the route's next credential")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_codex_cli_runs_a_websocket_session_through_a_chatgpt_sign_in() {
     use crate::support::chatgpt::{FakeIssuer, seed_login};

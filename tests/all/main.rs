@@ -25,6 +25,7 @@ mod readme;
 mod replicas;
 mod responses_api;
 mod routes;
+mod routes_websocket;
 mod sandbox;
 mod shared_state;
 mod systemd;

@@ -25,7 +25,7 @@ async fn post_as(addr: std::net::SocketAddr, token: &str) -> client::Reply {
 }
 
 /// Two key files (0600), for the credentials `a` and `b`.
-fn key_files(dir: &Path) -> (String, String) {
+pub(crate) fn key_files(dir: &Path) -> (String, String) {
     use std::os::unix::fs::PermissionsExt;
     let write = |name: &str, key: &str| {
         let path = dir.join(name);
@@ -59,7 +59,7 @@ async fn sent_with(upstream: &FakeUpstream, key: &str) {
     );
 }
 
-async fn ledger_lines(path: &Path, n: usize) -> Vec<Value> {
+pub(crate) async fn ledger_lines(path: &Path, n: usize) -> Vec<Value> {
     within("ledger lines", async {
         loop {
             let lines: Vec<Value> = std::fs::read_to_string(path)

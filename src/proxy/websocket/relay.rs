@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::config::Limits;
 use crate::proxy::dump::{DumpSink, ExchangeId};
 use crate::proxy::error::ProxyError;
+use crate::proxy::websocket::fallback::{SocketFallback, close_in_background};
 use crate::proxy::websocket::turns::{FromClient, Turns, error_message};
 use crate::telemetry::metrics::Telemetry;
 use crate::telemetry::record::End;
@@ -39,6 +40,8 @@ pub struct Relay {
     dumps: Option<(DumpSink, Option<DumpSink>)>,
     /// What the upstream sent behind a batch of text messages, not yet handled.
     held: Option<Option<Result<Message, WsError>>>,
+    /// On a route with several credentials: what moves a turn refused for the plan's limit.
+    fallback: Option<SocketFallback>,
 }
 
 /// Why the relay stopped.
@@ -71,7 +74,13 @@ impl Relay {
             telemetry,
             dumps: dumps.map(|(_, request, response)| (request, response)),
             held: None,
+            fallback: None,
         }
+    }
+
+    pub fn with_fallback(mut self, fallback: Option<SocketFallback>) -> Self {
+        self.fallback = fallback;
+        self
     }
 
     pub async fn run(mut self) {
@@ -125,8 +134,11 @@ impl Relay {
                         self.count("in");
                         self.dump(true, text.as_str());
                         match self.turns.client_message(text.as_str()) {
-                            FromClient::Forward(text) => {
-                                if self.upstream.send(Message::text(text)).await.is_err() {
+                            FromClient::Forward(forwarded) => {
+                                if let Some(fallback) = &mut self.fallback {
+                                    fallback.client_message(text.as_str());
+                                }
+                                if self.upstream.send(Message::text(forwarded)).await.is_err() {
                                     return Ended::UpstreamBroke;
                                 }
                             }
@@ -192,6 +204,9 @@ impl Relay {
         };
         let mut text = text;
         loop {
+            if self.moved(text.as_str()).await {
+                break;
+            }
             self.dump(false, text.as_str());
             self.turns.upstream_message(text.as_str());
             self.count("out");
@@ -208,6 +223,24 @@ impl Relay {
             }
         }
         self.client.flush().await.err().map(|_| Ended::ClientGone)
+    }
+
+    /// Whether `text` refused the running turn for the plan's limit and the turn went to the
+    /// route's next credential: the socket goes on with that credential's upstream, and the
+    /// client never sees the refusal.
+    async fn moved(&mut self, text: &str) -> bool {
+        let Some(fallback) = &mut self.fallback else {
+            return false;
+        };
+        let Some(seconds) = fallback.refused(text) else {
+            return false;
+        };
+        let Some(socket) = fallback.move_turn(seconds, &mut self.turns).await else {
+            return false;
+        };
+        let old = std::mem::replace(&mut self.upstream, socket);
+        close_in_background(old, CLOSE_WAIT);
+        true
     }
 
     /// Closes both sides as `ended` says, and ends the running turn.

@@ -40,6 +40,20 @@ impl Turns {
         }
     }
 
+    pub fn client(&self) -> &std::sync::Arc<str> {
+        &self.owner.client
+    }
+
+    /// The running turn's context.
+    pub fn context(&mut self) -> Option<&mut Context> {
+        self.current.as_mut()
+    }
+
+    /// The socket goes on with `credential` (the running turn is already sent with it).
+    pub fn switch(&mut self, credential: Credential) {
+        self.credential = credential;
+    }
+
     /// Whether a response is being generated (the upstream owes the client events).
     pub fn running(&self) -> bool {
         self.current.is_some()

@@ -43,16 +43,27 @@ impl FakeWsUpstream {
 
     /// Answers the first handshakes as `answers` says, then accepts.
     pub async fn answering(answers: Vec<Answer>) -> Self {
-        Self::serve(answers, None).await
+        Self::serve(answers, None, None).await
     }
 
     /// Answers every `response.create` on its own, as the API would, with `text` (a warm-up,
     /// `"generate": false`, with an empty response); for real clients.
     pub async fn responding(text: &'static str) -> Self {
-        Self::serve(Vec::new(), Some(text)).await
+        Self::serve(Vec::new(), Some(text), None).await
     }
 
-    async fn serve(answers: Vec<Answer>, respond: Option<&'static str>) -> Self {
+    /// Answers the first `answered` `response.create` messages (on all its sockets) as
+    /// [`Self::responding`] does; every later one gets the error a spent plan gets.
+    pub async fn responding_until_spent(text: &'static str, answered: usize) -> Self {
+        Self::serve(Vec::new(), Some(text), Some(answered)).await
+    }
+
+    async fn serve(
+        answers: Vec<Answer>,
+        respond: Option<&'static str>,
+        spent_after: Option<usize>,
+    ) -> Self {
+        let creates = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = accepted.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -65,6 +76,7 @@ impl FakeWsUpstream {
             while let Ok((stream, _)) = listener.accept().await {
                 let (seen, answers, tx) = (seen.clone(), answers.clone(), tx.clone());
                 let counter = counter.clone();
+                let creates = creates.clone();
                 tokio::spawn(async move {
                     let answer = answers
                         .lock()
@@ -96,7 +108,7 @@ impl FakeWsUpstream {
                     if let Ok(socket) = accept_hdr_async(stream, callback).await {
                         counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         match respond {
-                            Some(text) => respond_to(socket, text).await,
+                            Some(text) => respond_to(socket, text, &creates, spent_after).await,
                             None => {
                                 let _ = tx.send(socket);
                             }
@@ -207,8 +219,14 @@ pub fn events(id: &str, text: &str) -> Vec<String> {
     out
 }
 
-/// The API's side of a socket: every `response.create` gets a whole response.
-async fn respond_to(mut socket: UpstreamSocket, text: &str) {
+/// The API's side of a socket: every `response.create` gets a whole response (past
+/// `spent_after` of them, counted in `creates`, the error of a spent plan).
+async fn respond_to(
+    mut socket: UpstreamSocket,
+    text: &str,
+    creates: &std::sync::atomic::AtomicUsize,
+    spent_after: Option<usize>,
+) {
     let mut turn = 0;
     while let Some(Ok(message)) = socket.next().await {
         let Message::Text(message) = message else {
@@ -219,6 +237,14 @@ async fn respond_to(mut socket: UpstreamSocket, text: &str) {
             continue;
         }
         turn += 1;
+        let created = creates.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if spent_after.is_some_and(|answered| created >= answered) {
+            let spent = r#"{"type":"error","status":429,"error":{"type":"usage_limit_reached","message":"The usage limit has been reached","plan_type":"plus","resets_in_seconds":3600}}"#;
+            if socket.send(Message::text(spent)).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let id = format!("resp_ws_{turn}");
         let answer: Vec<String> = if message["generate"] == false {
             events(&id, "")
