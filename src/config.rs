@@ -242,6 +242,11 @@ impl Config {
             quotas.add_spec(spec).map_err(ConfigError::Quota)?;
         }
         let (credentials, routes) = credentials::settings(&args.credentials, &args.routes)?;
+        for credential in credentials.iter().filter(|c| !c.quota.is_empty()) {
+            quotas
+                .credentials
+                .insert(credential.name.clone(), credential.quota);
+        }
         let logins = credentials
             .iter()
             .any(|c| matches!(c.source, credentials::Source::Login { .. }));

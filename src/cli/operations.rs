@@ -191,6 +191,13 @@ fn summary(config: &crate::config::Config) -> String {
         .clients
         .iter()
         .map(|(client, l)| format!("{client}: {}", limits(l)))
+        .chain(
+            config
+                .quotas
+                .credentials
+                .iter()
+                .map(|(name, l)| format!("credential {name}: {}", limits(l))),
+        )
         .collect();
     quotas.sort();
     if !config.quotas.default.is_empty() {

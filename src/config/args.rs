@@ -132,7 +132,9 @@ pub struct ServeArgs {
 
     /// A named credential, instead of the one --auth names: `NAME:api-key-file=PATH` or
     /// `NAME:chatgpt=LOGIN` (a `keyward login --name LOGIN`), with `,upstream-url=URL` and
-    /// `,auth-header=api-key` if needed; repeatable. In a config file: `[credential.NAME]`.
+    /// `,auth-header=api-key` if needed, and its own quotas (`,tokens-per-day=N`,
+    /// `,requests-per-minute=N`, `,concurrent=N`: over one, a route's next credential is used);
+    /// repeatable. In a config file: `[credential.NAME]`.
     #[arg(long = "credential", value_name = "NAME:SETTINGS")]
     pub credentials: Vec<String>,
 

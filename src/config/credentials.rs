@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use crate::config::error::ConfigError;
+use crate::config::quota::Limits;
 use crate::config::upstream::{Upstream, parse_upstream};
 use crate::config::values::{AuthHeader, parse_login_name};
 use crate::config::{CHATGPT_UPSTREAM, OPENAI_UPSTREAM};
@@ -17,6 +18,9 @@ pub struct CredentialSpec {
     pub source: Source,
     /// Where requests with it go (default: OpenAI's API for a key, the Codex backend for a login).
     pub upstream: Upstream,
+    /// Its quotas (`concurrent`, `requests-per-minute`, `tokens-per-day`): over one, the route's
+    /// next credential is used.
+    pub quota: Limits,
 }
 
 /// What a named credential is.
@@ -62,6 +66,7 @@ pub fn parse_credential(text: &str) -> Result<CredentialSpec, ConfigError> {
         .ok_or_else(|| err("expected NAME:api-key-file=PATH or NAME:chatgpt=LOGIN"))?;
     parse_login_name(name).map_err(|why| err(&why.replace("login name", "credential name")))?;
     let (mut file, mut login, mut upstream, mut header) = (None, None, None, AuthHeader::Bearer);
+    let mut quota = Limits::default();
     for pair in settings.split(',').filter(|p| !p.is_empty()) {
         let (key, value) = pair
             .split_once('=')
@@ -77,9 +82,11 @@ pub fn parse_credential(text: &str) -> Result<CredentialSpec, ConfigError> {
                     _ => return Err(err("auth-header is `bearer` or `api-key`")),
                 }
             }
+            _ if quota.set(key, value).map_err(|why| err(&why))? => {}
             _ => {
                 return Err(err(&format!(
-                    "unknown setting `{key}` (api-key-file, chatgpt, upstream-url, auth-header)"
+                    "unknown setting `{key}` (api-key-file, chatgpt, upstream-url, auth-header, \
+                     concurrent, requests-per-minute, tokens-per-day)"
                 )));
             }
         }
@@ -101,6 +108,7 @@ pub fn parse_credential(text: &str) -> Result<CredentialSpec, ConfigError> {
         name: name.to_owned(),
         source,
         upstream: parse_upstream(upstream.as_deref().unwrap_or(default))?,
+        quota,
     })
 }
 
@@ -241,6 +249,17 @@ mod tests {
         assert!(refused(&["k:api-key-file=/x", "k:chatgpt=a"], &[]).contains("twice"));
         assert!(refused(&["../k:chatgpt=a"], &[]).contains("credential name"));
         assert!(refused(&["k:colour=red"], &[]).contains("unknown setting `colour`"));
+        assert!(
+            refused(&["k:api-key-file=/x,tokens-per-day=lots"], &[])
+                .contains("tokens-per-day: `lots` is not a whole number")
+        );
+        let (quoted, _) = settings(
+            &["k:api-key-file=/x,tokens-per-day=500,concurrent=2".to_owned()],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(quoted[0].quota.tokens_per_day, Some(500));
+        assert_eq!(quoted[0].quota.concurrent, Some(2));
         assert!(refused(&[], &["*=k"]).contains("needs credentials"));
     }
 }

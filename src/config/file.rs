@@ -199,9 +199,12 @@ fn credential_arg(name: &str, settings: &toml::Value) -> Result<String, String> 
     for (key, value) in settings {
         match value {
             toml::Value::String(text) if !text.contains(',') => pairs.push(format!("{key}={text}")),
+            // A quota.
+            toml::Value::Integer(n) => pairs.push(format!("{key}={n}")),
             _ => {
                 return Err(format!(
-                    "credential.{name}.{key} must be a string without commas"
+                    "credential.{name}.{key} must be a string without commas (or a number, for \
+                     a quota)"
                 ));
             }
         }

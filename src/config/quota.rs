@@ -24,21 +24,56 @@ impl Limits {
     pub(crate) fn is_empty(&self) -> bool {
         *self == Limits::default()
     }
+
+    /// Sets the quota `key` (`concurrent`, `requests-per-minute`, `tokens-per-day`) to `value`;
+    /// `false` for another key.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<bool, String> {
+        if !["concurrent", "requests-per-minute", "tokens-per-day"].contains(&key) {
+            return Ok(false);
+        }
+        let number: u64 = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("{key}: `{value}` is not a whole number"))?;
+        let small = || u32::try_from(number).map_err(|_| format!("{key}: {number} is too large"));
+        match key {
+            "concurrent" => self.concurrent = Some(small()?),
+            "requests-per-minute" => self.requests_per_minute = Some(small()?),
+            "tokens-per-day" => self.tokens_per_day = Some(number),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
 }
 
-/// The limits for every client (`default`) and for named ones.
+/// What a credential's quotas are counted under begins with this: `credential:NAME`.
+pub const CREDENTIAL_PREFIX: &str = "credential:";
+
+/// The limits for every client (`default`) and for named ones, and for credentials.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QuotaConfig {
     pub default: Limits,
     pub clients: HashMap<String, Limits>,
+    /// By credential name (`--credential NAME:...,tokens-per-day=N`); `default` does not apply.
+    pub credentials: HashMap<String, Limits>,
 }
 
 impl QuotaConfig {
     pub fn is_empty(&self) -> bool {
-        self.default.is_empty() && self.clients.values().all(Limits::is_empty)
+        self.default.is_empty()
+            && self.clients.values().all(Limits::is_empty)
+            && self.credentials.values().all(Limits::is_empty)
     }
 
+    /// The limits of a client, or of a credential by its quota name (`credential:NAME`).
     pub(crate) fn for_client(&self, client: &str) -> Limits {
+        if let Some(credential) = client.strip_prefix(CREDENTIAL_PREFIX) {
+            return self
+                .credentials
+                .get(credential)
+                .copied()
+                .unwrap_or_default();
+        }
         self.clients
             .get(client)
             .copied()
@@ -65,24 +100,15 @@ impl QuotaConfig {
             let (key, value) = setting
                 .split_once('=')
                 .ok_or_else(|| format!("--quota `{spec}`: `{setting}` is not KEY=N"))?;
-            let number: u64 = value
-                .trim()
-                .parse()
-                .map_err(|_| format!("--quota `{spec}`: `{value}` is not a whole number"))?;
-            let small = || {
-                u32::try_from(number)
-                    .map_err(|_| format!("--quota `{spec}`: {number} is too large"))
-            };
-            match key.trim() {
-                "concurrent" => limits.concurrent = Some(small()?),
-                "requests-per-minute" => limits.requests_per_minute = Some(small()?),
-                "tokens-per-day" => limits.tokens_per_day = Some(number),
-                other => {
-                    return Err(format!(
-                        "--quota `{spec}`: unknown quota `{other}`; use concurrent, \
-                         requests-per-minute or tokens-per-day"
-                    ));
-                }
+            if !limits
+                .set(key.trim(), value)
+                .map_err(|why| format!("--quota `{spec}`: {why}"))?
+            {
+                return Err(format!(
+                    "--quota `{spec}`: unknown quota `{}`; use concurrent, requests-per-minute \
+                     or tokens-per-day",
+                    key.trim()
+                ));
             }
         }
         Ok(())

@@ -33,6 +33,8 @@ pub struct Context {
     claim: Option<Claim>,
     /// Held until the request is accounted for; dropping them releases them.
     permit: Option<Permit>,
+    /// The credential's, likewise (a request sent again with another credential holds that one's).
+    credential_permit: Option<Permit>,
     stream: Option<StreamGuard>,
 }
 
@@ -43,6 +45,7 @@ impl Context {
             owners: None,
             claim: None,
             permit: None,
+            credential_permit: None,
             stream: None,
         }
     }
@@ -87,6 +90,10 @@ impl Context {
     }
 
     /// Holds a concurrent-stream quota slot until the request is accounted for.
+    pub fn hold_for_credential(&mut self, permit: Option<Permit>) {
+        self.credential_permit = permit;
+    }
+
     pub fn hold(&mut self, permit: Option<Permit>) {
         self.permit = permit;
     }
@@ -197,6 +204,7 @@ impl Context {
         }
         account.close(settled);
         self.permit = None;
+        self.credential_permit = None;
         self.stream = None;
     }
 }

@@ -4,12 +4,14 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::config::credentials::{ClientMatch, RouteSpec};
 use crate::credential::chatgpt::record::now;
 use crate::proxy::credential::Credential;
 use crate::proxy::error::ProxyError;
+use crate::telemetry::quota::{Exceeded, Permit, Quotas, credential_quota};
 
 /// Every credential, and which clients use which.
 pub struct Credentials {
@@ -20,6 +22,10 @@ pub struct Credentials {
     /// Sessions (routes with several credentials only): the credential that last answered each,
     /// and when.
     sessions: parking_lot::Mutex<HashMap<Box<str>, (usize, i64)>>,
+    /// The quotas, once telemetry runs: a credential over its own is passed over.
+    quotas: OnceLock<Arc<Quotas>>,
+    /// What each credential's quotas are counted under (`credential:NAME`).
+    quota_names: Vec<Arc<str>>,
 }
 
 /// How long a session is remembered after its last request.
@@ -42,11 +48,50 @@ impl Credentials {
     /// `list` in the order of the configuration, which `routes` index.
     pub fn new(list: Vec<Credential>, routes: Vec<RouteSpec>) -> Self {
         let spent = list.iter().map(|_| AtomicI64::new(0)).collect();
+        let quota_names = list
+            .iter()
+            .map(|c| Arc::from(credential_quota(c.name())))
+            .collect();
         Self {
             list,
             routes,
             spent,
             sessions: parking_lot::Mutex::new(HashMap::new()),
+            quotas: OnceLock::new(),
+            quota_names,
+        }
+    }
+
+    /// Counts requests against each credential's quotas from now on.
+    pub fn set_quotas(&self, quotas: Arc<Quotas>) {
+        let _ = self.quotas.set(quotas);
+    }
+
+    /// Admits a request with the credential at `index` against its quotas: the permit to hold
+    /// while it runs, or the quota it is over.
+    pub fn admit(&self, index: usize) -> Result<Option<Permit>, ProxyError> {
+        match self.quotas.get() {
+            Some(quotas) => quotas
+                .admit(&self.quota_names[index])
+                .map_err(|exceeded| self.over_quota(index, exceeded)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the credential at `index` is within its quotas now (a request not counted).
+    pub fn within_quota(&self, index: usize) -> Result<(), ProxyError> {
+        match self.quotas.get() {
+            Some(quotas) => quotas
+                .check(&self.quota_names[index])
+                .map_err(|exceeded| self.over_quota(index, exceeded)),
+            None => Ok(()),
+        }
+    }
+
+    fn over_quota(&self, index: usize, exceeded: Exceeded) -> ProxyError {
+        ProxyError::CredentialQuota {
+            credential: self.list[index].name().to_string(),
+            exceeded,
         }
     }
 
@@ -57,6 +102,16 @@ impl Credentials {
     /// The credential at `index` rests for `seconds`: its plan's limit was reached.
     pub fn mark_spent(&self, index: usize, seconds: i64) {
         self.spent[index].store(now() + seconds, Ordering::Relaxed);
+    }
+
+    /// Until when the credential at `index` rests, RFC 3339, while it does: its plan's limit was
+    /// reached.
+    pub fn resting_until(&self, index: usize) -> Option<String> {
+        let until = self.spent[index].load(Ordering::Relaxed);
+        (until > now()).then(|| {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(until.unsigned_abs());
+            crate::telemetry::ledger::rfc3339(at)
+        })
     }
 
     /// Whether the credential at `index` can take requests now: not resting, and usable (a login

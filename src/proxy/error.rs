@@ -82,6 +82,11 @@ pub enum ProxyError {
         client: String,
         exceeded: crate::telemetry::quota::Exceeded,
     },
+    #[error("credential {credential} is over its {} quota", exceeded.quota)]
+    CredentialQuota {
+        credential: String,
+        exceeded: crate::telemetry::quota::Exceeded,
+    },
 }
 
 impl ProxyError {
@@ -115,7 +120,9 @@ impl ProxyError {
                 StatusCode::FORBIDDEN
             }
             ProxyError::ClientToken(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::QuotaExceeded { .. } | ProxyError::CredentialQuota { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
         }
     }
 
@@ -148,7 +155,9 @@ impl ProxyError {
             ProxyError::Browser(_) => "browser_request_refused",
             ProxyError::NotAdmin(_) => "admin_only",
             ProxyError::ClientToken(_) => "invalid_client_token",
-            ProxyError::QuotaExceeded { .. } => "rate_limit_exceeded",
+            ProxyError::QuotaExceeded { .. } | ProxyError::CredentialQuota { .. } => {
+                "rate_limit_exceeded"
+            }
             ProxyError::LedgerBehind => "usage_ledger_behind",
             ProxyError::UsageNotKept => "usage_not_kept",
             ProxyError::NotWebSocket => "bad_websocket_handshake",
@@ -230,18 +239,18 @@ impl ProxyError {
                  --metrics-listen, --quota, --config, --state)"
                     .into()
             }
-            ProxyError::QuotaExceeded { client, exceeded } => {
-                let what = match exceeded.quota {
-                    "concurrent" => "streams at once",
-                    "requests_per_minute" => "requests per minute",
-                    _ => "tokens in 24 hours",
-                };
-                format!(
-                    "keyward quota reached for client `{client}`: at most {} {what}; retry in {}s",
-                    exceeded.limit,
-                    retry_after_secs(&exceeded.retry_after)
-                )
-            }
+            ProxyError::QuotaExceeded { client, exceeded } => format!(
+                "keyward quota reached for client `{client}`: {}",
+                at_most(exceeded)
+            ),
+            ProxyError::CredentialQuota {
+                credential,
+                exceeded,
+            } => format!(
+                "keyward quota reached for the credential `{credential}` your requests are sent \
+                 with: {}",
+                at_most(exceeded)
+            ),
         }
     }
 
@@ -297,7 +306,8 @@ impl ProxyError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
-            ProxyError::QuotaExceeded { exceeded, .. } => {
+            ProxyError::QuotaExceeded { exceeded, .. }
+            | ProxyError::CredentialQuota { exceeded, .. } => {
                 response.headers_mut().insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(retry_after_secs(&exceeded.retry_after)),
@@ -307,6 +317,20 @@ impl ProxyError {
         }
         response
     }
+}
+
+/// What a quota allows, and when to retry.
+fn at_most(exceeded: &crate::telemetry::quota::Exceeded) -> String {
+    let what = match exceeded.quota {
+        "concurrent" => "streams at once",
+        "requests_per_minute" => "requests per minute",
+        _ => "tokens in 24 hours",
+    };
+    format!(
+        "at most {} {what}; retry in {}s",
+        exceeded.limit,
+        retry_after_secs(&exceeded.retry_after)
+    )
 }
 
 /// Whole seconds, rounded up, at least 1.

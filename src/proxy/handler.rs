@@ -343,8 +343,16 @@ impl Proxy {
         endpoint: Endpoint,
         client: &Arc<str>,
         chain: Cow<'_, [usize]>,
-        ctx: Context,
+        mut ctx: Context,
     ) -> Response<ProxyBody> {
+        // With one credential, its quotas are part of admission; with several, each is asked
+        // in turn (a credential over its quota is passed over).
+        if let [index] = chain[..] {
+            match self.credentials.admit(index) {
+                Ok(permit) => ctx.hold_for_credential(permit),
+                Err(err) => return self.forwarder.fail(err, ctx),
+            }
+        }
         let pipeline = Pipeline {
             forwarder: &self.forwarder,
             credential: self.credentials.get(chain[0]),

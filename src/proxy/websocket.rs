@@ -4,9 +4,12 @@
 //! credential on its handshake, one 401 refresh-and-retry; a refusal comes back to the client as
 //! that HTTP answer), then the client's is accepted and messages are relayed one by one, each
 //! way, as they arrive. Every `response.create` the client sends is a turn: admitted against the
-//! quotas, adapted by the credential, and accounted for like a POST ([`turns`]).
+//! quotas, adapted by the credential, and accounted for like a POST ([`turns`]). On a route with
+//! several credentials, a socket opens with the first usable one, and a turn refused because the
+//! plan is spent (or over the credential's quota) goes on with the next ([`fallback`]).
 
 mod conversation;
+mod dial;
 mod fallback;
 mod owner;
 mod relay;
@@ -16,40 +19,26 @@ pub use crate::proxy::websocket::owner::Owner;
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Error as WsError;
-use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
-use crate::config::Limits;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::context::Context;
-use crate::proxy::credential::Credential;
 use crate::proxy::credentials::Credentials;
 use crate::proxy::error::ProxyError;
 use crate::proxy::forward::Forwarder;
 use crate::proxy::headers;
 use crate::proxy::open::OpenCount;
-use crate::proxy::send::{self, Answer};
+use crate::proxy::websocket::dial::{Dialer, HANDSHAKE, Handshake};
 use crate::proxy::websocket::fallback::{Route, SocketFallback};
 use crate::proxy::websocket::relay::Relay;
 use crate::proxy::websocket::turns::Turns;
-use crate::upstream::{WsConnector, WsIo};
-
-/// Headers of one side's handshake that the other side must not see.
-const HANDSHAKE: [HeaderName; 5] = [
-    header::SEC_WEBSOCKET_KEY,
-    header::SEC_WEBSOCKET_ACCEPT,
-    header::SEC_WEBSOCKET_VERSION,
-    header::SEC_WEBSOCKET_EXTENSIONS,
-    header::HOST,
-];
 
 /// Whether a request asks to become a WebSocket.
 pub fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -114,7 +103,7 @@ pub async fn accept(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let guard = accept.sockets.enter();
     let telemetry = accept.owner.telemetry.clone();
-    let turns = Turns::new(accept.owner, route.credential().clone());
+    let turns = Turns::new(accept.owner, accept.credentials.clone(), route.index());
     let shutdown = accept.shutdown;
     let (head, _) = req.into_parts();
     let dumps = accept
@@ -162,44 +151,6 @@ fn config(max_body: u64) -> WebSocketConfig {
         .max_frame_size(Some(max))
 }
 
-/// What opens a socket to an upstream: the worker's connector, its limits.
-pub struct Dialer {
-    ws: WsConnector,
-    limits: Limits,
-    config: WebSocketConfig,
-}
-
-impl Dialer {
-    /// The upstream's socket for `credential`, opened through the send phase with the
-    /// credential on its handshake and the client's headers as the header policy lets them pass.
-    pub async fn open(
-        &self,
-        credential: &Credential,
-        client_headers: &HeaderMap,
-        ctx: &mut Context,
-    ) -> Result<Handshake, ProxyError> {
-        let opened = send::with_credential(credential, ctx, |grant| {
-            let mut headers = send::upstream_headers(credential, client_headers, &grant);
-            for name in HANDSHAKE {
-                headers.remove(name);
-            }
-            open_websocket(
-                &self.ws,
-                &self.limits,
-                credential.upstream(),
-                headers,
-                generate_key(),
-                self.config,
-            )
-        })
-        .await?;
-        if let Handshake::Open(_, head) = &opened {
-            credential.observe_head(head);
-        }
-        Ok(opened)
-    }
-}
-
 /// The upstream's refusal of a handshake, as the client's answer: its status, body and headers.
 fn refusal(status: StatusCode, head: &HeaderMap, body: Vec<u8>) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(bytes::Bytes::from(body)));
@@ -207,78 +158,4 @@ fn refusal(status: StatusCode, head: &HeaderMap, body: Vec<u8>) -> Response<Prox
     *response.headers_mut() = headers::client_response_headers(head);
     response.headers_mut().remove(header::CONTENT_LENGTH);
     response
-}
-
-/// How the upstream answered a handshake: its socket, or its refusal (status, head, body).
-#[expect(
-    clippy::large_enum_variant,
-    reason = "returned once per socket and taken apart at once"
-)]
-pub enum Handshake {
-    Open(WebSocketStream<WsIo>, HeaderMap),
-    Refused(StatusCode, HeaderMap, Vec<u8>),
-}
-
-impl Answer for Handshake {
-    fn unauthorized(&self) -> bool {
-        matches!(self, Handshake::Refused(StatusCode::UNAUTHORIZED, ..))
-    }
-}
-
-/// Opens a WebSocket to the upstream URL with `headers` (the credential among them) and the
-/// handshake's own; a refusal comes back with its status, headers and body.
-async fn open_websocket(
-    ws: &WsConnector,
-    limits: &Limits,
-    upstream: &crate::config::Upstream,
-    mut headers: HeaderMap,
-    key: String,
-    config: WebSocketConfig,
-) -> Result<Handshake, ProxyError> {
-    use http::header::{CONNECTION, HOST, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
-    let uri = upstream.uri.clone();
-    let io = match tokio::time::timeout(limits.connect_timeout, ws.connect(uri.clone())).await {
-        Ok(Ok(io)) => io,
-        Ok(Err(err)) => return Err(crate::proxy::error::classify_send(err)),
-        Err(_) => {
-            return Err(ProxyError::UpstreamConnectTimeout(
-                "connecting for a WebSocket timed out".into(),
-            ));
-        }
-    };
-    let value = |text: &str| http::HeaderValue::from_str(text).ok();
-    if let Some(host) = value(upstream.authority.as_str()) {
-        headers.insert(HOST, host);
-    }
-    headers.insert(CONNECTION, http::HeaderValue::from_static("Upgrade"));
-    headers.insert(UPGRADE, http::HeaderValue::from_static("websocket"));
-    headers.insert(SEC_WEBSOCKET_VERSION, http::HeaderValue::from_static("13"));
-    if let Some(key) = value(&key) {
-        headers.insert(SEC_WEBSOCKET_KEY, key);
-    }
-    let mut request = Request::new(());
-    // The handshake names the socket's own scheme: `wss` over TLS, `ws` in the clear.
-    let mut ws_uri = http::uri::Parts::from(uri);
-    ws_uri.scheme = Some(if upstream.scheme == http::uri::Scheme::HTTPS {
-        "wss".parse().unwrap_or(http::uri::Scheme::HTTPS)
-    } else {
-        "ws".parse().unwrap_or(http::uri::Scheme::HTTP)
-    });
-    *request.uri_mut() = http::Uri::from_parts(ws_uri).unwrap_or_default();
-    *request.headers_mut() = headers;
-    let timeout = limits.response_timeout;
-    let handshake = client_async_with_config(request, io, Some(config));
-    match tokio::time::timeout(timeout, handshake).await {
-        Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
-        Ok(Ok((socket, response))) => Ok(Handshake::Open(socket, response.headers().clone())),
-        Ok(Err(WsError::Http(response))) => {
-            let (parts, body) = (*response).into_parts();
-            Ok(Handshake::Refused(
-                parts.status,
-                parts.headers,
-                body.unwrap_or_default(),
-            ))
-        }
-        Ok(Err(err)) => Err(ProxyError::UpstreamFailed(Box::new(err))),
-    }
 }

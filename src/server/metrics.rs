@@ -107,11 +107,13 @@ fn read_ledger(
         entries += 1;
         if with_quotas && entry.ts >= day_ago {
             let at = std::time::UNIX_EPOCH + Duration::from_secs_f64(entry.ts.max(0.0));
-            telemetry.quotas.add_tokens(
-                &entry.client,
-                at,
-                entry.input_tokens.saturating_add(entry.output_tokens),
-            );
+            let tokens = entry.input_tokens.saturating_add(entry.output_tokens);
+            telemetry.quotas.add_tokens(&entry.client, at, tokens);
+            if let Some(credential) = &entry.credential {
+                telemetry
+                    .quotas
+                    .add_credential_tokens(credential, at, tokens);
+            }
         }
         if with_days {
             telemetry.daily.add(&Line::from_counted(entry));

@@ -130,6 +130,9 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
         .find(|c| c.tokens().is_some())
         .unwrap_or(credentials.first());
     let telemetry = telemetry(config, login, state_db.as_ref(), owners.as_ref())?;
+    if let Some(telemetry) = &telemetry {
+        credentials.set_quotas(telemetry.quotas.clone());
+    }
     let policy = Arc::new(SharedPolicy::new(config.access.policy.clone()));
     let telemetry_handle = telemetry.clone();
     let metrics = match (config.metrics_listen, &telemetry) {

@@ -212,6 +212,10 @@ impl Telemetry {
             }
             self.quotas
                 .add_tokens(&record.client, record.at, tokens.total());
+            if let Some(credential) = &record.credential {
+                self.quotas
+                    .add_credential_tokens(credential, record.at, tokens.total());
+            }
         }
         self.daily.add(&Line::from_record(record));
         if !self.ledgers.is_empty() {

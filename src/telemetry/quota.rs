@@ -1,6 +1,6 @@
-//! Per-client quotas: concurrent streams, requests per minute, and tokens in a rolling 24-hour
-//! window. Over a limit, a request gets 429 with `Retry-After`; a stream already running is
-//! never cut.
+//! Per-client quotas (and each credential's, counted as `credential:NAME`): concurrent streams,
+//! requests per minute, and tokens in a rolling 24-hour window. Over a limit, a request gets 429
+//! with `Retry-After`; a stream already running is never cut.
 //!
 //! With `--state`, the other replicas' counts ([`Remote`]) are added to this replica's own:
 //! `crate::state::quota` exchanges them every sync interval, so admission never waits
@@ -12,10 +12,22 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod remote;
+
+pub use remote::{Outgoing, Remote};
+
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY_SECS: u64 = 86_400;
 
-use crate::config::quota::QuotaConfig;
+use crate::config::quota::{Limits, QuotaConfig};
+
+/// The name a credential's quotas are counted under: `credential:NAME` (no client's name has a
+/// colon).
+pub fn credential_quota(credential: &str) -> String {
+    format!("{CREDENTIAL_PREFIX}{credential}")
+}
+
+pub use crate::config::quota::CREDENTIAL_PREFIX;
 
 /// A request refused by a quota.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,27 +64,6 @@ struct ClientState {
     remote: Remote,
 }
 
-/// What the other replicas counted for one client, as of the last exchange.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Remote {
-    /// Streams they are relaying.
-    pub active: u32,
-    /// Requests they admitted in the last minute.
-    pub recent: u32,
-    /// Tokens of the last 24 hours...
-    pub tokens: u64,
-    /// ...by the hour (the minute each hour starts at), for Retry-After.
-    pub hours: Vec<(u64, u64)>,
-}
-
-/// What this replica tells the others: its token counts per minute that changed since the last
-/// exchange, and for every client with a quota, its streams and requests of the last minute.
-#[derive(Debug, Default)]
-pub struct Outgoing {
-    pub tokens: Vec<(Arc<str>, u64, u64)>,
-    pub live: Vec<(Arc<str>, u32, u32)>,
-}
-
 #[derive(Default)]
 struct States {
     clients: HashMap<Arc<str>, ClientState>,
@@ -81,6 +72,63 @@ struct States {
 }
 
 impl ClientState {
+    /// The quota of `limits` this state is at, if any, and when to retry.
+    fn over(&self, limits: &Limits, now: Instant, now_minute: u64) -> Option<Exceeded> {
+        if let Some(limit) = limits.concurrent
+            && self.active + self.remote.active >= limit
+        {
+            return Some(Exceeded {
+                quota: "concurrent",
+                limit: limit.into(),
+                // A stream may run for minutes; ask again soon.
+                retry_after: Duration::from_secs(5),
+            });
+        }
+        if let Some(limit) = limits.requests_per_minute
+            && self.recent.len() + self.remote.recent as usize >= limit as usize
+        {
+            // The others' requests are not timed here: when they alone are at the limit, a
+            // minute; else when enough of this replica's oldest leave the window.
+            let over = self.recent.len() + self.remote.recent as usize + 1 - limit as usize;
+            let retry_after = match self.recent.get(over.saturating_sub(1)) {
+                Some(&at) if over <= self.recent.len() => {
+                    (at + MINUTE).saturating_duration_since(now)
+                }
+                _ => MINUTE,
+            };
+            return Some(Exceeded {
+                quota: "requests_per_minute",
+                limit: limit.into(),
+                retry_after,
+            });
+        }
+        if let Some(limit) = limits.tokens_per_day
+            && self.tokens_total + self.remote.tokens >= limit
+        {
+            // When enough of the oldest minutes leave the window to fall below the limit (the
+            // others' hours counted until their last minute leaves).
+            let mut minutes: Vec<(u64, u64)> = self.tokens.iter().copied().collect();
+            minutes.extend(self.remote.hours.iter().map(|&(hour, n)| (hour + 59, n)));
+            minutes.sort_unstable();
+            let mut left = self.tokens_total + self.remote.tokens;
+            let mut until_minute = now_minute;
+            for &(minute, n) in &minutes {
+                left = left.saturating_sub(n);
+                if left < limit {
+                    until_minute = minute + DAY_SECS / 60;
+                    break;
+                }
+            }
+            let secs = (until_minute.saturating_sub(now_minute) * 60).max(1);
+            return Some(Exceeded {
+                quota: "tokens_per_day",
+                limit,
+                retry_after: Duration::from_secs(secs),
+            });
+        }
+        None
+    }
+
     fn expire(&mut self, now: Instant, now_minute: u64) {
         while self
             .recent
@@ -134,58 +182,8 @@ impl Quotas {
         let mut states = self.state.lock();
         let state = states.clients.entry(client.clone()).or_default();
         state.expire(now, now_minute);
-
-        if let Some(limit) = limits.concurrent
-            && state.active + state.remote.active >= limit
-        {
-            return Err(Exceeded {
-                quota: "concurrent",
-                limit: limit.into(),
-                // A stream may run for minutes; ask again soon.
-                retry_after: Duration::from_secs(5),
-            });
-        }
-        if let Some(limit) = limits.requests_per_minute
-            && state.recent.len() + state.remote.recent as usize >= limit as usize
-        {
-            // The others' requests are not timed here: when they alone are at the limit, a
-            // minute; else when enough of this replica's oldest leave the window.
-            let over = state.recent.len() + state.remote.recent as usize + 1 - limit as usize;
-            let retry_after = match state.recent.get(over.saturating_sub(1)) {
-                Some(&at) if over <= state.recent.len() => {
-                    (at + MINUTE).saturating_duration_since(now)
-                }
-                _ => MINUTE,
-            };
-            return Err(Exceeded {
-                quota: "requests_per_minute",
-                limit: limit.into(),
-                retry_after,
-            });
-        }
-        if let Some(limit) = limits.tokens_per_day
-            && state.tokens_total + state.remote.tokens >= limit
-        {
-            // When enough of the oldest minutes leave the window to fall below the limit (the
-            // others' hours counted until their last minute leaves).
-            let mut minutes: Vec<(u64, u64)> = state.tokens.iter().copied().collect();
-            minutes.extend(state.remote.hours.iter().map(|&(hour, n)| (hour + 59, n)));
-            minutes.sort_unstable();
-            let mut left = state.tokens_total + state.remote.tokens;
-            let mut until_minute = now_minute;
-            for &(minute, n) in &minutes {
-                left = left.saturating_sub(n);
-                if left < limit {
-                    until_minute = minute + DAY_SECS / 60;
-                    break;
-                }
-            }
-            let secs = (until_minute.saturating_sub(now_minute) * 60).max(1);
-            return Err(Exceeded {
-                quota: "tokens_per_day",
-                limit,
-                retry_after: Duration::from_secs(secs),
-            });
+        if let Some(exceeded) = state.over(&limits, now, now_minute) {
+            return Err(exceeded);
         }
         state.recent.push_back(now);
         state.active += 1;
@@ -193,6 +191,39 @@ impl Quotas {
             quotas: self.clone(),
             client: client.clone(),
         }))
+    }
+
+    /// Whether `name` is over one of its quotas now, without counting a request.
+    pub fn check(&self, name: &str) -> Result<(), Exceeded> {
+        let limits = self.config.read().for_client(name);
+        if limits.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let now_minute = minute_of(SystemTime::now());
+        let mut states = self.state.lock();
+        match states.clients.get_mut(name) {
+            Some(state) => {
+                state.expire(now, now_minute);
+                state.over(&limits, now, now_minute).map_or(Ok(()), Err)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Counts tokens a response sent with `credential` used, when that credential has a token
+    /// quota.
+    pub fn add_credential_tokens(&self, credential: &str, at: SystemTime, tokens: u64) {
+        let counted = {
+            let config = self.config.read();
+            config
+                .credentials
+                .get(credential)
+                .is_some_and(|limits| limits.tokens_per_day.is_some())
+        };
+        if counted {
+            self.add_tokens(&credential_quota(credential), at, tokens);
+        }
     }
 
     /// Counts tokens a response of `client` used, at `at`.
@@ -288,7 +319,7 @@ impl Quotas {
     }
 
     /// The clients some quota applies to: those named in the limits, and (with a default limit)
-    /// every client counted since start.
+    /// every client counted since start; then the credentials with quotas (`credential:NAME`).
     pub fn clients(&self) -> Vec<Arc<str>> {
         let config = self.config.read();
         let mut names: HashSet<Arc<str>> = config
@@ -298,67 +329,26 @@ impl Quotas {
             .map(|(name, _)| Arc::from(name.as_str()))
             .collect();
         if !config.default.is_empty() {
-            names.extend(self.state.lock().clients.keys().cloned());
+            names.extend(
+                self.state
+                    .lock()
+                    .clients
+                    .keys()
+                    .filter(|name| !name.starts_with(CREDENTIAL_PREFIX))
+                    .cloned(),
+            );
         }
         let mut names: Vec<_> = names.into_iter().collect();
         names.sort();
+        let mut credentials: Vec<Arc<str>> = config
+            .credentials
+            .iter()
+            .filter(|(_, limits)| !limits.is_empty())
+            .map(|(name, _)| Arc::from(credential_quota(name)))
+            .collect();
+        credentials.sort();
+        names.extend(credentials);
         names
-    }
-
-    /// What to tell the other replicas now; the changed token counts are taken (give them back
-    /// with [`Quotas::unsent`] if they could not be sent).
-    pub fn outgoing(&self) -> Outgoing {
-        let mut states = self.state.lock();
-        let now = Instant::now();
-        let now_minute = minute_of(SystemTime::now());
-        let dirty = std::mem::take(&mut states.dirty);
-        let mut out = Outgoing::default();
-        for (client, minute) in dirty {
-            let n = states.clients.get(&client).map_or(0, |s| {
-                s.tokens
-                    .iter()
-                    .find(|&&(m, _)| m == minute)
-                    .map_or(0, |&(_, n)| n)
-            });
-            out.tokens.push((client, minute, n));
-        }
-        for (client, state) in &mut states.clients {
-            state.expire(now, now_minute);
-            let recent = u32::try_from(state.recent.len()).unwrap_or(u32::MAX);
-            out.live.push((client.clone(), state.active, recent));
-        }
-        out
-    }
-
-    /// Token counts that could not be sent: sent with the next exchange.
-    pub fn unsent(&self, out: Outgoing) {
-        let mut states = self.state.lock();
-        states.dirty.extend(
-            out.tokens
-                .into_iter()
-                .map(|(client, minute, _)| (client, minute)),
-        );
-    }
-
-    /// The other replicas' counts, as just read; clients missing from `remote` have none.
-    pub fn set_remote(&self, mut remote: HashMap<String, Remote>) {
-        let mut states = self.state.lock();
-        for (client, state) in &mut states.clients {
-            state.remote = remote.remove(&**client).unwrap_or_default();
-        }
-        for (client, theirs) in remote {
-            states.clients.entry(Arc::from(client)).or_default().remote = theirs;
-        }
-    }
-
-    /// The database is unreachable: the others' streams and requests are no longer known and
-    /// stop counting; their tokens (which only leave the window slowly) still count.
-    pub fn forget_remote_live(&self) {
-        let mut states = self.state.lock();
-        for state in states.clients.values_mut() {
-            state.remote.active = 0;
-            state.remote.recent = 0;
-        }
     }
 }
 

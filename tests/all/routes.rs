@@ -170,7 +170,7 @@ async fn credentials_and_routes_from_the_config_file_are_checked_and_served() {
         &file,
         format!(
             "client-tokens = \"{}\"\n\n[credential.a]\napi-key-file = \"{key_a}\"\nupstream-url = \"{}\"\n\n\
-             [credential.b]\napi-key-file = \"{key_b}\"\nupstream-url = \"{}\"\n\n\
+             [credential.b]\napi-key-file = \"{key_b}\"\nupstream-url = \"{}\"\nrequests-per-minute = 600\n\n\
              [[route]]\nclients = [\"alice\"]\ncredentials = [\"a\", \"b\"]\n\n\
              [[route]]\nclients = [\"*\"]\ncredentials = [\"b\"]\n",
             tokens.display(),
@@ -196,7 +196,8 @@ async fn credentials_and_routes_from_the_config_file_are_checked_and_served() {
             "a (an API key from {key_a}, to {}): alice",
             upstream_a.url()
         )) && text.contains("b (an API key from")
-            && text.contains("): alice, every client"),
+            && text.contains("): alice, every client")
+            && text.contains("credential b: requests-per-minute=600"),
         "{text}"
     );
 
@@ -396,6 +397,15 @@ async fn a_spent_plan_falls_back_to_the_next_credential_until_its_reset() {
         Bytes::from_static(br#"{"model":"gpt-5","input":"hi"}"#),
         "the client's body, sent again"
     );
+    // /readyz says until when the plan rests.
+    let ready = client::get(keyward.addr, "/readyz").await.json();
+    assert!(
+        ready["credentials"]["plan"]["resting_until"]
+            .as_str()
+            .is_some_and(|at| at.ends_with('Z')),
+        "{ready}"
+    );
+    assert!(ready["credentials"]["key"].get("resting_until").is_none());
     // Until the reset, straight to the key.
     mode.store(0, Ordering::SeqCst);
     assert_eq!(post().await.status, StatusCode::OK);
@@ -631,4 +641,98 @@ async fn a_login_that_cannot_be_used_is_passed_over_and_readyz_names_it() {
     );
     assert_eq!(ready["credentials"]["plan"]["ready"], false, "{ready}");
     assert_eq!(ready["credentials"]["key"]["ready"], true, "{ready}");
+}
+
+/// A credential's own quota: over it, the route's next credential takes the requests (and with
+/// no other, the client gets 429 naming the credential, with `Retry-After`). Tokens count from
+/// the ledger across a restart.
+#[tokio::test]
+async fn a_credential_over_its_quota_is_passed_over_for_the_next() {
+    let used = || async {
+        crate::support::upstream::json(
+            StatusCode::OK,
+            r#"{"id":"resp_1","object":"response","status":"completed","usage":{"input_tokens":10,"output_tokens":5,"total_tokens":15}}"#,
+        )
+    };
+    let (upstream_a, upstream_b) = (
+        FakeUpstream::start(move |_| used()).await,
+        FakeUpstream::ok_json().await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, key_b) = key_files(dir.path());
+    let ledger = dir.path().join("usage.jsonl");
+    let a = format!(
+        "a:api-key-file={key_a},upstream-url={},tokens-per-day=20",
+        upstream_a.url()
+    );
+    let b = format!("b:api-key-file={key_b},upstream-url={}", upstream_b.url());
+    let spawn = |route: &'static str| {
+        let (a, b, ledger) = (a.clone(), b.clone(), ledger.clone());
+        async move {
+            let args = [
+                "--usage-log",
+                ledger.to_str().unwrap(),
+                "--credential",
+                &a,
+                "--credential",
+                &b,
+                "--route",
+                route,
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ];
+            Process::spawn(&args, b"", &[]).await
+        }
+    };
+    let post = |addr| async move {
+        client::post_responses(addr, r#"{"model":"gpt-5","input":"hi"}"#).await
+    };
+    let keyward = spawn("*=a,b").await;
+    // 15 tokens of 20: a takes the next too, which puts it over; then b.
+    for _ in 0..3 {
+        assert_eq!(post(keyward.addr).await.status, StatusCode::OK);
+    }
+    assert_eq!(upstream_a.requests().len(), 2);
+    assert_eq!(upstream_b.requests().len(), 1);
+    let lines = ledger_lines(&ledger, 3).await;
+    let credentials: Vec<&str> = lines
+        .iter()
+        .map(|l| l["credential"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(credentials, ["a", "a", "b"], "{lines:?}");
+    drop(keyward);
+
+    // Restarted, a is still over (its tokens read back from the ledger); alone on its route,
+    // the client hears why.
+    let keyward = spawn("*=a").await;
+    let reply = post(keyward.addr).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.json()["error"]["code"], "rate_limit_exceeded");
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("the credential `a`") && message.contains("at most 20 tokens in 24 hours"),
+        "{message}"
+    );
+    let retry: u64 = reply.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        retry > 3600,
+        "the tokens leave the window in about a day: {retry}"
+    );
+    assert_eq!(
+        upstream_a.requests().len(),
+        2,
+        "nothing more was sent with a"
+    );
 }

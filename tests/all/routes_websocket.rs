@@ -19,13 +19,26 @@ pub(crate) async fn plan_then_key(
     plan: &FakeWsUpstream,
     key: &FakeWsUpstream,
 ) -> Process {
+    plan_with_then_key(dir, plan, "", key).await
+}
+
+/// [`plan_then_key`], with `settings` added to the plan's (`,KEY=VALUE...`).
+async fn plan_with_then_key(
+    dir: &std::path::Path,
+    plan: &FakeWsUpstream,
+    settings: &str,
+    key: &FakeWsUpstream,
+) -> Process {
     let (key_a, key_b) = key_files(dir);
     let ledger = dir.join("usage.jsonl");
     let args = [
         "--usage-log".to_owned(),
         ledger.to_str().unwrap().to_owned(),
         "--credential".to_owned(),
-        format!("plan:api-key-file={key_a},upstream-url={}", plan.url()),
+        format!(
+            "plan:api-key-file={key_a},upstream-url={}{settings}",
+            plan.url()
+        ),
         "--credential".to_owned(),
         format!("key:api-key-file={key_b},upstream-url={}", key.url()),
         "--route".to_owned(),
@@ -136,4 +149,39 @@ async fn a_handshake_refused_for_the_plans_limit_opens_with_the_next_credential(
     send_text(&mut client, &create("hi", None)).await;
     next_text(&mut at_key).await;
     assert_eq!(plan.handshakes().len(), 1);
+}
+
+/// The plan's own quota (one request a minute) reached at a later turn: that turn goes, whole, to
+/// the key's socket before the plan is asked; the client sees the key's answer.
+#[tokio::test]
+async fn a_turn_over_the_credentials_quota_goes_to_the_next_credential() {
+    let mut plan = FakeWsUpstream::start().await;
+    let mut key = FakeWsUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keyward = plan_with_then_key(dir.path(), &plan, ",requests-per-minute=1", &key).await;
+    let (mut client, _) = connect(keyward.addr, &[]).await.unwrap();
+    let mut at_plan = plan.next_socket().await;
+    send_text(&mut client, &create("hi", None)).await;
+    next_text(&mut at_plan).await;
+    for event in events("resp_1", "Hello") {
+        send_text(&mut at_plan, &event).await;
+        assert_eq!(next_text(&mut client).await, event);
+    }
+    send_text(&mut client, &create("again", Some("resp_1"))).await;
+    let mut at_key = key.next_socket().await;
+    let moved: Value = serde_json::from_str(&next_text(&mut at_key).await).unwrap();
+    assert!(moved.get("previous_response_id").is_none(), "{moved}");
+    assert_eq!(moved["input"].as_array().unwrap().len(), 3, "{moved}");
+    for event in events("resp_2", "From the key") {
+        send_text(&mut at_key, &event).await;
+        assert_eq!(next_text(&mut client).await, event);
+    }
+    // The plan was not asked for the second turn.
+    assert!(matches!(next(&mut at_plan).await, Message::Close(_)));
+    let lines = ledger_lines(&dir.path().join("usage.jsonl"), 2).await;
+    let credentials: Vec<&str> = lines
+        .iter()
+        .map(|l| l["credential"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(credentials, ["plan", "key"], "{lines:?}");
 }

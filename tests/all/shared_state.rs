@@ -373,6 +373,47 @@ async fn a_tokens_per_day_quota_holds_across_replicas() {
     );
 }
 
+/// A credential's own quota counts what every replica sent with it.
+#[cfg_attr(
+    not(keyward_postgres),
+    ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credentials_quota_holds_across_replicas() {
+    let pg = Postgres::start();
+    let upstream = upstream_with_usage().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, _) = crate::routes::key_files(dir.path());
+    let credential = format!(
+        "a:api-key-file={key_a},upstream-url={},tokens-per-day=30",
+        upstream.url()
+    );
+    let args = ["--credential", &credential, "--state-sync", "200ms"];
+    let a = replica(&pg, &upstream, "a", &args).await;
+    let b = replica(&pg, &upstream, "b", &args).await;
+    // 19 tokens through a, then 19 through b (under 30 as far as b knows): 38, over.
+    for replica in [&a, &b] {
+        let reply = post_with(replica.addr, None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    for replica in [&a, &b] {
+        let reply = post_with(replica.addr, None).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            reply.text()
+        );
+        assert!(
+            reply.text().contains("the credential `a`"),
+            "{}",
+            reply.text()
+        );
+    }
+    assert_eq!(upstream.requests().len(), 2);
+}
+
 #[cfg_attr(
     not(keyward_postgres),
     ignore = "needs PostgreSQL (apt-get install postgresql; scripts/test installs it as root)"

@@ -42,13 +42,24 @@ impl Proxy {
         if all.len() > 1 {
             answer["credentials"] = all
                 .iter()
-                .map(|credential| {
-                    let state = match credential.readiness() {
+                .enumerate()
+                .map(|(index, credential)| {
+                    let mut state = match credential.readiness() {
                         Ok(()) => serde_json::json!({ "kind": credential.kind(), "ready": true }),
                         Err(reason) => serde_json::json!({
                             "kind": credential.kind(), "ready": false, "reason": reason,
                         }),
                     };
+                    // Passed over for now, and until when: a spent plan, a quota reached.
+                    if let Some(until) = self.credentials.resting_until(index) {
+                        state["resting_until"] = until.into();
+                    }
+                    if let Err(crate::proxy::error::ProxyError::CredentialQuota {
+                        exceeded, ..
+                    }) = self.credentials.within_quota(index)
+                    {
+                        state["over_quota"] = exceeded.quota.into();
+                    }
                     (credential.name().to_string(), state)
                 })
                 .collect::<serde_json::Map<_, _>>()

@@ -45,6 +45,15 @@ impl Pipeline<'_> {
             fallback.credentials.sticky(&mut chain, session);
         }
         for (attempt, &index) in chain.iter().enumerate() {
+            let last = attempt + 1 == chain.len();
+            match fallback.credentials.admit(index) {
+                Ok(permit) => ctx.hold_for_credential(permit),
+                Err(err) if last => return Err(err),
+                Err(err) => {
+                    tracing::debug!(error = %err, "passed over: the credential is over its quota");
+                    continue;
+                }
+            }
             let credential = fallback.credentials.get(index);
             let pipeline = Pipeline {
                 forwarder: self.forwarder,
@@ -54,7 +63,6 @@ impl Pipeline<'_> {
             };
             let body = ClientBody::Read(bytes.clone());
             let reply = Box::pin(pipeline.answer(copy(&parts), body, admitted, ctx)).await?;
-            let last = attempt + 1 == chain.len();
             let answered = |reply: Reply| {
                 if let Some(session) = &session {
                     fallback.credentials.remember(session, index);

@@ -21,8 +21,8 @@ use crate::proxy::credentials::Credentials;
 use crate::proxy::error::ProxyError;
 use crate::proxy::pipeline::spent_for;
 use crate::proxy::websocket::conversation::Conversation;
+use crate::proxy::websocket::dial::{Dialer, Handshake};
 use crate::proxy::websocket::turns::Turns;
-use crate::proxy::websocket::{Dialer, Handshake};
 use crate::upstream::WsIo;
 
 type UpstreamSocket = WebSocketStream<WsIo>;
@@ -54,7 +54,12 @@ impl Route {
 
     /// The credential in use.
     pub fn credential(&self) -> &Credential {
-        self.credentials.get(self.chain[self.at])
+        self.credentials.get(self.index())
+    }
+
+    /// The credential in use, by index.
+    pub fn index(&self) -> usize {
+        self.chain[self.at]
     }
 
     /// Whether another credential comes after the one in use.
@@ -62,8 +67,9 @@ impl Route {
         self.at + 1 < self.chain.len()
     }
 
-    /// Opens the upstream's socket: with the first credential, and while a handshake is refused
-    /// because the plan is spent, the next. The last answer is the client's.
+    /// Opens the upstream's socket: with the first credential within its quotas, and while a
+    /// handshake is refused because the plan is spent, the next. The last answer is the
+    /// client's.
     pub async fn open(
         mut self,
         dialer: &Dialer,
@@ -71,6 +77,13 @@ impl Route {
         ctx: &mut Context,
     ) -> Result<(Self, Handshake), ProxyError> {
         loop {
+            if let Err(err) = self.credentials.within_quota(self.chain[self.at]) {
+                if !self.has_next() {
+                    return Err(err);
+                }
+                self.at += 1;
+                continue;
+            }
             let opened = dialer.open(self.credential(), client_headers, ctx).await?;
             if let Handshake::Refused(StatusCode::TOO_MANY_REQUESTS, head, body) = &opened
                 && self.has_next()
@@ -137,12 +150,18 @@ impl SocketFallback {
         self.conversation.upstream_message(text)
     }
 
-    /// The running turn was refused because the plan is spent: the credential rests, and the
-    /// turn goes, whole, to a socket of the route's next usable credential, which is returned.
-    /// `None`: nowhere to go (none usable, none answered, or the conversation is not known);
-    /// the client gets the refusal.
-    pub async fn move_turn(&mut self, seconds: i64, turns: &mut Turns) -> Option<UpstreamSocket> {
-        self.route.rest(seconds);
+    /// The running turn cannot be answered with the credential in use: its plan is spent (it
+    /// rests for `spent` seconds) or it is over its quota. The turn goes, whole, to a socket of
+    /// the route's next usable credential within its quotas, which is returned. `None`: nowhere
+    /// to go (none usable, none answered, or the conversation is not known).
+    pub async fn move_turn(
+        &mut self,
+        spent: Option<i64>,
+        turns: &mut Turns,
+    ) -> Option<UpstreamSocket> {
+        if let Some(seconds) = spent {
+            self.route.rest(seconds);
+        }
         let Some(replay) = self.conversation.replay() else {
             tracing::warn!(
                 client = %turns.client(),
@@ -159,8 +178,12 @@ impl SocketFallback {
             if !self.route.credentials.usable(index, now) {
                 continue;
             }
-            let credential = self.route.credential().clone();
             let ctx = turns.context()?;
+            match self.route.credentials.admit(index) {
+                Ok(permit) => ctx.hold_for_credential(permit),
+                Err(_) => continue,
+            }
+            let credential = self.route.credential().clone();
             match self
                 .dialer
                 .open(&credential, &self.client_headers, ctx)
@@ -174,7 +197,7 @@ impl SocketFallback {
                             credential = %credential.name(),
                             "a WebSocket turn moved to the route's next credential"
                         );
-                        turns.switch(credential);
+                        turns.switch(index);
                         self.route.answered();
                         return Some(socket);
                     }

@@ -142,6 +142,18 @@ impl Relay {
                                     return Ended::UpstreamBroke;
                                 }
                             }
+                            FromClient::OverCredentialQuota(err) => {
+                                if let Some(fallback) = &mut self.fallback {
+                                    fallback.client_message(text.as_str());
+                                }
+                                if !self.moved_on(None).await {
+                                    let error = self.turns.refuse_running(&err);
+                                    self.count("out");
+                                    if self.client.send(Message::text(error)).await.is_err() {
+                                        return Ended::ClientGone;
+                                    }
+                                }
+                            }
                             FromClient::Refuse(error) => {
                                 self.count("out");
                                 if self.client.send(Message::text(error)).await.is_err() {
@@ -229,13 +241,20 @@ impl Relay {
     /// route's next credential: the socket goes on with that credential's upstream, and the
     /// client never sees the refusal.
     async fn moved(&mut self, text: &str) -> bool {
+        let Some(seconds) = self.fallback.as_mut().and_then(|f| f.refused(text)) else {
+            return false;
+        };
+        self.moved_on(Some(seconds)).await
+    }
+
+    /// Whether the running turn went to the route's next credential (the one in use resting for
+    /// `spent` seconds when its plan is spent): the socket goes on with that credential's
+    /// upstream.
+    async fn moved_on(&mut self, spent: Option<i64>) -> bool {
         let Some(fallback) = &mut self.fallback else {
             return false;
         };
-        let Some(seconds) = fallback.refused(text) else {
-            return false;
-        };
-        let Some(socket) = fallback.move_turn(seconds, &mut self.turns).await else {
+        let Some(socket) = fallback.move_turn(spent, &mut self.turns).await else {
             return false;
         };
         let old = std::mem::replace(&mut self.upstream, socket);

@@ -1,5 +1,5 @@
 //! The turns of one WebSocket: each `response.create` the client sends is a request, checked
-//! against the client's quotas, logged, and charged in the ledger when the upstream's final
+//! against the client's quotas and the credential's, logged, and charged in the ledger when the upstream's final
 //! event (`response.completed`, `.incomplete`, `.failed`) or an `error` ends it. A socket that
 //! ends mid-turn is charged an estimate, as a cut stream is.
 
@@ -8,7 +8,10 @@ use tokio::time::Instant;
 
 use crate::proxy::RESPONSES_PATH;
 use crate::proxy::context::Context;
+use std::sync::Arc;
+
 use crate::proxy::credential::Credential;
+use crate::proxy::credentials::Credentials;
 use crate::proxy::error::ProxyError;
 use crate::proxy::previous::PreviousCheck;
 use crate::proxy::websocket::owner::Owner;
@@ -22,19 +25,28 @@ pub enum FromClient {
     Forward(String),
     /// Refused (over a quota): send this `error` message back, the socket stays open.
     Refuse(String),
+    /// The socket's credential is over its quota (this error): the turn runs, and is the route's
+    /// next credential's to answer, or refused with [`Turns::refuse_running`] if none can.
+    OverCredentialQuota(Box<ProxyError>),
 }
 
 pub struct Turns {
     owner: Owner,
+    credentials: Arc<Credentials>,
+    /// The socket's credential, by index.
+    index: usize,
     credential: Credential,
     /// The running turn's context.
     current: Option<Context>,
 }
 
 impl Turns {
-    pub fn new(owner: Owner, credential: Credential) -> Self {
+    pub fn new(owner: Owner, credentials: Arc<Credentials>, index: usize) -> Self {
+        let credential = credentials.get(index).clone();
         Self {
             owner,
+            credentials,
+            index,
             credential,
             current: None,
         }
@@ -49,9 +61,21 @@ impl Turns {
         self.current.as_mut()
     }
 
-    /// The socket goes on with `credential` (the running turn is already sent with it).
-    pub fn switch(&mut self, credential: Credential) {
-        self.credential = credential;
+    /// The socket goes on with the credential at `index` (the running turn is already sent
+    /// with it).
+    pub fn switch(&mut self, index: usize) {
+        self.index = index;
+        self.credential = self.credentials.get(index).clone();
+    }
+
+    /// Ends the running turn as refused by keyward with `err`: its line is written now, and the
+    /// `error` message for the client returned.
+    pub fn refuse_running(&mut self, err: &ProxyError) -> String {
+        let message = error_message(err);
+        if let Some(ctx) = self.current.take() {
+            ctx.finish_local(err.status(), message.len() as u64);
+        }
+        message
     }
 
     /// Whether a response is being generated (the upstream owes the client events).
@@ -101,12 +125,22 @@ impl Turns {
             }
         }
         ctx.add_bytes_in(text.len());
+        let over = match self.credentials.admit(self.index) {
+            Ok(permit) => {
+                ctx.hold_for_credential(permit);
+                None
+            }
+            Err(err) => Some(err),
+        };
         let forwarded = self.credential.adapt_message(text);
         ctx.sending(self.credential.name());
         ctx.upstream_head(StatusCode::OK, &HeaderMap::new());
         ctx.relaying(true);
         self.current = Some(ctx);
-        FromClient::Forward(forwarded)
+        match over {
+            None => FromClient::Forward(forwarded),
+            Some(err) => FromClient::OverCredentialQuota(Box::new(err)),
+        }
     }
 
     /// A text message from the upstream: read for usage; a final event or an error ends the
