@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::proxy::credential::Credential;
+use crate::proxy::credentials::Credentials;
 use crate::state::ledger::SharedLedger;
 use crate::telemetry::ledger::LedgerStore;
 use crate::telemetry::ledger::{Ledger, LedgerError};
@@ -24,7 +24,7 @@ use crate::upstream::state_db::StateDb;
 /// quotas are rebuilt from the last 24 hours of the ledger.
 pub(crate) fn telemetry(
     config: &Config,
-    credential: &Credential,
+    credentials: &Credentials,
     state_db: Option<&Arc<StateDb>>,
     owners: Option<&Arc<crate::access::owners::Owners>>,
 ) -> Result<Option<Arc<Telemetry>>, LedgerError> {
@@ -52,7 +52,11 @@ pub(crate) fn telemetry(
         }
         ledgers.push(Box::new(ledger));
     }
-    let chatgpt = credential.tokens().cloned();
+    let logins = credentials
+        .all()
+        .iter()
+        .filter_map(|c| Some((c.name().clone(), c.tokens()?.clone())))
+        .collect();
     let shared = match (state_db, &config.state) {
         (Some(db), Some(state)) => {
             if state.ledger {
@@ -72,7 +76,7 @@ pub(crate) fn telemetry(
         }
         _ => None,
     };
-    let telemetry = Arc::new(Telemetry::new(ledgers, quotas, chatgpt, shared));
+    let telemetry = Arc::new(Telemetry::new(ledgers, quotas, logins, shared));
     if let Some(path) = read_back {
         // With the ledger's table, the day's token counts (every replica's) come from the
         // state database at the first exchange, and the usage views' days from its table.

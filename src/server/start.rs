@@ -123,13 +123,7 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     };
     let tls = config.tls.as_ref().map(Tls::new).transpose()?;
     let owners = config.ownership.as_ref().map(Owners::open).transpose()?;
-    // The metrics of a ChatGPT login (refreshes, plan windows) are those of the first login.
-    let login = credentials
-        .all()
-        .iter()
-        .find(|c| c.tokens().is_some())
-        .unwrap_or(credentials.first());
-    let telemetry = telemetry(config, login, state_db.as_ref(), owners.as_ref())?;
+    let telemetry = telemetry(config, &credentials, state_db.as_ref(), owners.as_ref())?;
     if let Some(telemetry) = &telemetry {
         credentials.set_quotas(telemetry.quotas.clone());
     }

@@ -255,6 +255,11 @@ fn plan(page: &mut String, usage: &OperatorUsage) {
         "<section id=\"plan\"><h2>ChatGPT plan</h2><div class=\"scroll\"><table><thead><tr>\
          <th>Window</th><th></th><th class=\"n\">Used</th><th>Resets</th></tr></thead><tbody>",
     );
+    // With several logins, each window says whose it is.
+    let several = usage
+        .plan
+        .iter()
+        .any(|w| w.credential != usage.plan[0].credential);
     for window in &usage.plan {
         let fraction = window.used_percent / 100.0;
         let name = match window.window_minutes {
@@ -266,6 +271,11 @@ fn plan(page: &mut String, usage: &OperatorUsage) {
             }
             Some(minutes) => format!("{} ({minutes} minutes)", window.window),
             None => window.window.to_owned(),
+        };
+        let name = if several {
+            format!("{}: {name}", escape(&window.credential))
+        } else {
+            name
         };
         let _ = write!(
             page,

@@ -46,12 +46,20 @@ pub struct QuotaLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct WindowLabels {
+    /// The ChatGPT login's credential.
+    pub(crate) credential: Arc<str>,
     pub(crate) window: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ResultLabels {
+    pub(crate) credential: Arc<str>,
     pub(crate) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct LoginLabels {
+    pub(crate) credential: Arc<str>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -82,7 +90,7 @@ pub(crate) struct Metrics {
     pub(crate) quota_used: Family<QuotaLabels, Gauge>,
     pub(crate) quota_limit: Family<QuotaLabels, Gauge>,
     pub(crate) refreshes: Family<ResultLabels, Counter>,
-    pub(crate) expires_in: Gauge<i64, AtomicI64>,
+    pub(crate) expires_in: Family<LoginLabels, Gauge<i64, AtomicI64>>,
     pub(crate) limit_used: Family<WindowLabels, Gauge<f64, AtomicU64>>,
     pub(crate) limit_resets_at: Family<WindowLabels, Gauge>,
     pub(crate) log_lines_dropped: Counter,
@@ -189,13 +197,13 @@ impl Metrics {
             ledger_backlog.clone(),
         );
         let refreshes = Family::<ResultLabels, Counter>::default();
-        let expires_in = Gauge::<i64, AtomicI64>::default();
+        let expires_in = Family::<LoginLabels, Gauge<i64, AtomicI64>>::default();
         let limit_used = Family::<WindowLabels, Gauge<f64, AtomicU64>>::default();
         let limit_resets_at = Family::<WindowLabels, Gauge>::default();
         if chatgpt {
             registry.register(
                 "chatgpt_refreshes",
-                "ChatGPT access token refreshes by result (success, failure)",
+                "ChatGPT access token refreshes by login (its credential) and result (success, failure)",
                 refreshes.clone(),
             );
             registry.register(
@@ -210,7 +218,7 @@ impl Metrics {
             );
             registry.register(
                 "chatgpt_access_token_expires_in_seconds",
-                "Seconds until the ChatGPT access token expires",
+                "Seconds until each ChatGPT login's access token expires",
                 expires_in.clone(),
             );
         }
@@ -351,10 +359,17 @@ mod tests {
         let _ = metrics.quota_refusals.get_or_create(&quota);
         let _ = metrics.quota_used.get_or_create(&quota);
         let _ = metrics.quota_limit.get_or_create(&quota);
-        let _ = metrics
-            .refreshes
-            .get_or_create(&ResultLabels { result: "failure" });
-        let window = WindowLabels { window: "primary" };
+        let _ = metrics.refreshes.get_or_create(&ResultLabels {
+            credential: "plan".into(),
+            result: "failure",
+        });
+        let _ = metrics.expires_in.get_or_create(&LoginLabels {
+            credential: "plan".into(),
+        });
+        let window = WindowLabels {
+            credential: "plan".into(),
+            window: "primary",
+        };
         let _ = metrics.limit_used.get_or_create(&window);
         let _ = metrics.limit_resets_at.get_or_create(&window);
         let mut text = String::new();

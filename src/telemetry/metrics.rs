@@ -20,8 +20,8 @@ const MAX_CLIENTS: usize = 100;
 const MAX_MODELS: usize = 50;
 
 use crate::telemetry::families::{
-    DirectionLabels, EndLabels, Metrics, QuotaLabels, RequestLabels, ResultLabels, TokenLabels,
-    WindowLabels,
+    DirectionLabels, EndLabels, LoginLabels, Metrics, QuotaLabels, RequestLabels, ResultLabels,
+    TokenLabels, WindowLabels,
 };
 
 /// A bounded set of label values: the first `cap` distinct ones keep their name, later ones are
@@ -68,11 +68,12 @@ pub struct Telemetry {
     pub quotas: Arc<Quotas>,
     /// Usage by day, for the usage views.
     pub daily: Arc<Daily>,
-    chatgpt: Option<Arc<TokenManager>>,
+    /// The ChatGPT logins, by the name of their credential.
+    logins: Vec<(Arc<str>, Arc<TokenManager>)>,
     /// With `--state`: the database's health, and its metrics.
     state: Option<SharedTelemetry>,
-    /// Refresh counts already turned into metric increments.
-    refreshes_seen: [AtomicU64; 2],
+    /// Refresh counts already turned into metric increments, by login.
+    refreshes_seen: Vec<[AtomicU64; 2]>,
     /// Dropped log lines already turned into metric increments.
     log_dropped_seen: AtomicU64,
 }
@@ -102,10 +103,10 @@ impl Telemetry {
     pub fn new(
         ledgers: Vec<Box<dyn LedgerStore>>,
         quotas: Arc<Quotas>,
-        chatgpt: Option<Arc<TokenManager>>,
+        logins: Vec<(Arc<str>, Arc<TokenManager>)>,
         state: Option<SharedTelemetry>,
     ) -> Self {
-        let mut metrics = Metrics::new(chatgpt.is_some());
+        let mut metrics = Metrics::new(!logins.is_empty());
         let state = state.map(|mut state| {
             state.metrics = Some(StateMetrics::register(&mut metrics.registry));
             state
@@ -117,9 +118,12 @@ impl Telemetry {
             ledgers,
             quotas,
             daily: Arc::new(Daily::default()),
-            chatgpt,
+            refreshes_seen: logins
+                .iter()
+                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+                .collect(),
+            logins,
             state,
-            refreshes_seen: [AtomicU64::new(0), AtomicU64::new(0)],
             log_dropped_seen: AtomicU64::new(0),
         }
     }
@@ -244,7 +248,11 @@ impl Telemetry {
         Sources {
             daily: &self.daily,
             quotas: &self.quotas,
-            plan: self.chatgpt.as_ref().and_then(|t| t.plan.latest()),
+            plans: self
+                .logins
+                .iter()
+                .filter_map(|(name, tokens)| Some((name.clone(), tokens.plan.latest()?)))
+                .collect(),
             now: std::time::SystemTime::now(),
         }
     }
@@ -311,7 +319,7 @@ impl Telemetry {
         self.metrics
             .log_lines_dropped
             .inc_by(dropped.saturating_sub(before));
-        if let Some(tokens) = &self.chatgpt {
+        for ((credential, tokens), seen) in self.logins.iter().zip(&self.refreshes_seen) {
             use std::sync::atomic::Ordering;
             let stats = &tokens.stats;
             for (i, (result, total)) in [
@@ -321,20 +329,31 @@ impl Telemetry {
             .into_iter()
             .enumerate()
             {
-                let before = self.refreshes_seen[i].swap(total, Ordering::Relaxed);
+                let before = seen[i].swap(total, Ordering::Relaxed);
+                let labels = ResultLabels {
+                    credential: credential.clone(),
+                    result,
+                };
                 self.metrics
                     .refreshes
-                    .get_or_create(&ResultLabels { result })
+                    .get_or_create(&labels)
                     .inc_by(total.saturating_sub(before));
             }
+            let login = LoginLabels {
+                credential: credential.clone(),
+            };
             self.metrics
                 .expires_in
+                .get_or_create(&login)
                 .set(tokens.expires_in().unwrap_or(0));
             if let Some(usage) = tokens.plan.latest() {
                 for (window, limit) in [("primary", usage.primary), ("secondary", usage.secondary)]
                 {
                     let Some(limit) = limit else { continue };
-                    let labels = WindowLabels { window };
+                    let labels = WindowLabels {
+                        credential: credential.clone(),
+                        window,
+                    };
                     self.metrics
                         .limit_used
                         .get_or_create(&labels)

@@ -4,6 +4,7 @@
 //! token quota counts them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -48,9 +49,11 @@ pub struct CredentialRow {
     pub sums: Sums,
 }
 
-/// One of the ChatGPT plan's limit windows, as the backend last reported it.
+/// One of a ChatGPT plan's limit windows, as the backend last reported it.
 #[derive(Debug, Serialize)]
 pub struct PlanWindow {
+    /// The credential of the login whose plan it is.
+    pub credential: String,
     /// `primary` (the short window) or `secondary` (the weekly one).
     pub window: &'static str,
     pub used_percent: f64,
@@ -145,7 +148,8 @@ pub struct Refusal {
 pub struct Sources<'a> {
     pub daily: &'a Daily,
     pub quotas: &'a Quotas,
-    pub plan: Option<PlanUsage>,
+    /// Each ChatGPT login's plan, by the name of its credential.
+    pub plans: Vec<(Arc<str>, PlanUsage)>,
     pub now: SystemTime,
 }
 
@@ -241,7 +245,7 @@ pub fn client_usage(sources: &Sources, client: &str) -> ClientUsage {
             .collect(),
         by_model: model_rows(models),
         quotas: sources.quotas.status(client),
-        plan: plan_windows(sources.plan.as_ref()),
+        plan: plan_windows(&sources.plans),
     }
 }
 
@@ -330,7 +334,7 @@ pub fn operator_usage(sources: &Sources, open_now: OpenNow) -> OperatorUsage {
                 client: client.to_string(),
             })
             .collect(),
-        plan: plan_windows(sources.plan.as_ref()),
+        plan: plan_windows(&sources.plans),
         open_now,
         refusals: refused
             .into_iter()
@@ -358,15 +362,18 @@ fn model_rows(models: HashMap<String, Sums>) -> Vec<ModelRow> {
     rows
 }
 
-fn plan_windows(plan: Option<&PlanUsage>) -> Vec<PlanWindow> {
-    let Some(plan) = plan else {
-        return Vec::new();
-    };
-    [("primary", &plan.primary), ("secondary", &plan.secondary)]
-        .into_iter()
-        .filter_map(|(window, limit)| {
+fn plan_windows(plans: &[(Arc<str>, PlanUsage)]) -> Vec<PlanWindow> {
+    plans
+        .iter()
+        .flat_map(|(credential, plan)| {
+            [("primary", &plan.primary), ("secondary", &plan.secondary)]
+                .into_iter()
+                .map(move |(window, limit)| (credential, window, limit))
+        })
+        .filter_map(|(credential, window, limit)| {
             let limit = limit.as_ref()?;
             Some(PlanWindow {
+                credential: credential.to_string(),
                 window,
                 used_percent: limit.used_percent,
                 window_minutes: limit.window_minutes,
@@ -447,7 +454,7 @@ mod tests {
         let sources = Sources {
             daily: &daily,
             quotas: &quotas,
-            plan: None,
+            plans: Vec::new(),
             now,
         };
 

@@ -989,10 +989,11 @@ async fn metrics_readiness_and_the_default_ledger_cover_the_chatgpt_login() {
             .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
     };
     assert_eq!(
-        value("keyward_chatgpt_refreshes_total{result=\"success\"}"),
+        value("keyward_chatgpt_refreshes_total{credential=\"chatgpt\",result=\"success\"}"),
         1.0
     );
-    let expires_in = value("keyward_chatgpt_access_token_expires_in_seconds");
+    let expires_in =
+        value("keyward_chatgpt_access_token_expires_in_seconds{credential=\"chatgpt\"}");
     assert!((3000.0..=3600.0).contains(&expires_in), "{expires_in}");
     assert!(
         !text.contains(&minted.access_token) && !text.contains(&minted.refresh_token),
@@ -1201,11 +1202,13 @@ async fn the_plans_usage_shows_in_readyz_metrics_and_status_and_reaches_the_clie
     let metrics: std::net::SocketAddr = info["metrics"].as_str().unwrap().parse().unwrap();
     let text = client::get(metrics, "/metrics").await.text();
     assert!(
-        text.contains(r#"keyward_chatgpt_limit_used_percent{window="primary"} 42.5"#),
+        text.contains(
+            r#"keyward_chatgpt_limit_used_percent{credential="chatgpt",window="primary"} 42.5"#
+        ),
         "{text}"
     );
     assert!(
-        text.contains(r#"keyward_chatgpt_limit_resets_at_seconds{window="primary"} 1795000000"#),
+        text.contains(r#"keyward_chatgpt_limit_resets_at_seconds{credential="chatgpt",window="primary"} 1795000000"#),
         "{text}"
     );
     // The usage views show the windows: the operator's page and each client's own usage.

@@ -188,3 +188,76 @@ async fn named_logins_are_kept_apart_listed_served_and_signed_out_one_at_a_time(
     assert_eq!(code, Some(2));
     assert!(err.contains("is not a login name"), "{err}");
 }
+
+/// Two logins, each a credential of its own: the metrics and the usage page show each one's
+/// token expiry and plan windows, by credential (not only the first login's).
+#[tokio::test]
+async fn each_logins_token_and_plan_show_in_the_metrics_and_the_usage_page() {
+    use crate::support::keyward::{Process, add_client_token};
+    let issuer = FakeIssuer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("h");
+    import(&home, &issuer.mint(), None).await;
+    import(&home, &issuer.mint(), Some("team")).await;
+    let backend = fake_backend(issuer.state.clone()).await;
+    let tokens = tmp.path().join("tokens.json");
+    let alice = add_client_token(&tokens, "alice").await;
+    let bob = add_client_token(&tokens, "bob").await;
+    let upstream = format!("http://{}/backend-api/codex/responses", backend.addr);
+    let args = [
+        "--home".to_owned(),
+        home.to_str().unwrap().to_owned(),
+        "--issuer".to_owned(),
+        issuer.url(),
+        "--client-tokens".to_owned(),
+        tokens.to_str().unwrap().to_owned(),
+        "--metrics-listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--credential".to_owned(),
+        format!("mine:chatgpt=default,upstream-url={upstream}"),
+        "--credential".to_owned(),
+        format!("team:chatgpt=team,upstream-url={upstream}"),
+        "--route".to_owned(),
+        "alice=mine".to_owned(),
+        "--route".to_owned(),
+        "*=team".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let keyward = Process::spawn(&args, b"", &[]).await;
+    for token in [&alice, &bob] {
+        let reply = client::call(
+            keyward.addr,
+            "POST",
+            "/v1/responses",
+            token,
+            Some(json!({"model": "gpt-5", "input": "hi"})),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(&keyward.server_info).unwrap()).unwrap();
+    let metrics: std::net::SocketAddr = info["metrics"].as_str().unwrap().parse().unwrap();
+    let text = client::get(metrics, "/metrics").await.text();
+    for credential in ["mine", "team"] {
+        assert!(
+            text.contains(&format!(
+                r#"keyward_chatgpt_limit_used_percent{{credential="{credential}",window="primary"}} 42.5"#
+            )) && text.contains(&format!(
+                r#"keyward_chatgpt_access_token_expires_in_seconds{{credential="{credential}"}}"#
+            )),
+            "{credential}: {text}"
+        );
+    }
+    let page = client::get_json(metrics, "/usage").await.json();
+    let whose: Vec<&str> = page["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["window"] == "primary")
+        .map(|w| w["credential"].as_str().unwrap())
+        .collect();
+    assert_eq!(whose, ["mine", "team"], "{page}");
+    let html = client::get(metrics, "/usage").await.text();
+    assert!(html.contains("team: primary"), "{html}");
+}
