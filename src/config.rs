@@ -251,14 +251,14 @@ impl Config {
             .iter()
             .any(|c| matches!(c.source, credentials::Source::Login { .. }));
         let keys = credentials.iter().find_map(|c| match &c.source {
-            credentials::Source::Key { file, header } => Some((file, *header)),
+            credentials::Source::Key { key, header } => Some((key, *header)),
             credentials::Source::Login { .. } => None,
         });
         let credential = match args.auth {
             // With --credential: the settings its logins share, or its first key.
             _ if logins => CredentialConfig::ChatGpt(Box::new(chatgpt_config(args)?)),
-            _ if let Some((file, header)) = keys => CredentialConfig::ApiKey {
-                source: KeySource::File(file.clone()),
+            _ if let Some((key, header)) = keys => CredentialConfig::ApiKey {
+                source: key.clone(),
                 header,
             },
             AuthMode::ApiKey => CredentialConfig::ApiKey {

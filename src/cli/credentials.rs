@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::credentials::Source;
-use crate::config::values::{DEFAULT_LOGIN, KeySource};
+use crate::config::values::DEFAULT_LOGIN;
 use crate::config::{ChatGptConfig, Config, CredentialConfig, Upstream};
 use crate::credential::api_key;
 use crate::credential::chatgpt::home::Home;
@@ -21,6 +21,8 @@ pub enum Pending {
     Login {
         name: Arc<str>,
         login: String,
+        /// Its own issuer, if not `--issuer`'s.
+        issuer: Option<String>,
         upstream: Upstream,
     },
 }
@@ -38,6 +40,7 @@ pub fn read_keys(config: &Config) -> anyhow::Result<Vec<Pending>> {
             CredentialConfig::ChatGpt(chatgpt) => Pending::Login {
                 name: cli_login_name(&chatgpt.login),
                 login: chatgpt.login.clone(),
+                issuer: None,
                 upstream: config.upstream.clone(),
             },
         }]);
@@ -47,15 +50,16 @@ pub fn read_keys(config: &Config) -> anyhow::Result<Vec<Pending>> {
         .iter()
         .map(|spec| {
             Ok(match &spec.source {
-                Source::Key { file, header } => Pending::Ready(Credential::api_key(
+                Source::Key { key, header } => Pending::Ready(Credential::api_key(
                     Arc::from(spec.name.as_str()),
                     header.name(),
-                    api_key::load(&KeySource::File(file.clone()), *header)?,
+                    api_key::load(key, *header)?,
                     spec.upstream.clone(),
                 )),
-                Source::Login { login } => Pending::Login {
+                Source::Login { login, issuer } => Pending::Login {
                     name: Arc::from(spec.name.as_str()),
                     login: login.clone(),
+                    issuer: issuer.clone(),
                     upstream: spec.upstream.clone(),
                 },
             })
@@ -72,6 +76,7 @@ pub async fn open(config: &Config, pending: Vec<Pending>) -> anyhow::Result<Cred
             Pending::Login {
                 name,
                 login,
+                issuer,
                 upstream,
             } => {
                 let CredentialConfig::ChatGpt(shared) = &config.credential else {
@@ -79,6 +84,7 @@ pub async fn open(config: &Config, pending: Vec<Pending>) -> anyhow::Result<Cred
                 };
                 let chatgpt = ChatGptConfig {
                     login,
+                    issuer: issuer.unwrap_or_else(|| shared.issuer.clone()),
                     ..(**shared).clone()
                 };
                 login_credential(config, chatgpt, upstream, name).await?

@@ -130,8 +130,8 @@ fn credentials_summary(config: &crate::config::Config) -> String {
         .enumerate()
         .map(|(index, spec)| {
             let what = match &spec.source {
-                Source::Key { file, .. } => format!("an API key from {}", file.display()),
-                Source::Login { login } => format!("the ChatGPT login {login}"),
+                Source::Key { key, .. } => format!("an API key from {key}"),
+                Source::Login { login, .. } => format!("the ChatGPT login {login}"),
             };
             let users: Vec<String> = config
                 .routes

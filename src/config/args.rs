@@ -130,8 +130,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "KIND", value_enum, default_value_t = AuthMode::ApiKey)]
     pub auth: AuthMode,
 
-    /// A named credential, instead of the one --auth names: `NAME:api-key-file=PATH` or
-    /// `NAME:chatgpt=LOGIN` (a `keyward login --name LOGIN`), with `,upstream-url=URL` and
+    /// A named credential, instead of the one --auth names: `NAME:api-key-file=PATH`,
+    /// `NAME:api-key-stdin=true` (one at most) or `NAME:chatgpt=LOGIN` (a `keyward login --name
+    /// LOGIN`, with `,issuer=URL` if not --issuer's), with `,upstream-url=URL` and
     /// `,auth-header=api-key` if needed, and its own quotas (`,tokens-per-day=N`,
     /// `,requests-per-minute=N`, `,concurrent=N`: over one, a route's next credential is used);
     /// repeatable. In a config file: `[credential.NAME]`.

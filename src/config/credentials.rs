@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use crate::config::error::ConfigError;
 use crate::config::quota::Limits;
 use crate::config::upstream::{Upstream, parse_upstream};
-use crate::config::values::{AuthHeader, parse_login_name};
+use crate::config::values::{AuthHeader, KeySource, parse_login_name};
 use crate::config::{CHATGPT_UPSTREAM, OPENAI_UPSTREAM};
 
 /// One named credential.
@@ -26,10 +26,14 @@ pub struct CredentialSpec {
 /// What a named credential is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// An API key read from a file at start.
-    Key { file: PathBuf, header: AuthHeader },
-    /// A ChatGPT login made with `keyward login --name LOGIN`.
-    Login { login: String },
+    /// An API key read at start, from a file or (one credential at most) standard input.
+    Key { key: KeySource, header: AuthHeader },
+    /// A ChatGPT login made with `keyward login --name LOGIN`, refreshed at `issuer` (default:
+    /// `--issuer`'s).
+    Login {
+        login: String,
+        issuer: Option<String>,
+    },
 }
 
 /// Which clients a route is for.
@@ -57,8 +61,9 @@ fn bad(flag: &'static str, text: &str, why: impl std::fmt::Display) -> ConfigErr
     ConfigError::BadCredential(format!("--{flag} `{text}`: {why}"))
 }
 
-/// `NAME:KEY=VALUE,KEY=VALUE`: `api-key-file=PATH` or `chatgpt=LOGIN`, and optionally
-/// `upstream-url=URL` and `auth-header=bearer|api-key`.
+/// `NAME:KEY=VALUE,KEY=VALUE`: `api-key-file=PATH`, `api-key-stdin=true` or `chatgpt=LOGIN`,
+/// and optionally `upstream-url=URL`, `auth-header=bearer|api-key` (a key), `issuer=URL` (a
+/// login) and quotas.
 pub fn parse_credential(text: &str) -> Result<CredentialSpec, ConfigError> {
     let err = |why: &str| bad("credential", text, why);
     let (name, settings) = text
@@ -66,6 +71,7 @@ pub fn parse_credential(text: &str) -> Result<CredentialSpec, ConfigError> {
         .ok_or_else(|| err("expected NAME:api-key-file=PATH or NAME:chatgpt=LOGIN"))?;
     parse_login_name(name).map_err(|why| err(&why.replace("login name", "credential name")))?;
     let (mut file, mut login, mut upstream, mut header) = (None, None, None, AuthHeader::Bearer);
+    let (mut stdin, mut issuer) = (false, None);
     let mut quota = Limits::default();
     for pair in settings.split(',').filter(|p| !p.is_empty()) {
         let (key, value) = pair
@@ -73,6 +79,14 @@ pub fn parse_credential(text: &str) -> Result<CredentialSpec, ConfigError> {
             .ok_or_else(|| err(&format!("`{pair}` is not KEY=VALUE")))?;
         match key {
             "api-key-file" => file = Some(PathBuf::from(value)),
+            "api-key-stdin" => {
+                stdin = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(err("api-key-stdin is `true` or `false`")),
+                }
+            }
+            "issuer" => issuer = Some(value.trim_end_matches('/').to_owned()),
             "chatgpt" => login = Some(parse_login_name(value).map_err(|why| err(&why))?),
             "upstream-url" => upstream = Some(value.to_owned()),
             "auth-header" => {
@@ -85,18 +99,30 @@ pub fn parse_credential(text: &str) -> Result<CredentialSpec, ConfigError> {
             _ if quota.set(key, value).map_err(|why| err(&why))? => {}
             _ => {
                 return Err(err(&format!(
-                    "unknown setting `{key}` (api-key-file, chatgpt, upstream-url, auth-header, \
-                     concurrent, requests-per-minute, tokens-per-day)"
+                    "unknown setting `{key}` (api-key-file, api-key-stdin, chatgpt, upstream-url, \
+                     auth-header, issuer, concurrent, requests-per-minute, tokens-per-day)"
                 )));
             }
         }
     }
-    let source = match (file, login) {
-        (Some(file), None) => Source::Key { file, header },
-        (None, Some(login)) => Source::Login { login },
+    if issuer.is_some() && login.is_none() {
+        return Err(err(
+            "issuer is a setting of a ChatGPT login (chatgpt=LOGIN)",
+        ));
+    }
+    let source = match (file, stdin, login) {
+        (Some(file), false, None) => Source::Key {
+            key: KeySource::File(file),
+            header,
+        },
+        (None, true, None) => Source::Key {
+            key: KeySource::Stdin,
+            header,
+        },
+        (None, false, Some(login)) => Source::Login { login, issuer },
         _ => {
             return Err(err(
-                "give exactly one of api-key-file=PATH and chatgpt=LOGIN",
+                "give exactly one of api-key-file=PATH, api-key-stdin=true and chatgpt=LOGIN",
             ));
         }
     };
@@ -171,6 +197,22 @@ pub fn settings(
                 "a credential of that name is given twice",
             ));
         }
+        let stdin = |c: &CredentialSpec| {
+            matches!(
+                c.source,
+                Source::Key {
+                    key: KeySource::Stdin,
+                    ..
+                }
+            )
+        };
+        if stdin(&spec) && credentials.iter().any(stdin) {
+            return Err(bad(
+                "credential",
+                text,
+                "only one credential can read its key from standard input",
+            ));
+        }
         credentials.push(spec);
     }
     if credentials.is_empty() && !route_flags.is_empty() {
@@ -218,7 +260,7 @@ mod tests {
     fn credentials_and_routes_are_read_and_checked() {
         let (creds, routes) = settings(
             &[
-                "plan:chatgpt=team".into(),
+                "plan:chatgpt=team,issuer=https://auth.example.com/".into(),
                 "key:api-key-file=/etc/keyward/openai-key,upstream-url=http://127.0.0.1:9/v1/responses"
                     .into(),
             ],
@@ -228,7 +270,8 @@ mod tests {
         assert_eq!(
             creds[0].source,
             Source::Login {
-                login: "team".into()
+                login: "team".into(),
+                issuer: Some("https://auth.example.com".into()),
             }
         );
         assert_eq!(creds[0].upstream.uri, CHATGPT_UPSTREAM);
@@ -249,6 +292,14 @@ mod tests {
         assert!(refused(&["k:api-key-file=/x", "k:chatgpt=a"], &[]).contains("twice"));
         assert!(refused(&["../k:chatgpt=a"], &[]).contains("credential name"));
         assert!(refused(&["k:colour=red"], &[]).contains("unknown setting `colour`"));
+        assert!(
+            refused(&["k:api-key-stdin=true", "j:api-key-stdin=true"], &["*=k"])
+                .contains("only one credential can read its key from standard input")
+        );
+        assert!(
+            refused(&["k:api-key-file=/x,issuer=https://a"], &[])
+                .contains("issuer is a setting of a ChatGPT login")
+        );
         assert!(
             refused(&["k:api-key-file=/x,tokens-per-day=lots"], &[])
                 .contains("tokens-per-day: `lots` is not a whole number")

@@ -199,12 +199,13 @@ fn credential_arg(name: &str, settings: &toml::Value) -> Result<String, String> 
     for (key, value) in settings {
         match value {
             toml::Value::String(text) if !text.contains(',') => pairs.push(format!("{key}={text}")),
-            // A quota.
+            // A quota; `api-key-stdin`.
             toml::Value::Integer(n) => pairs.push(format!("{key}={n}")),
+            toml::Value::Boolean(b) => pairs.push(format!("{key}={b}")),
             _ => {
                 return Err(format!(
-                    "credential.{name}.{key} must be a string without commas (or a number, for \
-                     a quota)"
+                    "credential.{name}.{key} must be a string without commas (a number for a \
+                     quota, true or false for api-key-stdin)"
                 ));
             }
         }

@@ -736,3 +736,57 @@ async fn a_credential_over_its_quota_is_passed_over_for_the_next() {
         "nothing more was sent with a"
     );
 }
+
+/// `[credential.NAME]` with `api-key-stdin = true` takes its key from standard input, another
+/// its key from a file; a login's own `issuer` is where it is refreshed, not `--issuer`.
+#[tokio::test]
+async fn a_key_from_stdin_and_a_login_with_its_own_issuer() {
+    use crate::support::chatgpt::{FakeIssuer, fake_backend, seed_login};
+    let (upstream_a, upstream_b) = (FakeUpstream::ok_json().await, FakeUpstream::ok_json().await);
+    let (elsewhere, own) = (FakeIssuer::start().await, FakeIssuer::start().await);
+    let backend = fake_backend(own.state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, key_b) = key_files(dir.path());
+    let home = dir.path().join("home");
+    seed_login(&home, &own.mint_expired());
+    let tokens = dir.path().join("tokens.json");
+    let alice = add_client_token(&tokens, "alice").await;
+    let bob = add_client_token(&tokens, "bob").await;
+    let carol = add_client_token(&tokens, "carol").await;
+    let file = dir.path().join("keyward.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "client-tokens = \"{}\"\nhome = \"{}\"\nissuer = \"{}\"\n\n\
+             [credential.a]\napi-key-stdin = true\nupstream-url = \"{}\"\n\n\
+             [credential.b]\napi-key-file = \"{key_b}\"\nupstream-url = \"{}\"\n\n\
+             [credential.plan]\nchatgpt = \"default\"\nissuer = \"{}\"\n\
+             upstream-url = \"http://{}/backend-api/codex/responses\"\n\n\
+             [[route]]\nclients = [\"alice\"]\ncredentials = [\"a\"]\n\n\
+             [[route]]\nclients = [\"bob\"]\ncredentials = [\"b\"]\n\n\
+             [[route]]\nclients = [\"*\"]\ncredentials = [\"plan\"]\n",
+            tokens.display(),
+            home.display(),
+            elsewhere.url(),
+            upstream_a.url(),
+            upstream_b.url(),
+            own.url(),
+            backend.addr,
+        ),
+    )
+    .unwrap();
+    let keyward = Process::spawn(
+        &["--config", file.to_str().unwrap()],
+        b"sk-from-stdin\n",
+        &[],
+    )
+    .await;
+    assert_eq!(post_as(keyward.addr, &alice).await.status, StatusCode::OK);
+    sent_with(&upstream_a, "sk-from-stdin").await;
+    assert_eq!(post_as(keyward.addr, &bob).await.status, StatusCode::OK);
+    sent_with(&upstream_b, "sk-route-b").await;
+    let reply = post_as(keyward.addr, &carol).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(own.refreshes() >= 1, "the login's own issuer refreshed it");
+    assert_eq!(elsewhere.refreshes(), 0, "--issuer was not asked");
+}
