@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -13,6 +13,11 @@ use crate::credential::chatgpt::plan::PlanUsage;
 use crate::telemetry::daily::{self, Daily, Sums};
 use crate::telemetry::ledger::rfc3339;
 use crate::telemetry::quota::{QuotaStatus, Quotas};
+
+mod plan;
+
+pub use plan::PlanWindow;
+use plan::plan_windows;
 
 /// Days in the by-day series.
 pub const SERIES_DAYS: u64 = 30;
@@ -47,18 +52,6 @@ pub struct CredentialRow {
     pub credential: String,
     #[serde(flatten)]
     pub sums: Sums,
-}
-
-/// One of a ChatGPT plan's limit windows, as the backend last reported it.
-#[derive(Debug, Serialize)]
-pub struct PlanWindow {
-    /// The credential of the login whose plan it is.
-    pub credential: String,
-    /// `primary` (the short window) or `secondary` (the weekly one).
-    pub window: &'static str,
-    pub used_percent: f64,
-    pub window_minutes: Option<u64>,
-    pub resets_at: Option<String>,
 }
 
 /// What both views start with: when, and the totals of today, this month and the last 30 days.
@@ -362,30 +355,6 @@ fn model_rows(models: HashMap<String, Sums>) -> Vec<ModelRow> {
     rows
 }
 
-fn plan_windows(plans: &[(Arc<str>, PlanUsage)]) -> Vec<PlanWindow> {
-    plans
-        .iter()
-        .flat_map(|(credential, plan)| {
-            [("primary", &plan.primary), ("secondary", &plan.secondary)]
-                .into_iter()
-                .map(move |(window, limit)| (credential, window, limit))
-        })
-        .filter_map(|(credential, window, limit)| {
-            let limit = limit.as_ref()?;
-            Some(PlanWindow {
-                credential: credential.to_string(),
-                window,
-                used_percent: limit.used_percent,
-                window_minutes: limit.window_minutes,
-                resets_at: limit
-                    .reset_at
-                    .and_then(|at| u64::try_from(at).ok())
-                    .map(|at| rfc3339(UNIX_EPOCH + Duration::from_secs(at))),
-            })
-        })
-        .collect()
-}
-
 /// Why keyward answers a request itself with `status`.
 pub fn refusal_reason(status: u16) -> &'static str {
     match status {
@@ -410,6 +379,7 @@ mod tests {
     use crate::config::quota::QuotaConfig;
     use crate::telemetry::daily::Line;
     use crate::telemetry::usage::Tokens;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn line(
         at: u64,
