@@ -14,6 +14,7 @@ pub mod ledger;
 pub mod ledger_sum;
 pub mod ledger_writer;
 pub mod log;
+pub mod log_format;
 pub mod log_writer;
 pub mod metrics;
 pub mod quota;

@@ -34,7 +34,10 @@ pub fn init(format: LogFormat, buffer: u64) -> std::io::Result<FlushGuard> {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder
+            .fmt_fields(crate::telemetry::log_format::Fields)
+            .with_timer(crate::telemetry::log_format::Time)
+            .try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
