@@ -304,19 +304,14 @@ async fn the_codex_cli_sends_its_client_token_and_a_wrong_one_is_refused() {
     keyward.wait_for_log("status=401").await;
 }
 
-/// `codex exec` then `codex exec resume` through keyward (started with `args`, `stdin`) against
-/// an upstream that speaks only WebSocket; checks one socket per process and no reconnects.
-async fn codex_websocket_session(
-    upstream: &crate::support::ws::FakeWsUpstream,
-    args: &[&str],
-    stdin: &[u8],
-) {
-    let keyward = Process::spawn(args, stdin, &[]).await;
+/// `codex exec` then `codex exec resume` through `keyward` over WebSocket: each succeeds and
+/// prints the answer without reconnecting; `each` is shown the turn and Codex's stderr.
+async fn codex_two_websocket_turns(keyward: &Process, mut each: impl FnMut(usize, &str)) {
     let home = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let codex = |args: &[&str]| {
         codex_command(
-            &keyward,
+            keyward,
             ",supports_websockets=true",
             home.path(),
             work.path(),
@@ -339,13 +334,26 @@ async fn codex_websocket_session(
         );
         assert!(stdout.contains(TEXT), "{stdout}\n{stderr}");
         assert!(!stderr.contains("Reconnecting"), "{stderr}");
-        // One socket per process, and nothing fell back to HTTP (this upstream has no HTTP).
+        each(turn, &stderr);
+    }
+}
+
+/// [`codex_two_websocket_turns`] through keyward (started with `args`, `stdin`) against an
+/// upstream that speaks only WebSocket: one socket per process, none fell back to HTTP.
+async fn codex_websocket_session(
+    upstream: &crate::support::ws::FakeWsUpstream,
+    args: &[&str],
+    stdin: &[u8],
+) {
+    let keyward = Process::spawn(args, stdin, &[]).await;
+    codex_two_websocket_turns(&keyward, |turn, stderr| {
         assert_eq!(
             upstream.accepted.load(std::sync::atomic::Ordering::SeqCst),
             turn + 1,
             "{stderr}"
         );
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,41 +380,10 @@ async fn the_codex_cli_over_websocket_sees_no_error_when_the_plan_is_spent_mid_s
     let key = crate::support::ws::FakeWsUpstream::responding(TEXT).await;
     let dir = tempfile::tempdir().unwrap();
     let keyward = crate::routes_websocket::plan_then_key(dir.path(), &plan, &key).await;
-    let home = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let codex = |args: &[&str]| {
-        codex_command(
-            &keyward,
-            ",supports_websockets=true",
-            home.path(),
-            work.path(),
-            args,
-        )
-    };
-    for (turn, mut command) in [
-        codex(&["Say hello"]),
-        codex(&["resume", "--last", "Say it again"]),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let output = tokio::time::timeout(Duration::from_secs(120), command.output())
-            .await
-            .expect("codex finished")
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            output.status.success(),
-            "codex exec (turn {turn}) failed:\nstdout: {stdout}\nstderr: {stderr}\nkeyward: {}",
-            keyward.stderr()
-        );
-        assert!(stdout.contains(TEXT), "{stdout}\n{stderr}");
-        assert!(
-            !stderr.contains("usage limit") && !stderr.contains("Reconnecting"),
-            "{stderr}"
-        );
-    }
+    codex_two_websocket_turns(&keyward, |_, stderr| {
+        assert!(!stderr.contains("usage limit"), "{stderr}");
+    })
+    .await;
     assert_eq!(
         plan.accepted.load(Ordering::SeqCst),
         1,
