@@ -50,6 +50,29 @@ fn key_credentials(
     )
 }
 
+/// keyward with the credentials `plan` (key a, to `plan`) and `key` (key b, to `key`), every
+/// client routed to `plan` then `key`; `extra` flags after them.
+async fn plan_then_key(
+    dir: &Path,
+    plan: &FakeUpstream,
+    key: &FakeUpstream,
+    extra: &[&str],
+) -> Process {
+    let (key_a, key_b) = key_files(dir);
+    let credential_plan = format!("plan:api-key-file={key_a},upstream-url={}", plan.url());
+    let credential_key = format!("key:api-key-file={key_b},upstream-url={}", key.url());
+    let mut args = vec![
+        "--credential",
+        &credential_plan,
+        "--credential",
+        &credential_key,
+        "--route",
+        "*=plan,key",
+    ];
+    args.extend_from_slice(extra);
+    Process::spawn(&args, b"", &[]).await
+}
+
 /// The next request `upstream` gets carries `key`.
 async fn sent_with(upstream: &FakeUpstream, key: &str) {
     let seen = upstream.next_request().await;
@@ -367,21 +390,14 @@ async fn a_spent_plan_falls_back_to_the_next_credential_until_its_reset() {
     };
     let key = FakeUpstream::ok_json().await;
     let dir = tempfile::tempdir().unwrap();
-    let (key_a, key_b) = key_files(dir.path());
     let ledger = dir.path().join("usage.jsonl");
-    let credential_plan = format!("plan:api-key-file={key_a},upstream-url={}", plan.url());
-    let credential_key = format!("key:api-key-file={key_b},upstream-url={}", key.url());
-    let args = [
-        "--usage-log",
-        ledger.to_str().unwrap(),
-        "--credential",
-        &credential_plan,
-        "--credential",
-        &credential_key,
-        "--route",
-        "*=plan,key",
-    ];
-    let keyward = Process::spawn(&args, b"", &[]).await;
+    let keyward = plan_then_key(
+        dir.path(),
+        &plan,
+        &key,
+        &["--usage-log", ledger.to_str().unwrap()],
+    )
+    .await;
     let post = || async {
         client::post_responses(keyward.addr, r#"{"model":"gpt-5","input":"hi"}"#).await
     };
@@ -521,18 +537,7 @@ async fn a_session_stays_with_the_credential_that_answered_it() {
     };
     let key = FakeUpstream::ok_json().await;
     let dir = tempfile::tempdir().unwrap();
-    let (key_a, key_b) = key_files(dir.path());
-    let credential_plan = format!("plan:api-key-file={key_a},upstream-url={}", plan.url());
-    let credential_key = format!("key:api-key-file={key_b},upstream-url={}", key.url());
-    let args = [
-        "--credential",
-        &credential_plan,
-        "--credential",
-        &credential_key,
-        "--route",
-        "*=plan,key",
-    ];
-    let keyward = Process::spawn(&args, b"", &[]).await;
+    let keyward = plan_then_key(dir.path(), &plan, &key, &[]).await;
     let answered_by = |session: Option<&'static str>, body: &'static str| {
         let addr = keyward.addr;
         async move {

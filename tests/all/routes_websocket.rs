@@ -48,6 +48,21 @@ async fn plan_with_then_key(
     Process::spawn(&args, b"", &[]).await
 }
 
+/// The client's first turn ("hi"), answered on `upstream` as `resp_1` with `text`, each event
+/// reaching the client as it was sent.
+async fn first_turn(
+    client: &mut crate::support::ws::ClientSocket,
+    upstream: &mut crate::support::ws::UpstreamSocket,
+    text: &str,
+) {
+    send_text(client, &create("hi", None)).await;
+    next_text(upstream).await;
+    for event in events("resp_1", text) {
+        send_text(upstream, &event).await;
+        assert_eq!(next_text(client).await, event);
+    }
+}
+
 /// A later turn, which names the response before it and carries only its new input, is refused
 /// mid-socket because the plan is spent: it goes to a socket of the key with the whole
 /// conversation; the client sees the key's answer and never the refusal, and its next turns go
@@ -64,12 +79,7 @@ async fn a_turn_refused_for_the_plans_limit_goes_on_with_the_next_credentials_so
     let mut at_plan = plan.next_socket().await;
     assert_eq!(plan.handshakes()[0]["authorization"], "Bearer sk-route-a");
 
-    send_text(&mut client, &create("hi", None)).await;
-    next_text(&mut at_plan).await;
-    for event in events("resp_1", "Hello there") {
-        send_text(&mut at_plan, &event).await;
-        assert_eq!(next_text(&mut client).await, event);
-    }
+    first_turn(&mut client, &mut at_plan, "Hello there").await;
     send_text(&mut client, &create("again", Some("resp_1"))).await;
     let sent: Value = serde_json::from_str(&next_text(&mut at_plan).await).unwrap();
     assert_eq!(sent["previous_response_id"], "resp_1");
@@ -161,12 +171,7 @@ async fn a_turn_over_the_credentials_quota_goes_to_the_next_credential() {
     let keyward = plan_with_then_key(dir.path(), &plan, ",requests-per-minute=1", &key).await;
     let (mut client, _) = connect(keyward.addr, &[]).await.unwrap();
     let mut at_plan = plan.next_socket().await;
-    send_text(&mut client, &create("hi", None)).await;
-    next_text(&mut at_plan).await;
-    for event in events("resp_1", "Hello") {
-        send_text(&mut at_plan, &event).await;
-        assert_eq!(next_text(&mut client).await, event);
-    }
+    first_turn(&mut client, &mut at_plan, "Hello").await;
     send_text(&mut client, &create("again", Some("resp_1"))).await;
     let mut at_key = key.next_socket().await;
     let moved: Value = serde_json::from_str(&next_text(&mut at_key).await).unwrap();
