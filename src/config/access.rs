@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderMap;
-use http::header::{HOST, ORIGIN};
+use http::header::{HOST, HeaderName, ORIGIN};
 
 use crate::config::error::{AccessConfigError, ConfigError};
 
@@ -114,6 +114,9 @@ pub fn resolve_group(text: &str) -> Result<u32, AccessConfigError> {
     }
 }
 
+/// A name looked up in every request: built once (from text, it would be parsed each time).
+static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
 /// Which `Host` values keyward answers to: loopback names and addresses, the addresses it listens
 /// on, and those named with `--allowed-host`. Anything else may be a DNS-rebinding attack from a
 /// web page.
@@ -146,7 +149,7 @@ impl HostCheck {
                     .into(),
             );
         }
-        if let Some(site) = headers.get("sec-fetch-site")
+        if let Some(site) = headers.get(&SEC_FETCH_SITE)
             && site.as_bytes() != b"none"
         {
             return Err(
@@ -158,9 +161,8 @@ impl HostCheck {
             return Ok(());
         };
         let host = host.to_str().unwrap_or("");
-        let name = host_name(host).to_ascii_lowercase();
-        let name = name.trim_end_matches('.');
-        if is_loopback_name(name) || self.allowed.iter().any(|a| a == name) {
+        let name = host_name(host).trim_end_matches('.');
+        if is_loopback_name(name) || self.allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
             return Ok(());
         }
         Err(format!(
@@ -180,9 +182,13 @@ fn host_name(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(name, _)| name)
 }
 
+/// `localhost`, a name under it, or a loopback address, in any case.
 fn is_loopback_name(name: &str) -> bool {
-    name == "localhost"
-        || name.ends_with(".localhost")
+    let under_localhost = name.len() > ".localhost".len()
+        && name.is_char_boundary(name.len() - ".localhost".len())
+        && name[name.len() - ".localhost".len()..].eq_ignore_ascii_case(".localhost");
+    name.eq_ignore_ascii_case("localhost")
+        || under_localhost
         || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
@@ -238,6 +244,10 @@ mod tests {
             &[("host", "localhost")],
             &[("host", "[::1]:9")],
             &[("host", "proxy.example:443")],
+            &[("host", "PROXY.Example.:443")],
+            &[("host", "LocalHost.")],
+            &[("host", "codex.LOCALHOST:8080")],
+            &[("host", "[0:0:0:0:0:0:0:1]:9")],
             &[("host", "127.0.0.1"), ("sec-fetch-site", "none")],
         ] {
             assert!(check.check(&headers(ok)).is_ok(), "{ok:?}");
@@ -245,6 +255,8 @@ mod tests {
         for bad in [
             &[("host", "evil.example")][..],
             &[("host", "localhost.evil.example:8080")],
+            &[("host", "evillocalhost")],
+            &[("host", "x.localhostx")],
             &[("host", "127.0.0.1"), ("origin", "null")],
             &[("host", "127.0.0.1"), ("sec-fetch-site", "cross-site")],
             &[("host", "127.0.0.1"), ("sec-fetch-site", "same-origin")],

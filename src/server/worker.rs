@@ -232,10 +232,17 @@ where
         None => &serving.builder,
     };
     let proxy = serving.proxy.clone();
+    // Each request's future is boxed on its own: hyper keeps the future's slot for the whole
+    // connection, so inline, the several kilobytes a request's state took stayed with every
+    // held stream (and were copied into the slot for each request). The box is allocated
+    // first so that the future is built in it rather than built and then copied whole.
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        let slot = Box::new_uninit();
+        Box::into_pin(Box::write(slot, async move {
+            Ok::<_, Infallible>(proxy.handle(req, peer).await)
+        }))
     });
     let connection = builder
         .serve_connection(TokioIo::new(io), service)
