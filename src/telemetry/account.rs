@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::access::owners::Owners;
 use crate::telemetry::charge::{self, Bill, Charge, PlainSize};
+use crate::telemetry::log_format::Escaped;
 use crate::telemetry::metrics::Telemetry;
 use crate::telemetry::record::{End, Record};
 use crate::telemetry::usage::Tokens;
@@ -288,7 +289,7 @@ impl Account {
 
         tracing::info!(
             method = %self.method,
-            path = %self.path.escape_debug(),
+            path = %Escaped(&self.path),
             uid = self.uid,
             client = self.client.as_deref(),
             status = self.status.as_u16(),

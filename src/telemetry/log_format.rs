@@ -123,14 +123,14 @@ impl Visit for Visitor<'_> {
         if !self.start(field) {
             return self.default(|v| v.record_u64(field, value));
         }
-        self.result = write!(self.writer, "{value}");
+        self.result = write_decimal(&mut self.writer, false, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         if !self.start(field) {
             return self.default(|v| v.record_i64(field, value));
         }
-        self.result = write!(self.writer, "{value}");
+        self.result = write_decimal(&mut self.writer, value < 0, value.unsigned_abs());
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -144,7 +144,10 @@ impl Visit for Visitor<'_> {
         if !self.start(field) {
             return self.default(|v| v.record_f64(field, value));
         }
-        self.result = write!(self.writer, "{value:?}");
+        self.result = match thousandths(value) {
+            Some(thousandths) => write_thousandths(&mut self.writer, thousandths),
+            None => write!(self.writer, "{value:?}"),
+        };
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
@@ -157,6 +160,75 @@ impl Visit for Visitor<'_> {
         }
         self.result = write!(self.writer, "{value:?}");
     }
+}
+
+/// Text as `{}` of its `escape_debug()` writes it, copied whole when nothing in it needs
+/// escaping (a request's path, nearly always) rather than one character at a time.
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plain = self
+            .0
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && !matches!(b, b'\\' | b'"' | b'\''));
+        if plain {
+            f.write_str(self.0)
+        } else {
+            fmt::Display::fmt(&self.0.escape_debug(), f)
+        }
+    }
+}
+
+/// A whole number as `{}` writes it, without the formatting machinery.
+fn write_decimal(w: &mut impl fmt::Write, negative: bool, mut value: u64) -> fmt::Result {
+    let mut digits = [0u8; 21];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    if negative {
+        at -= 1;
+        digits[at] = b'-';
+    }
+    // Only ASCII digits and a sign were written.
+    w.write_str(std::str::from_utf8(&digits[at..]).unwrap_or_default())
+}
+
+/// `value` as a whole number of thousandths, when it is exactly the double nearest to one (a
+/// duration in milliseconds with microseconds, as keyward logs them) and small enough that its
+/// shortest decimal form is that number of thousandths: then `{:?}` writes
+/// that decimal, and [`write_thousandths`] can too.
+fn thousandths(value: f64) -> Option<u64> {
+    if !(0.0..1e12).contains(&value) || value.is_sign_negative() {
+        return None;
+    }
+    let thousandths = (value * 1000.0).round();
+    (thousandths / 1000.0 == value).then_some(thousandths as u64)
+}
+
+/// A number of thousandths as `{:?}` writes the double nearest to it: `2.0`, `2.5`, `0.001`.
+fn write_thousandths(w: &mut impl fmt::Write, thousandths: u64) -> fmt::Result {
+    write_decimal(w, false, thousandths / 1000)?;
+    let mut fraction = thousandths % 1000;
+    let mut places = 3;
+    while places > 1 && fraction.is_multiple_of(10) {
+        fraction /= 10;
+        places -= 1;
+    }
+    w.write_char('.')?;
+    if places == 3 && fraction < 100 {
+        w.write_char('0')?;
+    }
+    if places >= 2 && fraction < 10 {
+        w.write_char('0')?;
+    }
+    write_decimal(w, false, fraction)
 }
 
 #[cfg(test)]
@@ -247,6 +319,68 @@ mod tests {
         write_time(&mut ours, SystemTime::now()).unwrap();
         assert_eq!(ours.len(), theirs.len(), "{ours} {theirs}");
         assert_eq!(ours[..15], theirs[..15], "{ours} {theirs}");
+    }
+
+    #[test]
+    fn numbers_are_written_as_the_default_writes_them() {
+        let mut random = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            random
+        };
+        let mut whole = vec![0, 1, 9, 10, 99, 100, u64::MAX, u64::MAX / 10, 1 << 53];
+        whole.extend((0..2_000).map(|_| next() >> (next() % 64)));
+        for value in whole {
+            let mut ours = String::new();
+            write_decimal(&mut ours, false, value).unwrap();
+            assert_eq!(ours, value.to_string());
+            let signed = value as i64;
+            let mut ours = String::new();
+            write_decimal(&mut ours, signed < 0, signed.unsigned_abs()).unwrap();
+            assert_eq!(ours, signed.to_string());
+        }
+        let mut millis: Vec<f64> = vec![0.0, 0.001, 0.01, 0.1, 0.5, 1.0, 2.425, 10.1, 999.999];
+        millis.extend((0..20_000).map(|_| (next() % 1_000_000_000_000_000) as f64 / 1000.0));
+        millis.extend((0..2_000).map(|_| (next() % 100_000) as f64 / 1000.0));
+        // Not thousandths, or out of the range: written the default's way.
+        millis.extend([
+            -0.0,
+            -1.5,
+            0.0001,
+            1.0 / 3.0,
+            1e12,
+            1e300,
+            f64::NAN,
+            f64::INFINITY,
+        ]);
+        for value in millis {
+            let mut ours = String::new();
+            match thousandths(value) {
+                Some(n) => write_thousandths(&mut ours, n).unwrap(),
+                None => ours = format!("{value:?}"),
+            }
+            assert_eq!(ours, format!("{value:?}"), "{value}");
+        }
+        assert_eq!(thousandths(2.425), Some(2_425));
+    }
+
+    #[test]
+    fn text_is_escaped_as_escape_debug_escapes_it() {
+        let every_ascii: String = (0u8..0x80).map(char::from).collect();
+        for text in [
+            "/v1/responses",
+            "/a b?c=d&e=%22",
+            "/x\"y",
+            "/it's",
+            "/\\",
+            "/é",
+            &every_ascii,
+        ] {
+            assert_eq!(Escaped(text).to_string(), text.escape_debug().to_string());
+        }
+        assert_eq!(thousandths(1.0 / 3.0), None);
     }
 
     #[test]
