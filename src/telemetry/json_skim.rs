@@ -97,7 +97,9 @@ impl JsonSkim {
             // that is not kept, and anything below the top level but the brackets and quotes.
             if self.value.is_none() && !self.reading_key && !self.escaped {
                 let next = if self.in_string {
-                    chunk.iter().position(|&b| b == b'"' || b == b'\\')
+                    // Strings are where the bytes are (a prompt, a file): searched for their
+                    // end many bytes at a time.
+                    memchr::memchr2(b'"', b'\\', chunk)
                 } else if self.depth > 1 {
                     chunk
                         .iter()
