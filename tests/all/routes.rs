@@ -99,6 +99,14 @@ pub(crate) async fn ledger_lines(path: &Path, n: usize) -> Vec<Value> {
     .await
 }
 
+/// Which credential answered each ledger line, in order (`-` for none).
+pub(crate) fn credentials_of(lines: &[Value]) -> Vec<&str> {
+    lines
+        .iter()
+        .map(|l| l["credential"].as_str().unwrap_or("-"))
+        .collect()
+}
+
 #[tokio::test]
 async fn each_client_is_served_with_the_credential_its_route_gives_and_others_are_refused() {
     let (upstream_a, upstream_b) = (FakeUpstream::ok_json().await, FakeUpstream::ok_json().await);
@@ -449,11 +457,11 @@ async fn a_spent_plan_falls_back_to_the_next_credential_until_its_reset() {
 
     // The ledger: who answered each.
     let lines = ledger_lines(&ledger, 4).await;
-    let credentials: Vec<&str> = lines
-        .iter()
-        .map(|l| l["credential"].as_str().unwrap_or("-"))
-        .collect();
-    assert_eq!(credentials, ["key", "key", "plan", "plan"], "{lines:?}");
+    assert_eq!(
+        credentials_of(&lines),
+        ["key", "key", "plan", "plan"],
+        "{lines:?}"
+    );
     assert!(keyward.stderr().contains("the plan's limit is reached"));
 }
 
@@ -700,11 +708,7 @@ async fn a_credential_over_its_quota_is_passed_over_for_the_next() {
     assert_eq!(upstream_a.requests().len(), 2);
     assert_eq!(upstream_b.requests().len(), 1);
     let lines = ledger_lines(&ledger, 3).await;
-    let credentials: Vec<&str> = lines
-        .iter()
-        .map(|l| l["credential"].as_str().unwrap_or("-"))
-        .collect();
-    assert_eq!(credentials, ["a", "a", "b"], "{lines:?}");
+    assert_eq!(credentials_of(&lines), ["a", "a", "b"], "{lines:?}");
     drop(keyward);
 
     // Restarted, a is still over (its tokens read back from the ledger); alone on its route,

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::routes::{key_files, ledger_lines};
+use crate::routes::{credentials_of, key_files, ledger_lines};
 use crate::support::keyward::Process;
 use crate::support::ws::{
     Answer, FakeWsUpstream, connect, create, events, next, next_text, send_text,
@@ -122,11 +122,7 @@ async fn a_turn_refused_for_the_plans_limit_goes_on_with_the_next_credentials_so
         assert_eq!(next_text(&mut client).await, event);
     }
     let lines = ledger_lines(&dir.path().join("usage.jsonl"), 3).await;
-    let credentials: Vec<&str> = lines
-        .iter()
-        .map(|l| l["credential"].as_str().unwrap_or("-"))
-        .collect();
-    assert_eq!(credentials, ["plan", "key", "key"], "{lines:?}");
+    assert_eq!(credentials_of(&lines), ["plan", "key", "key"], "{lines:?}");
     assert!(
         lines
             .iter()
@@ -184,9 +180,5 @@ async fn a_turn_over_the_credentials_quota_goes_to_the_next_credential() {
     // The plan was not asked for the second turn.
     assert!(matches!(next(&mut at_plan).await, Message::Close(_)));
     let lines = ledger_lines(&dir.path().join("usage.jsonl"), 2).await;
-    let credentials: Vec<&str> = lines
-        .iter()
-        .map(|l| l["credential"].as_str().unwrap_or("-"))
-        .collect();
-    assert_eq!(credentials, ["plan", "key"], "{lines:?}");
+    assert_eq!(credentials_of(&lines), ["plan", "key"], "{lines:?}");
 }

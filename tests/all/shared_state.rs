@@ -56,6 +56,17 @@ async fn replica(pg: &Postgres, upstream: &FakeUpstream, name: &str, extra: &[&s
     .await
 }
 
+/// A 429 whose message says `what`.
+fn refused_saying(reply: &Reply, what: &str) {
+    assert_eq!(
+        reply.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        reply.text()
+    );
+    assert!(reply.text().contains(what), "{}", reply.text());
+}
+
 async fn post_with(addr: SocketAddr, token: Option<&str>) -> Reply {
     let body = r#"{"model":"gpt-5","input":"hi"}"#;
     match token {
@@ -398,18 +409,7 @@ async fn a_credentials_quota_holds_across_replicas() {
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     for replica in [&a, &b] {
-        let reply = post_with(replica.addr, None).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::TOO_MANY_REQUESTS,
-            "{}",
-            reply.text()
-        );
-        assert!(
-            reply.text().contains("the credential `a`"),
-            "{}",
-            reply.text()
-        );
+        refused_saying(&post_with(replica.addr, None).await, "the credential `a`");
     }
     assert_eq!(upstream.requests().len(), 2);
 }
@@ -537,18 +537,7 @@ async fn a_stream_held_on_one_replica_counts_against_a_concurrent_quota_on_anoth
     let tx = within("the upstream stream", streams.recv()).await.unwrap();
     // Two syncs later, b knows.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let refused = post_with(b.addr, None).await;
-    assert_eq!(
-        refused.status,
-        StatusCode::TOO_MANY_REQUESTS,
-        "{}",
-        refused.text()
-    );
-    assert!(
-        refused.text().contains("streams at once"),
-        "{}",
-        refused.text()
-    );
+    refused_saying(&post_with(b.addr, None).await, "streams at once");
 
     // The stream ends: after the next syncs, b admits again.
     drop(tx);
