@@ -344,6 +344,28 @@ mod tests {
     }
 
     #[test]
+    fn a_key_written_inside_a_string_is_no_key_whatever_the_chunks() {
+        // Escaped quotes and backslashes inside a string: the string goes on past them, and
+        // only the real key counts.
+        for doc in [
+            br#"{"input":"a\"","previous_response_id":"resp_real"}"#.as_slice(),
+            br#"{"input":"x\",\"previous_response_id\":\"resp_evil\\\"","previous_response_id":"resp_real"}"#,
+        ] {
+            for size in [1, 2, 5, doc.len()] {
+                let mut skim = JsonSkim::watching(&[b"previous_response_id"]);
+                for chunk in doc.chunks(size) {
+                    skim.feed(chunk);
+                }
+                assert_eq!(
+                    skim.take_found(),
+                    [Some(br#""resp_real""#.to_vec())],
+                    "chunks of {size}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_huge_field_is_dropped_and_memory_stays_small() {
         let mut skim = JsonSkim::default();
         skim.feed(br#"{"model":""#);
