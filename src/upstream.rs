@@ -144,8 +144,9 @@ impl WsConnector {
     }
 }
 
-/// TCP (direct or tunnelled), then TLS with ALPN offering HTTP/2 and HTTP/1.1, or plain HTTP.
-fn connector(settings: &ClientSettings) -> Result<HttpsConnector<Connector>, UpstreamError> {
+/// TCP (direct or tunnelled), then TLS with ALPN offering HTTP/2 and HTTP/1.1, or plain HTTP:
+/// what every upstream pool of keyward dials with (public for `examples/bench_floor.rs`).
+pub fn connector(settings: &ClientSettings) -> Result<HttpsConnector<Connector>, UpstreamError> {
     connector_for(settings, true)
 }
 

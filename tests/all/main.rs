@@ -8,6 +8,7 @@ mod support;
 
 mod access;
 mod accounting;
+mod bench_floor;
 mod canary;
 mod chatgpt;
 mod compressed;
