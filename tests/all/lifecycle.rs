@@ -636,3 +636,91 @@ async fn after_sigterm_a_stream_gets_the_grace_period_then_keyward_exits_0_sayin
     );
     assert_eq!(log.matches("shutting down: letting").count(), 1, "{log}");
 }
+
+/// The names of a process's threads (what `top -H` shows).
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn either_runtime_serves_streams_side_by_side_and_drains_them_on_sigterm() {
+    // (--runtime, worker threads named keyward-N, runtime threads named keyward-mt)
+    for (runtime, workers, shared) in [("per-core", 2, 0), ("multi-thread", 1, 2)] {
+        let (upstream, mut streams) = FakeUpstream::driven().await;
+        let mut keyward = Process::spawn(
+            &[
+                "--upstream-url",
+                &upstream.url(),
+                "--threads",
+                "2",
+                "--runtime",
+                runtime,
+            ],
+            b"sk-key\n",
+            &[],
+        )
+        .await;
+        // Four streams open at once, each answered as its own events come.
+        let mut open = Vec::new();
+        for n in 0..4 {
+            let req = Request::post("/v1/responses")
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap();
+            let body = client::send(keyward.addr, req).await.into_body();
+            let stream = within("the upstream stream", streams.recv()).await.unwrap();
+            stream
+                .send(sse_event("response.created", &json!({ "n": n })))
+                .await
+                .unwrap();
+            open.push((body, stream));
+        }
+        for (n, (body, _)) in open.iter_mut().enumerate() {
+            let got = next_chunk(body).await.unwrap();
+            assert!(
+                String::from_utf8_lossy(&got).contains(&format!("\"n\":{n}")),
+                "{runtime}: stream {n} got {got:?}"
+            );
+        }
+
+        // keyward says it is listening once it has started every worker thread, and a worker
+        // serves once its runtime (with that runtime's threads) runs: all are there to be named.
+        let listening = keyward.wait_for_log("keyward is listening").await;
+        let names = thread_names(keyward.pid());
+        let worker = |name: &&String| {
+            name.strip_prefix("keyward-")
+                .is_some_and(|n| n.parse::<usize>().is_ok())
+        };
+        assert_eq!(
+            names.iter().filter(worker).count(),
+            workers,
+            "{runtime}: {names:?}"
+        );
+        assert_eq!(
+            names.iter().filter(|n| *n == "keyward-mt").count(),
+            shared,
+            "{runtime}: {names:?}"
+        );
+        assert!(
+            listening.contains(&format!("runtime=\"{runtime}\"")),
+            "{listening}"
+        );
+
+        // SIGTERM: every stream still in flight runs to its end, then keyward exits 0.
+        keyward.signal(libc::SIGTERM);
+        for (n, (mut body, stream)) in open.into_iter().enumerate() {
+            stream
+                .send(sse_event("response.completed", &json!({ "n": n })))
+                .await
+                .unwrap();
+            let got = next_chunk(&mut body).await.unwrap();
+            assert!(String::from_utf8_lossy(&got).contains("response.completed"));
+            drop(stream);
+            assert_eq!(next_chunk(&mut body).await, None);
+        }
+        assert_eq!(keyward.exit_code().await, Some(0), "{}", keyward.stderr());
+    }
+}
