@@ -159,8 +159,6 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Worker threads serving connections.
     pub threads: usize,
-    /// How they share the work.
-    pub runtime: values::Runtime,
 }
 
 impl Config {
@@ -350,7 +348,6 @@ impl Config {
             threads: args.threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             }),
-            runtime: args.runtime,
         })
     }
 }

@@ -11,7 +11,7 @@ use crate::config::command_args::{
     UsageArgs,
 };
 use crate::config::responses::ResponsesArgs;
-use crate::config::values::{AuthHeader, Runtime, parse_bytes, parse_duration, parse_mode};
+use crate::config::values::{AuthHeader, parse_bytes, parse_duration, parse_mode};
 
 /// `keyward --version`: the release and the commit it was built from.
 const VERSION: &str = concat!(
@@ -215,16 +215,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Worker threads serving connections (see --runtime). Default: one per CPU core.
+    /// Worker threads, each serving its share of the connections on a runtime of its own.
+    /// Default: one per CPU core.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-
-    /// How the --threads share the work: `per-core` (each accepts connections and serves them on
-    /// a runtime of its own, never handing work to another thread: the least CPU per request) or
-    /// `multi-thread` (one runtime whose threads steal work from each other: a little less
-    /// memory per held stream, more CPU per request).
-    #[arg(long, value_name = "MODEL", value_enum, default_value_t = Runtime::PerCore)]
-    pub runtime: Runtime,
 
     #[command(flatten)]
     pub access: AccessArgs,

@@ -47,26 +47,6 @@ impl AuthHeader {
     }
 }
 
-/// How the worker threads share the work (`--runtime`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Runtime {
-    /// Each thread accepts on the shared sockets and serves its connections on a current-thread
-    /// runtime of its own.
-    PerCore,
-    /// One tokio multi-thread runtime over the threads, which steal work from each other.
-    MultiThread,
-}
-
-impl Runtime {
-    /// As the flag takes it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Runtime::PerCore => "per-core",
-            Runtime::MultiThread => "multi-thread",
-        }
-    }
-}
-
 /// Which store to use, as chosen on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StoreKind {

@@ -44,8 +44,6 @@ impl Reloader {
             ),
             ("usage-log", old.usage_log != new.usage_log),
             ("metrics-listen", old.metrics_listen != new.metrics_listen),
-            ("threads", old.threads != new.threads),
-            ("runtime", old.runtime != new.runtime),
             (
                 "tls-cert",
                 old.tls.as_ref().map(|t| (&t.cert, &t.key))

@@ -12,7 +12,6 @@ use crate::access::gate::SharedPolicy;
 use crate::access::owners::Owners;
 use crate::config::ConfigError;
 use crate::config::state::SharedState;
-use crate::config::values::Runtime;
 use crate::config::{ClientTokenSource, Config, UnixListen};
 use crate::proxy::credential::Credential;
 use crate::proxy::credentials::Credentials;
@@ -25,9 +24,7 @@ use crate::server::metrics::{serve_metrics, telemetry};
 use crate::server::reload::Reloader;
 use crate::server::systemd::{Activated, ActivationError};
 use crate::server::tls::Tls;
-use crate::server::worker::{
-    Worker, WorkerRuntime, connection_builder, refused_connection_builder,
-};
+use crate::server::worker::{Worker, connection_builder, refused_connection_builder};
 use crate::state::clients::SharedClients;
 use crate::state::quota::QuotaExchange;
 use crate::telemetry::metrics::Telemetry;
@@ -110,12 +107,6 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
         .transpose()?
         .map(Arc::new);
     let threads = config.threads.max(1);
-    // per-core: a worker, with a runtime of its own, on each thread; multi-thread: one worker
-    // whose runtime spreads its work over the threads.
-    let (workers, runtime) = match config.runtime {
-        Runtime::PerCore => (threads, WorkerRuntime::CurrentThread),
-        Runtime::MultiThread => (1, WorkerRuntime::MultiThread { threads }),
-    };
     let state_db = match &config.state {
         Some(shared) => Some(open_state(shared).await?),
         None => None,
@@ -164,7 +155,7 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     };
     // One socket per address, which every worker accepts on.
     let mut addrs = Vec::with_capacity(config.listen.len());
-    let mut per_worker: Vec<Vec<StdListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<StdListener>> = (0..threads).map(|_| Vec::new()).collect();
     let mut hosts = config.access.hosts.clone();
     for (name, socket) in activated {
         let handed = |error| {
@@ -289,7 +280,7 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
         .iter()
         .map(|c| c.upstream().uri.clone())
         .collect();
-    let mut stopped = Vec::with_capacity(workers);
+    let mut stopped = Vec::with_capacity(threads);
     for (index, listeners) in per_worker.into_iter().enumerate() {
         let proxy = Proxy::new(
             config,
@@ -317,7 +308,6 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
             shutdown: shutdown.clone(),
             grace: config.limits.shutdown_grace,
             tls_timeout: config.limits.header_timeout,
-            runtime,
         };
         std::thread::Builder::new()
             .name(format!("keyward-{index}"))
@@ -340,7 +330,6 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
         unix = ?sockets,
         upstream = %config.upstream.uri,
         threads,
-        runtime = config.runtime.name(),
         "keyward is listening"
     );
     tracing::info!(

@@ -32,38 +32,15 @@ pub(crate) struct Worker {
     pub(crate) grace: Duration,
     /// How long a TLS client may take over its handshake.
     pub(crate) tls_timeout: Duration,
-    pub(crate) runtime: WorkerRuntime,
-}
-
-/// What a worker serves on.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum WorkerRuntime {
-    /// A current-thread runtime on the worker's own thread (`--runtime per-core`).
-    CurrentThread,
-    /// A multi-thread runtime over this many threads, named `keyward-mt` (`--runtime
-    /// multi-thread`: one worker).
-    MultiThread { threads: usize },
-}
-
-impl WorkerRuntime {
-    fn build(self) -> std::io::Result<tokio::runtime::Runtime> {
-        match self {
-            WorkerRuntime::CurrentThread => tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build(),
-            WorkerRuntime::MultiThread { threads } => tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads)
-                .thread_name("keyward-mt")
-                .enable_all()
-                .build(),
-        }
-    }
 }
 
 impl Worker {
     /// Serves until shutdown; whether every request finished within the grace period.
     pub(crate) fn run(self) -> bool {
-        let runtime = match self.runtime.build() {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(runtime) => runtime,
             Err(err) => {
                 tracing::error!(error = %err, "could not start a worker's runtime");
